@@ -1,0 +1,43 @@
+"""hf-multitask: fine-tune one BERT-style encoder on several tasks with the Hugging Face Trainer."""
+
+from transformers import AutoConfig, AutoModel
+
+from .configuration import MultitaskConfig
+from .data import MultitaskCollator, MultitaskDataset, load_task_data, load_task_split, tokenize_task
+from .losses import ordinal_log_loss, task_loss
+from .metrics import compute_task_metrics, overall_score
+from .modeling import MultitaskModel, MultitaskModelOutput
+from .sampling import MultitaskBatchSampler, annealed_alpha
+from .tasks import TaskSpec, cs224n_tasks, get_task, quora_task, sst_task, sts_task
+from .trainer import MultitaskTrainer
+from .training_args import MultitaskTrainingArguments
+
+AutoConfig.register(MultitaskConfig.model_type, MultitaskConfig, exist_ok=True)
+AutoModel.register(MultitaskConfig, MultitaskModel, exist_ok=True)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MultitaskBatchSampler",
+    "MultitaskCollator",
+    "MultitaskConfig",
+    "MultitaskDataset",
+    "MultitaskModel",
+    "MultitaskModelOutput",
+    "MultitaskTrainer",
+    "MultitaskTrainingArguments",
+    "TaskSpec",
+    "annealed_alpha",
+    "compute_task_metrics",
+    "cs224n_tasks",
+    "get_task",
+    "load_task_data",
+    "load_task_split",
+    "ordinal_log_loss",
+    "overall_score",
+    "quora_task",
+    "sst_task",
+    "sts_task",
+    "task_loss",
+    "tokenize_task",
+]

@@ -1,0 +1,70 @@
+"""[`MultitaskConfig`]: the encoder's config, the task specs and the PAL config, in one `config.json`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from .tasks import TaskSpec
+
+POOLINGS = ("cls", "mean")
+
+
+class MultitaskConfig(PreTrainedConfig):
+    """Configuration of a [`MultitaskModel`].
+
+    Args:
+        encoder: The shared encoder's config (any BERT-family `PreTrainedConfig`, or its dict).
+        tasks: One dict per task, as written by [`TaskSpec.to_dict`]; the heads are rebuilt from them.
+        pooling: Sentence representation: `"cls"` (first token, as in BERT and the CS224N study) or
+            `"mean"` (masked mean over tokens; MiniLM sentence encoders were trained with it).
+        classifier_dropout: Dropout before each head's linear layer.
+        pal: The Projected Attention Layer config as a dict, or `None` for no PALs.
+
+    Example:
+
+    ```python
+    >>> from transformers import BertConfig
+    >>> from hf_multitask import MultitaskConfig, cs224n_tasks
+    >>> config = MultitaskConfig(encoder=BertConfig(hidden_size=32), tasks=[t.to_dict() for t in cs224n_tasks()])
+    >>> config.task_names
+    ['sst', 'quora', 'sts']
+    ```
+    """
+
+    model_type = "hf_multitask"
+    sub_configs_defaults = {"encoder": SubConfigSpec(config_class=AutoConfig, model_type="bert")}
+
+    encoder: PreTrainedConfig | dict | None = None
+    tasks: list[dict[str, Any]] | None = None
+    pooling: str = "mean"
+    classifier_dropout: float = 0.1
+    pal: dict[str, Any] | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"MultitaskConfig.pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if not 0.0 <= self.classifier_dropout < 1.0:
+            raise ValueError(f"MultitaskConfig.classifier_dropout must be in [0, 1), got {self.classifier_dropout}")
+        self.tasks = [t.to_dict() if isinstance(t, TaskSpec) else dict(t) for t in (self.tasks or [])]
+        names = [t["name"] for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"MultitaskConfig.tasks has duplicate task names: {names}")
+        for task in self.tasks:  # validate early: a bad spec in a config.json names itself here
+            TaskSpec.from_dict(task)
+
+    @property
+    def task_specs(self) -> dict[str, TaskSpec]:
+        """`{task_name: TaskSpec}` in the config's order."""
+        return {t["name"]: TaskSpec.from_dict(t) for t in self.tasks}
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t["name"] for t in self.tasks]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.encoder.hidden_size

@@ -1,0 +1,270 @@
+"""Loading, validation, tokenisation and collation of per-task data.
+
+Every bad row is an error that names the file, the row and the column: nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset, DatasetDict, IterableDataset, load_dataset
+
+from .tasks import TaskSpec
+
+DATA_EXTENSIONS = ("tsv", "csv", "jsonl", "json", "parquet")
+PAIR_SUFFIX = "_b"
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class DataValidationError(ValueError):
+    """A data file or dataset does not match its task spec; the message names file, row and column."""
+
+
+# ---- loading and validation ----
+
+
+def read_delimited(path: str | os.PathLike) -> tuple[list[str], list[dict[str, str]]]:
+    """Read a CS224N-style TSV (or a CSV): header line, standard CSV quoting. Returns (columns, rows)."""
+    path = Path(path)
+    delimiter = "\t" if path.suffix == ".tsv" else ","
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle, delimiter=delimiter)
+            rows = list(reader)
+            columns = list(reader.fieldnames or [])
+    except UnicodeDecodeError as err:
+        raise DataValidationError(f"{path}: not valid UTF-8 at byte {err.start} ({err.reason})") from None
+    if not columns:
+        raise DataValidationError(f"{path}: the file is empty (no header line)")
+    for i, row in enumerate(rows, start=1):
+        if None in row:  # more cells than header columns
+            raise DataValidationError(f"{path}: row {i} has more fields than the header's {len(columns)} columns")
+    return columns, rows
+
+
+def validate_rows(spec: TaskSpec, columns: list[str], rows: Iterable[Mapping[str, Any]], source: str) -> dict:
+    """Check every row against `spec` and return the columns `{text columns..., "labels", ["id"]}`.
+
+    Raises [`DataValidationError`] naming `source`, the 1-based row (header excluded) and the column.
+    """
+    missing = [c for c in (*spec.text_columns, spec.label_column) if c not in columns]
+    if missing:
+        raise DataValidationError(
+            f"{source}: task {spec.name!r} needs column(s) {missing}, but the data has {list(columns)}"
+        )
+    out = {c: [] for c in spec.text_columns}
+    out["labels"] = []
+    keep_id = "id" in columns
+    if keep_id:
+        out["id"] = []
+    for i, row in enumerate(rows, start=1):
+        for column in spec.text_columns:
+            text = row[column]
+            if not isinstance(text, str) or not text.strip():
+                raise DataValidationError(f"{source}: row {i}, column {column!r}: empty or missing text ({text!r})")
+            out[column].append(text)
+        out["labels"].append(_parse_label(spec, row[spec.label_column], f"{source}: row {i}, column "
+                                                                              f"{spec.label_column!r}"))
+        if keep_id:
+            out["id"].append(str(row["id"]))
+    if not out["labels"]:
+        raise DataValidationError(f"{source}: no rows for task {spec.name!r}")
+    return out
+
+
+def _parse_label(spec: TaskSpec, value: Any, where: str) -> int | float:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise DataValidationError(f"{where}: empty label")
+    if spec.kind == "classification":
+        if isinstance(value, str) and value.strip() in spec.label_names:
+            return spec.label_names.index(value.strip())
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise DataValidationError(
+                f"{where}: label {value!r} is neither a class id nor one of {spec.label_names}"
+            ) from None
+        if not number.is_integer() or not 0 <= number < spec.num_labels:
+            raise DataValidationError(f"{where}: label {value!r} is not a class id in 0..{spec.num_labels - 1}")
+        return int(number)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise DataValidationError(f"{where}: score {value!r} is not a number") from None
+    low, high = spec.score_range
+    if not math.isfinite(number) or not low <= number <= high:
+        raise DataValidationError(f"{where}: score {value!r} is outside the task's range [{low}, {high}]")
+    return number
+
+
+def find_data_file(spec: TaskSpec, data_dir: str | os.PathLike, split: str) -> Path:
+    """`<data_dir>/<file_stem>-<split>.<ext>` for the first extension that exists."""
+    stem = spec.file_stem or spec.name
+    candidates = [Path(data_dir) / f"{stem}-{split}.{ext}" for ext in DATA_EXTENSIONS]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"Task {spec.name!r}, split {split!r}: no data file; looked for {[str(p) for p in candidates]}"
+    )
+
+
+def load_task_split(spec: TaskSpec, path: str | os.PathLike) -> Dataset:
+    """Load and validate one file (TSV/CSV in the CS224N format, JSON lines, JSON or parquet)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Task {spec.name!r}: data file {path} does not exist")
+    if path.suffix in (".tsv", ".csv"):
+        columns, rows = read_delimited(path)
+    else:
+        builder = "parquet" if path.suffix == ".parquet" else "json"
+        try:
+            loaded = load_dataset(builder, data_files=str(path), split="train")
+        except Exception as err:  # datasets wraps parser errors in several types
+            raise DataValidationError(f"{path}: could not be read as {builder}: {err}") from err
+        columns, rows = loaded.column_names, loaded
+    return Dataset.from_dict(validate_rows(spec, columns, rows, str(path)))
+
+
+def load_task_data(
+    spec: TaskSpec, source: str | os.PathLike, splits: Iterable[str] = ("train", "dev"), **load_kwargs
+) -> DatasetDict:
+    """One task's splits as a validated `DatasetDict`.
+
+    Args:
+        spec: The task.
+        source: A directory laid out like CS224N's data (`<task>-<split>.tsv`, or .csv/.jsonl/.json/.parquet),
+            or a `datasets` hub id (fetched where the hub is reachable).
+        splits: Split names to load.
+        load_kwargs: Passed to `datasets.load_dataset` for hub ids (e.g. `name=` for a config).
+    """
+    if os.path.isdir(source):
+        return DatasetDict({split: load_task_split(spec, find_data_file(spec, source, split)) for split in splits})
+    result = {}
+    for split in splits:
+        loaded = load_dataset(str(source), split=split, **load_kwargs)
+        if isinstance(loaded, IterableDataset):
+            raise DataValidationError(f"{source} [{split}]: a streaming IterableDataset has no length; load it whole")
+        result[split] = Dataset.from_dict(validate_rows(spec, loaded.column_names, loaded, f"{source} [{split}]"))
+    return DatasetDict(result)
+
+
+# ---- tokenisation ----
+
+
+def tokenize_task(dataset: Dataset, spec: TaskSpec, tokenizer, num_proc: int | None = None) -> Dataset:
+    """Tokenise a validated task dataset.
+
+    Cross-encoding gives `[CLS] a [SEP] b [SEP]` in `input_ids`; bi-encoding puts b in `input_ids_b` etc.
+    Text columns are removed; `labels` (and `id`) stay.
+    """
+    text_a, text_b = spec.text_columns[0], spec.text_columns[1] if spec.is_pair else None
+
+    def encode(batch):
+        if text_b is None or spec.is_bi_encoded:
+            features = dict(tokenizer(batch[text_a], truncation=True, max_length=spec.max_length))
+            if text_b is not None:
+                second = tokenizer(batch[text_b], truncation=True, max_length=spec.max_length)
+                features.update({f"{k}{PAIR_SUFFIX}": v for k, v in second.items()})
+            return features
+        return dict(tokenizer(batch[text_a], batch[text_b], truncation="longest_first", max_length=spec.max_length))
+
+    return dataset.map(encode, batched=True, remove_columns=list(spec.text_columns), num_proc=num_proc,
+                       desc=f"Tokenizing {spec.name}")
+
+
+# ---- the joint dataset and the collator ----
+
+
+class MultitaskDataset(torch.utils.data.Dataset):
+    """Several task datasets behind one index space; every example carries its `task_name`.
+
+    Index `offsets[task] + i` is example `i` of `task`. [`MultitaskBatchSampler`] draws indices task by task.
+    """
+
+    def __init__(self, datasets: Mapping[str, Dataset]):
+        for name, dataset in datasets.items():
+            if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+                raise TypeError(f"Task {name!r}: MultitaskDataset needs sized datasets, got {type(dataset).__name__}")
+            if len(dataset) == 0:
+                raise ValueError(f"Task {name!r}: the dataset is empty")
+        self.datasets = dict(datasets)
+        self.task_names = list(self.datasets)
+        self.offsets, total = {}, 0
+        for name in self.task_names:
+            self.offsets[name] = total
+            total += len(self.datasets[name])
+        self._len = total
+
+    @property
+    def task_sizes(self) -> dict[str, int]:
+        return {name: len(ds) for name, ds in self.datasets.items()}
+
+    def __len__(self) -> int:
+        return self._len
+
+    def locate(self, index: int) -> tuple[str, int]:
+        for name in reversed(self.task_names):
+            if index >= self.offsets[name]:
+                return name, index - self.offsets[name]
+        raise IndexError(index)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        name, local = self.locate(index)
+        return {**self.datasets[name][local], "task_name": name}
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        return [self[i] for i in indices]
+
+    def lengths(self) -> dict[str, list[int]]:
+        """Token count of each example (both sentences of a bi-encoded pair), per task."""
+        out = {}
+        for name, ds in self.datasets.items():
+            ids = ds["input_ids"]
+            ids_b = ds[f"input_ids{PAIR_SUFFIX}"] if f"input_ids{PAIR_SUFFIX}" in ds.column_names else None
+            out[name] = [len(a) + (len(ids_b[i]) if ids_b is not None else 0) for i, a in enumerate(ids)]
+        return out
+
+
+class MultitaskCollator:
+    """Pads a batch of one task's examples and adds `task_name`; a batch of several tasks (the sampler's
+    grouped mode) becomes `{task_name: batch}`, one padded batch per task, in order of first appearance.
+
+    Args:
+        tokenizer: Supplies the pad token and the padding side.
+        pad_to_multiple_of: Optional padding multiple (8 helps tensor cores on GPUs).
+    """
+
+    def __init__(self, tokenizer, pad_to_multiple_of: int | None = None):
+        self.tokenizer = tokenizer
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        by_task: dict[str, list[dict[str, Any]]] = {}
+        for feature in features:
+            by_task.setdefault(feature["task_name"], []).append(feature)
+        if len(by_task) == 1:
+            (name, group), = by_task.items()
+            return self.collate_one(name, group)
+        return {name: self.collate_one(name, group) for name, group in by_task.items()}
+
+    def collate_one(self, task_name: str, features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self._pad([{k: f[k] for k in MODEL_INPUTS if k in f} for f in features])
+        if f"input_ids{PAIR_SUFFIX}" in features[0]:
+            second = self._pad([{k: f[f"{k}{PAIR_SUFFIX}"] for k in MODEL_INPUTS if f"{k}{PAIR_SUFFIX}" in f}
+                                for f in features])
+            batch.update({f"{k}{PAIR_SUFFIX}": v for k, v in second.items()})
+        if "labels" in features[0]:
+            batch["labels"] = torch.tensor([f["labels"] for f in features])
+        batch["task_name"] = task_name
+        return batch
+
+    def _pad(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        return dict(self.tokenizer.pad(features, padding=True, pad_to_multiple_of=self.pad_to_multiple_of,
+                                       return_tensors="pt"))

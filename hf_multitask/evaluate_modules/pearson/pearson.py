@@ -1,0 +1,19 @@
+"""Pearson correlation, shipped with hf-multitask so that `evaluate.load` needs no network."""
+
+import datasets
+import evaluate
+from scipy.stats import pearsonr
+
+
+class Pearson(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description="Pearson correlation coefficient between predicted and gold scores.",
+            citation="",
+            inputs_description="predictions and references: real-valued scores",
+            features=datasets.Features({"predictions": datasets.Value("float64"),
+                                        "references": datasets.Value("float64")}),
+        )
+
+    def _compute(self, predictions, references):
+        return {"pearson": float(pearsonr(predictions, references)[0])}

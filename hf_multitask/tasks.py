@@ -1,0 +1,197 @@
+"""What a task is: [`TaskSpec`] and the three CS224N presets (SST-5, Quora, STS-B)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+TASK_KINDS = ("classification", "regression")
+LOSSES = ("cross_entropy", "mse", "ordinal", "cross_entropy+ordinal")
+METRICS = ("accuracy", "pearson", "spearman", "f1")
+PAIR_ENCODINGS = ("cross", "bi")
+
+
+@dataclass
+class TaskSpec:
+    """Everything the library needs to know about one task.
+
+    Args:
+        name: The task's name: key of its head, value of the batch's `task_name`, prefix of its metrics.
+        kind: `"classification"` or `"regression"`.
+        text_columns: One column (single sentence) or two (a sentence pair).
+        label_column: The column holding the gold label.
+        label_names: Class names, index = class id (classification only).
+        score_range: `(low, high)` of the gold score (regression only).
+        loss: `cross_entropy` / `ordinal` / `cross_entropy+ordinal` for classification, `mse` for regression.
+        ordinal_alpha: Exponent of the ordinal log loss's distance weight |y - i|^alpha.
+        metric: `accuracy` or `f1` (classification), `pearson` or `spearman` (regression).
+        pair_encoding: `cross` ([CLS] a [SEP] b [SEP] through the encoder once) or `bi` (a and b apart).
+        loss_weight: Multiplies the task's loss in the Trainer.
+        max_length: Truncation length in tokens (pairs together for `cross`, each sentence for `bi`).
+        file_stem: Data files are `<file_stem>-<split>.<ext>`; defaults to `name`.
+
+    Example:
+
+    ```python
+    >>> from hf_multitask import TaskSpec
+    >>> spec = TaskSpec(name="nli", kind="classification", text_columns=("premise", "hypothesis"),
+    ...                 label_column="label", label_names=["entailment", "neutral", "contradiction"])
+    >>> spec.num_labels
+    3
+    ```
+    """
+
+    name: str
+    kind: str
+    text_columns: tuple[str, ...]
+    label_column: str
+    label_names: list[str] | None = None
+    score_range: tuple[float, float] | None = None
+    loss: str | None = None
+    ordinal_alpha: float = 1.0
+    metric: str | None = None
+    pair_encoding: str = "cross"
+    loss_weight: float = 1.0
+    max_length: int = 128
+    file_stem: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.text_columns = tuple(self.text_columns)
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"TaskSpec.name must be a non-empty identifier, got {self.name!r}")
+        if self.kind not in TASK_KINDS:
+            raise ValueError(f"TaskSpec {self.name!r}: kind must be one of {TASK_KINDS}, got {self.kind!r}")
+        if len(self.text_columns) not in (1, 2):
+            raise ValueError(f"TaskSpec {self.name!r}: text_columns must name 1 or 2 columns, got {self.text_columns}")
+        if self.kind == "classification":
+            if not self.label_names or len(self.label_names) < 2:
+                raise ValueError(f"TaskSpec {self.name!r}: classification needs label_names with >= 2 entries")
+            self.loss = self.loss or "cross_entropy"
+            self.metric = self.metric or "accuracy"
+            allowed_losses, allowed_metrics = ("cross_entropy", "ordinal", "cross_entropy+ordinal"), ("accuracy", "f1")
+        else:
+            if self.score_range is None or len(self.score_range) != 2 or self.score_range[0] >= self.score_range[1]:
+                raise ValueError(f"TaskSpec {self.name!r}: regression needs score_range=(low, high) with low < high")
+            self.score_range = (float(self.score_range[0]), float(self.score_range[1]))
+            self.loss = self.loss or "mse"
+            self.metric = self.metric or "pearson"
+            allowed_losses, allowed_metrics = ("mse",), ("pearson", "spearman")
+        if self.loss not in allowed_losses:
+            raise ValueError(f"TaskSpec {self.name!r}: loss {self.loss!r} not valid for {self.kind}: {allowed_losses}")
+        if self.metric not in allowed_metrics:
+            raise ValueError(f"TaskSpec {self.name!r}: metric {self.metric!r} not valid for {self.kind}")
+        if self.pair_encoding not in PAIR_ENCODINGS:
+            raise ValueError(f"TaskSpec {self.name!r}: pair_encoding must be one of {PAIR_ENCODINGS}")
+        if self.loss_weight < 0:
+            raise ValueError(f"TaskSpec {self.name!r}: loss_weight must be >= 0")
+        if self.max_length < 8:
+            raise ValueError(f"TaskSpec {self.name!r}: max_length must be >= 8")
+
+    @property
+    def is_pair(self) -> bool:
+        return len(self.text_columns) == 2
+
+    @property
+    def is_bi_encoded(self) -> bool:
+        return self.is_pair and self.pair_encoding == "bi"
+
+    @property
+    def num_labels(self) -> int:
+        """Output size of the head: number of classes, or 1 for regression."""
+        return len(self.label_names) if self.kind == "classification" else 1
+
+    @property
+    def id2label(self) -> dict[int, str] | None:
+        return dict(enumerate(self.label_names)) if self.label_names else None
+
+    @property
+    def metric_key(self) -> str:
+        """The metric's key in evaluation results: `<task>_<metric>`."""
+        return f"{self.name}_{self.metric}"
+
+    def metric_to_unit(self, value: float) -> float:
+        """Map the task's metric to [0, 1] for the overall score (correlations r -> (r + 1) / 2)."""
+        return (value + 1.0) / 2.0 if self.metric in ("pearson", "spearman") else value
+
+    def replace(self, **changes) -> TaskSpec:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["text_columns"] = list(self.text_columns)
+        if self.score_range is not None:
+            out["score_range"] = list(self.score_range)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskSpec:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"Unknown TaskSpec field(s) {sorted(unknown)}; known fields: {sorted(known)}")
+        data = dict(data)
+        if data.get("score_range") is not None:
+            data["score_range"] = tuple(data["score_range"])
+        return cls(**data)
+
+
+SST_LABELS = ["very negative", "negative", "neutral", "positive", "very positive"]
+
+
+def sst_task(**overrides) -> TaskSpec:
+    """SST-5 sentiment: 5 ordered classes, accuracy. `loss="ordinal"` uses the ordinal log loss."""
+    return TaskSpec(
+        **{
+            "name": "sst",
+            "kind": "classification",
+            "text_columns": ("sentence",),
+            "label_column": "sentiment",
+            "label_names": SST_LABELS,
+            **overrides,
+        }
+    )
+
+
+def quora_task(**overrides) -> TaskSpec:
+    """Quora Question Pairs paraphrase detection: binary, accuracy."""
+    return TaskSpec(
+        **{
+            "name": "quora",
+            "kind": "classification",
+            "text_columns": ("sentence1", "sentence2"),
+            "label_column": "is_duplicate",
+            "label_names": ["not_duplicate", "duplicate"],
+            **overrides,
+        }
+    )
+
+
+def sts_task(**overrides) -> TaskSpec:
+    """STS-B semantic similarity: a score in [0, 5], Pearson r."""
+    return TaskSpec(
+        **{
+            "name": "sts",
+            "kind": "regression",
+            "text_columns": ("sentence1", "sentence2"),
+            "label_column": "similarity",
+            "score_range": (0.0, 5.0),
+            **overrides,
+        }
+    )
+
+
+PRESETS = {"sst": sst_task, "quora": quora_task, "sts": sts_task}
+
+
+def get_task(name: str, **overrides) -> TaskSpec:
+    """A preset task by name (`sst`, `quora`, `sts`), with field overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"Unknown task {name!r}; presets are {sorted(PRESETS)} (or build a TaskSpec yourself)")
+    return PRESETS[name](**overrides)
+
+
+def cs224n_tasks(pair_encoding: str = "cross", **overrides) -> list[TaskSpec]:
+    """The three tasks of the CS224N study, in its order (sst, quora, sts)."""
+    return [get_task(name, pair_encoding=pair_encoding, **overrides) for name in ("sst", "quora", "sts")]

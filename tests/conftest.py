@@ -1,0 +1,76 @@
+"""Shared fixtures: a tiny word-piece tokenizer, tiny random BERT-family configs and small task data."""
+
+from __future__ import annotations
+
+import copy
+import os
+import string
+
+import pytest
+import torch
+from transformers import BertConfig, BertTokenizerFast
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+WORDS = ("the a is was it film movie good bad great awful very not how what why do does i you can cat dog "
+         "man woman playing on in grass question same ?").split()
+SST_ROWS = [
+    ("a great film", 4), ("a good movie", 3), ("it is a film", 2), ("a bad movie", 1), ("an awful film", 0),
+    ("very good", 3), ("not good", 1), ("great great film", 4), ("the movie was bad", 1), ("awful awful", 0),
+    ("it was fine", 2), ("very very good", 4),
+]
+PAIR_ROWS = [
+    ("how do i cook", "how can i cook", 1.0), ("what is a cat", "why is the dog", 0.0),
+    ("a man is playing", "a man plays", 1.0), ("the cat", "a question", 0.0), ("how is it", "how is it", 1.0),
+    ("what do you do", "what can you do", 1.0), ("a dog on grass", "the film", 0.0), ("why", "what", 0.0),
+]
+STS_ROWS = [
+    ("a man is playing", "a man plays", 4.6), ("a cat", "the dog", 1.0), ("a dog on grass", "a dog in grass", 4.2),
+    ("the film", "a movie", 3.8), ("a woman", "a question", 0.2), ("how do i", "what can you", 0.8),
+    ("the cat is good", "the cat is bad", 2.5), ("a man", "a woman", 1.7),
+]
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tokenizer")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *string.ascii_lowercase, "?", ".", ",", "'",
+             *(f"##{c}" for c in string.ascii_lowercase), *WORDS]
+    (path / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
+    BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def _tokenizer(tokenizer_dir):
+    return BertTokenizerFast.from_pretrained(tokenizer_dir)
+
+
+@pytest.fixture
+def tokenizer(_tokenizer):
+    return copy.deepcopy(_tokenizer)
+
+
+@pytest.fixture
+def bert_config(_tokenizer):
+    return BertConfig(vocab_size=len(_tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=37, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                      attention_probs_dropout_prob=0.0)
+
+
+def write_tsv(path, header, rows):
+    lines = ["\t".join(header)] + ["\t".join(str(c) for c in (f"id{i:04d}", *row)) for i, row in enumerate(rows)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    """A directory laid out like ../shared/data with tiny train and dev files."""
+    for split in ("train", "dev"):
+        write_tsv(tmp_path / f"sst-{split}.tsv", ["id", "sentence", "sentiment"], SST_ROWS)
+        write_tsv(tmp_path / f"quora-{split}.tsv", ["id", "sentence1", "sentence2", "is_duplicate"], PAIR_ROWS)
+        write_tsv(tmp_path / f"sts-{split}.tsv", ["id", "sentence1", "sentence2", "similarity"], STS_ROWS)
+    return tmp_path
