@@ -169,6 +169,9 @@ class MultitaskBatchSampler(torch.utils.data.Sampler[list[int]]):
     def _global_batches(self, task: int) -> Iterator[np.ndarray]:
         buffer = np.empty(0, dtype=np.int64)
         for order in self._task_stream(task):
+            if len(buffer):  # a batch straddling two passes: fill it with examples it does not hold yet
+                held = np.isin(order, buffer)
+                order = np.concatenate([order[~held], order[held]])
             buffer = np.concatenate([buffer, order])
             while len(buffer) >= self.global_batch_size:
                 yield buffer[: self.global_batch_size]

@@ -74,3 +74,24 @@ def data_dir(tmp_path):
         write_tsv(tmp_path / f"quora-{split}.tsv", ["id", "sentence1", "sentence2", "is_duplicate"], PAIR_ROWS)
         write_tsv(tmp_path / f"sts-{split}.tsv", ["id", "sentence1", "sentence2", "similarity"], STS_ROWS)
     return tmp_path
+
+
+@pytest.fixture
+def tiny_model(bert_config):
+    from hf_multitask import MultitaskConfig, MultitaskModel, cs224n_tasks
+
+    torch.manual_seed(0)
+    return MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=cs224n_tasks()))
+
+
+@pytest.fixture
+def tokenized(data_dir, tokenizer):
+    """`{split: {task: tokenized Dataset}}` for the three CS224N tasks (cross-encoded)."""
+    from hf_multitask import cs224n_tasks, load_task_data, tokenize_task
+
+    out = {"train": {}, "dev": {}}
+    for spec in cs224n_tasks():
+        data = load_task_data(spec, data_dir)
+        for split in out:
+            out[split][spec.name] = tokenize_task(data[split], spec, tokenizer)
+    return out

@@ -1,0 +1,294 @@
+"""`hf-multitask train | evaluate | predict`.
+
+`train` takes a YAML/JSON config whose keys are fields of [`ModelArguments`], [`DataArguments`] and
+[`MultitaskTrainingArguments`], and `--key value` flags that override it (trl's config-plus-flags pattern).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import AutoTokenizer, HfArgumentParser, set_seed
+
+from .configuration import MultitaskConfig
+from .data import load_task_data, read_delimited, tokenize_task
+from .metrics import predictions_from_logits
+from .modeling import MultitaskModel, resolve_encoder_path
+from .tasks import TaskSpec, get_task
+from .trainer import MultitaskTrainer
+from .training_args import MultitaskTrainingArguments
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default="minilm",
+        metadata={"help": "Encoder checkpoint (hub id, local dir, or 'minilm' for the bundled all-MiniLM-L6-v2), "
+                          "or a saved multitask model to continue from."},
+    )
+    tasks: list[str] = field(default_factory=lambda: ["sst", "quora", "sts"], metadata={"help": "Task presets."})
+    task_overrides: str | None = field(
+        default=None,
+        metadata={"help": 'JSON {task: {TaskSpec field: value}}, e.g. {"sst": {"loss": "ordinal"}}; '
+                          "a YAML mapping in a config file."},
+    )
+    pair_encoding: str = field(default="cross", metadata={"help": "Pair encoding of every pair task: cross | bi."})
+    pooling: str = field(default="mean", metadata={"help": "Sentence representation: cls | mean."})
+    classifier_dropout: float = field(default=0.1, metadata={"help": "Dropout before each head."})
+    max_length: int = field(default=128, metadata={"help": "Truncation length in tokens."})
+    freeze_encoder: bool = field(default=False, metadata={"help": "Train the heads only (the frozen baseline)."})
+    init_heads_from: str | None = field(
+        default=None, metadata={"help": "A saved multitask model whose heads start this run (baseline transfer)."}
+    )
+
+
+@dataclass
+class DataArguments:
+    data_dir: str = field(default="../shared/data", metadata={"help": "Directory of <task>-<split>.tsv files."})
+    train_split: str = field(default="train", metadata={"help": "Split name of the training files."})
+    eval_split: str = field(default="dev", metadata={"help": "Split name of the evaluation files."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N rows of each task."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N eval rows per task."})
+
+
+TRAIN_DATACLASSES = (ModelArguments, DataArguments, MultitaskTrainingArguments)
+
+
+def parse_train_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, MultitaskTrainingArguments]:
+    """`CONFIG.yaml [--key value ...]` or flags alone -> the three argument dataclasses."""
+    parser = HfArgumentParser(TRAIN_DATACLASSES)
+    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
+        config = load_config_file(argv[0])
+        parser.set_defaults(**config)
+        argv = argv[1:]
+    model_args, data_args, training_args, rest = parser.parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True
+    )
+    if rest:
+        raise SystemExit(f"hf-multitask train: unknown argument(s) {rest}")
+    return model_args, data_args, training_args
+
+
+def load_config_file(path: str) -> dict:
+    """A YAML (safe loader) or JSON config; unknown keys are an error naming them and the file."""
+    text = Path(path).read_text(encoding="utf-8")
+    config = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a config file must hold a mapping of argument names to values")
+    known = {f.name for cls in TRAIN_DATACLASSES for f in dataclasses.fields(cls)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {unknown}")
+    if isinstance(config.get("task_overrides"), dict):
+        config["task_overrides"] = json.dumps(config["task_overrides"])
+    return config
+
+
+def build_task_specs(model_args: ModelArguments) -> list[TaskSpec]:
+    overrides = json.loads(model_args.task_overrides) if model_args.task_overrides else {}
+    unknown = sorted(set(overrides) - set(model_args.tasks))
+    if unknown:
+        raise ValueError(f"task_overrides names task(s) {unknown} that are not in tasks={model_args.tasks}")
+    return [get_task(name, **{"pair_encoding": model_args.pair_encoding, "max_length": model_args.max_length,
+                               **overrides.get(name, {})}) for name in model_args.tasks]
+
+
+def build_model(model_args: ModelArguments, specs: list[TaskSpec]) -> MultitaskModel:
+    path = resolve_encoder_path(model_args.model_name_or_path)
+    if _is_multitask_checkpoint(path):
+        model = MultitaskModel.from_pretrained(path)
+        saved, wanted = model.config.task_names, [s.name for s in specs]
+        if saved != wanted:
+            raise ValueError(f"{path} has heads for tasks {saved}, but the config asks for tasks {wanted}")
+    else:
+        model = MultitaskModel.from_encoder(path, specs, pooling=model_args.pooling,
+                                            classifier_dropout=model_args.classifier_dropout)
+    if model_args.init_heads_from:
+        model.load_heads_from(model_args.init_heads_from)
+    model.freeze_encoder(model_args.freeze_encoder)
+    return model
+
+
+def _is_multitask_checkpoint(path: str) -> bool:
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        return False
+    return json.loads(config_file.read_text()).get("model_type") == MultitaskConfig.model_type
+
+
+def load_tokenized(specs, tokenizer, data_dir: str, split: str, limit: int | None) -> dict:
+    out = {}
+    for spec in specs:
+        dataset = load_task_data(spec, data_dir, splits=(split,))[split]
+        if limit is not None:
+            dataset = dataset.select(range(min(limit, len(dataset))))
+        out[spec.name] = tokenize_task(dataset, spec, tokenizer)
+    return out
+
+
+def print_metrics_table(metrics: dict[str, float], specs, prefix: str = "eval") -> None:
+    rows = [(spec.name, spec.metric, metrics[f"{prefix}_{spec.metric_key}"]) for spec in specs
+            if f"{prefix}_{spec.metric_key}" in metrics]
+    rows.append(("overall", "mean of [0,1] scores", metrics[f"{prefix}_overall"]))
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'task'.ljust(width)}  {'metric'.ljust(20)}  value")
+    for name, metric, value in rows:
+        print(f"{name.ljust(width)}  {metric.ljust(20)}  {value:.4f}")
+
+
+def train(argv: list[str]) -> dict:
+    model_args, data_args, training_args = parse_train_args(argv)
+    set_seed(training_args.seed)
+    specs = build_task_specs(model_args)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_encoder_path(model_args.model_name_or_path))
+    model = build_model(model_args, specs)
+    train_data = load_tokenized(specs, tokenizer, data_args.data_dir, data_args.train_split,
+                                data_args.max_train_samples)
+    eval_data = load_tokenized(specs, tokenizer, data_args.data_dir, data_args.eval_split,
+                               data_args.max_eval_samples)
+    trainer = MultitaskTrainer(model=model, args=training_args, train_dataset=train_data, eval_dataset=eval_data,
+                               processing_class=tokenizer)
+    if trainer.is_world_process_zero():
+        _print_summary(model, specs, train_data, training_args)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    metrics = trainer.evaluate()
+    trainer.save_model(training_args.output_dir)
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        print_metrics_table(metrics, specs)
+        _write_json(Path(training_args.output_dir) / "eval_results.json", metrics)
+    return metrics
+
+
+def _print_summary(model, specs, train_data, args) -> None:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    per_task = model.num_parameters_per_task()
+    print(f"hf-multitask: {len(specs)} tasks, sampling={args.task_sampling}, "
+          f"trainable parameters {trainable:,} of {total:,}")
+    for spec in specs:
+        print(f"  {spec.name:<8} {spec.kind:<14} {len(train_data[spec.name]):>7,} train examples, "
+              f"loss={spec.loss}, metric={spec.metric}, pairs={spec.pair_encoding if spec.is_pair else '-'}, "
+              f"task-only parameters {per_task[spec.name]:,}")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"metrics written to {path}")
+
+
+def evaluate(argv: list[str]) -> dict:
+    parser = argparse.ArgumentParser(prog="hf-multitask evaluate", description="Evaluate a saved multitask model.")
+    parser.add_argument("model_dir")
+    parser.add_argument("--data", required=True, help="Directory laid out like ../shared/data.")
+    parser.add_argument("--split", default="dev")
+    parser.add_argument("--tasks", nargs="*", help="Subset of the model's tasks (default: all).")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--output", help="JSON file for the metrics (default: MODEL_DIR/<split>_results.json).")
+    args = parser.parse_args(argv)
+    model = MultitaskModel.from_pretrained(args.model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    unknown = sorted(set(args.tasks or []) - set(model.specs))
+    if unknown:
+        raise SystemExit(f"{args.model_dir} has no head for task(s) {unknown}; it has {list(model.specs)}")
+    specs = [model.specs[name] for name in (args.tasks or model.specs)]
+    eval_data = load_tokenized(specs, tokenizer, args.data, args.split, None)
+    training_args = MultitaskTrainingArguments(output_dir=os.path.join(args.model_dir, "eval"), report_to=[],
+                                               per_device_eval_batch_size=args.batch_size)
+    trainer = MultitaskTrainer(model=model, args=training_args, processing_class=tokenizer)
+    metrics = trainer.evaluate(eval_data, metric_key_prefix=args.split)
+    print_metrics_table(metrics, specs, prefix=args.split)
+    _write_json(Path(args.output or Path(args.model_dir) / f"{args.split}_results.json"), metrics)
+    return metrics
+
+
+def predict(argv: list[str]) -> list[dict]:
+    parser = argparse.ArgumentParser(prog="hf-multitask predict", description="Predict with a saved model.")
+    parser.add_argument("model_dir")
+    parser.add_argument("--task", required=True)
+    parser.add_argument("texts", nargs="*", help="Inputs; for pair tasks separate the two sentences with ' ||| '.")
+    parser.add_argument("--file", help="A TSV/CSV/JSONL file with the task's text columns.")
+    parser.add_argument("--output", help="Write JSON lines here instead of stdout.")
+    args = parser.parse_intermixed_args(argv)
+    model = MultitaskModel.from_pretrained(args.model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    if args.task not in model.specs:
+        raise SystemExit(f"{args.model_dir} has no head for task {args.task!r}; it has {list(model.specs)}")
+    spec = model.specs[args.task]
+    dataset = _prediction_inputs(spec, args)
+    trainer = MultitaskTrainer(model=model, args=MultitaskTrainingArguments(
+        output_dir=os.path.join(args.model_dir, "predict"), report_to=[]), processing_class=tokenizer)
+    outputs = predictions_from_logits(spec, trainer.predict_task(spec.name, tokenize_task(dataset, spec, tokenizer)))
+    records = []
+    for i, value in enumerate(outputs.tolist()):
+        record = {c: dataset[i][c] for c in spec.text_columns}
+        record.update({"label": spec.label_names[value], "label_id": value} if spec.label_names else {"score": value})
+        records.append(record)
+    lines = "\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n"
+    if args.output:
+        Path(args.output).write_text(lines, encoding="utf-8")
+    else:
+        sys.stdout.write(lines)
+    return records
+
+
+def _prediction_inputs(spec: TaskSpec, args):
+    from datasets import Dataset
+
+    if args.file:
+        return _load_texts(spec, args.file)
+    if not args.texts:
+        raise SystemExit("hf-multitask predict: give texts or --file")
+    rows = [t.split(" ||| ") for t in args.texts]
+    for i, row in enumerate(rows, start=1):
+        if len(row) != len(spec.text_columns):
+            raise SystemExit(f"input {i}: task {spec.name!r} needs {len(spec.text_columns)} text(s) "
+                             f"separated by ' ||| ', got {len(row)}")
+        if any(not text.strip() for text in row):
+            raise SystemExit(f"input {i}: empty text")
+    return Dataset.from_dict({c: [r[j] for r in rows] for j, c in enumerate(spec.text_columns)})
+
+
+def _load_texts(spec: TaskSpec, path: str):
+    """The task's text columns of a file (labels not needed); empty texts are an error naming the row."""
+    from datasets import Dataset, load_dataset
+
+    if not Path(path).is_file():
+        raise SystemExit(f"{path}: no such file")
+    if path.endswith((".tsv", ".csv")):
+        columns, rows = read_delimited(path)
+    else:
+        rows = load_dataset("parquet" if path.endswith(".parquet") else "json", data_files=path, split="train")
+        columns = rows.column_names
+    missing = [c for c in spec.text_columns if c not in columns]
+    if missing:
+        raise SystemExit(f"{path}: task {spec.name!r} needs column(s) {missing}, the file has {columns}")
+    for i, row in enumerate(rows, start=1):
+        for c in spec.text_columns:
+            if not isinstance(row[c], str) or not row[c].strip():
+                raise SystemExit(f"{path}: row {i}, column {c!r}: empty text")
+    return Dataset.from_dict({c: [r[c] for r in rows] for c in spec.text_columns})
+
+
+COMMANDS = {"train": train, "evaluate": evaluate, "predict": predict}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        print("usage: hf-multitask {train CONFIG.yaml [--key value ...] | evaluate MODEL_DIR --data DIR | "
+              "predict MODEL_DIR --task TASK TEXT...}", file=sys.stderr)
+        raise SystemExit(2)
+    COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    main()

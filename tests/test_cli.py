@@ -1,0 +1,80 @@
+import json
+
+import pytest
+import yaml
+from transformers import BertConfig, BertModel
+
+from hf_multitask.cli import load_config_file, main, parse_train_args
+
+
+@pytest.fixture
+def encoder_dir(tmp_path, tokenizer_dir, tokenizer):
+    path = tmp_path / "encoder"
+    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                         intermediate_size=37), add_pooling_layer=False).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def config_file(tmp_path, encoder_dir, data_dir):
+    config = {"model_name_or_path": str(encoder_dir), "data_dir": str(data_dir), "output_dir": str(tmp_path / "run"),
+              "max_steps": 4, "per_device_train_batch_size": 4, "report_to": [], "learning_rate": 1e-3,
+              "task_sampling": "proportional", "task_overrides": {"sst": {"loss": "ordinal"}}, "use_cpu": True}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_train_evaluate_predict_end_to_end(config_file, tmp_path, data_dir, capsys):
+    main(["train", str(config_file), "--max_steps", "3"])
+    run = tmp_path / "run"
+    results = json.loads((run / "eval_results.json").read_text())
+    assert {"eval_sst_accuracy", "eval_quora_accuracy", "eval_sts_pearson", "eval_overall"} <= set(results)
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["tasks"][0]["loss"] == "ordinal"
+    assert json.loads((run / "trainer_state.json").read_text())["global_step"] == 3  # the flag won over the file
+    assert "overall" in capsys.readouterr().out
+
+    main(["evaluate", str(run), "--data", str(data_dir), "--split", "dev", "--tasks", "sts"])
+    assert set(json.loads((run / "dev_results.json").read_text())) >= {"dev_sts_pearson", "dev_overall"}
+
+    capsys.readouterr()
+    main(["predict", str(run), "--task", "sst", "a good film", "bad"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [line["sentence"] for line in lines] == ["a good film", "bad"]
+    assert all(line["label"] in ("very negative", "negative", "neutral", "positive", "very positive")
+               for line in lines)
+
+    out = tmp_path / "pred.jsonl"
+    main(["predict", str(run), "--task", "sts", "--file", str(data_dir / "sts-dev.tsv"), "--output", str(out)])
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 8 and all(isinstance(r["score"], float) for r in records)
+
+
+def test_config_file_rejects_unknown_keys(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("learning_rate: 1.0e-4\nlearnin_rate: 3\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: unknown key\(s\) \['learnin_rate'\]"):
+        load_config_file(str(path))
+
+
+def test_flags_override_the_config_file(config_file):
+    model_args, data_args, training_args = parse_train_args([str(config_file), "--learning_rate", "5e-5",
+                                                              "--pair_encoding", "bi"])
+    assert training_args.learning_rate == 5e-5 and model_args.pair_encoding == "bi"
+    assert training_args.task_sampling == "proportional" and training_args.max_steps == 4
+
+
+def test_continuing_from_a_model_with_other_tasks_is_an_error(config_file, tmp_path):
+    main(["train", str(config_file)])
+    with pytest.raises(ValueError, match=r"has heads for tasks \['sst', 'quora', 'sts'\].*asks for tasks \['sst'\]"):
+        main(["train", str(config_file), "--model_name_or_path", str(tmp_path / "run"), "--tasks", "sst"])
+
+
+def test_predict_rejects_unknown_task_and_bad_pairs(config_file, tmp_path):
+    main(["train", str(config_file), "--max_steps", "1"])
+    with pytest.raises(SystemExit, match="no head for task 'nli'"):
+        main(["predict", str(tmp_path / "run"), "--task", "nli", "x"])
+    with pytest.raises(SystemExit, match="needs 2 text"):
+        main(["predict", str(tmp_path / "run"), "--task", "sts", "only one sentence"])

@@ -1,0 +1,25 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from hf_multitask import MultitaskBatchSampler
+
+
+def test_two_processes_get_the_same_task_and_disjoint_shards(data_dir, tokenizer_dir, tmp_path):
+    script = Path(__file__).with_name("dist_sampling_script.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+               str(script), str(data_dir), str(tokenizer_dir), str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["world"] == 2
+    assert ranks[0]["tasks"] == ranks[1]["tasks"]  # same task at every step
+    sizes = {"sst": 12, "quora": 8, "sts": 8}
+    sampler = MultitaskBatchSampler(sizes, batch_size=4, strategy="annealed", seed=1)
+    sampler.set_total_batches(3 * len(sampler))  # the Trainer's default of 3 epochs
+    single = list(sampler)
+    assert len(ranks[0]["indices"]) == len(single)  # not re-sharded by accelerate
+    for step, (a, b) in enumerate(zip(ranks[0]["indices"], ranks[1]["indices"])):
+        assert not set(a) & set(b)
+        assert a + b == single[step]  # together: the single-process global batch

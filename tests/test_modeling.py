@@ -1,0 +1,121 @@
+import pytest
+import torch
+from transformers import AutoModel, BertModel, DistilBertConfig, RobertaConfig
+
+from hf_multitask import MultitaskConfig, MultitaskModel, cs224n_tasks, get_task
+
+
+def batch(tokenizer, *texts):
+    return dict(tokenizer(list(texts), padding=True, return_tensors="pt"))
+
+
+def test_forward_shapes_and_losses(tiny_model, tokenizer):
+    inputs = batch(tokenizer, "a good film", "bad")
+    out = tiny_model(task_name="sst", labels=torch.tensor([3, 1]), **inputs)
+    assert out.logits.shape == (2, 5) and out.loss.ndim == 0
+    out = tiny_model(task_name="sts", labels=torch.tensor([1.0, 4.5]), **inputs)
+    assert out.logits.shape == (2, 1)
+
+
+def test_unknown_task_is_named(tiny_model, tokenizer):
+    with pytest.raises(ValueError, match="Unknown task_name 'nli'.*'sst', 'quora', 'sts'"):
+        tiny_model(task_name="nli", **batch(tokenizer, "a"))
+
+
+def test_save_load_gives_identical_logits(tiny_model, tokenizer, tmp_path):
+    tiny_model.eval()
+    inputs = batch(tokenizer, "a great film", "how do i cook")
+    expected = {t: tiny_model(task_name=t, **inputs).logits for t in ("sst", "quora", "sts")}
+    tiny_model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    for loaded in (MultitaskModel.from_pretrained(tmp_path), AutoModel.from_pretrained(tmp_path)):
+        assert isinstance(loaded, MultitaskModel)
+        loaded.eval()
+        for task, logits in expected.items():
+            torch.testing.assert_close(loaded(task_name=task, **inputs).logits, logits, rtol=0, atol=1e-6)
+        assert loaded.config.task_specs == tiny_model.config.task_specs
+
+
+def test_pooling_cls_and_mean_differ(bert_config, tokenizer):
+    inputs = batch(tokenizer, "a good film", "bad")
+    outs = {}
+    for pooling in ("cls", "mean"):
+        torch.manual_seed(0)
+        model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=cs224n_tasks(), pooling=pooling)).eval()
+        outs[pooling] = model.encode(inputs["input_ids"], inputs["attention_mask"])
+    hidden = model.encoder(**inputs).last_hidden_state
+    torch.testing.assert_close(outs["cls"], hidden[:, 0])
+    mask = inputs["attention_mask"][1].bool()
+    torch.testing.assert_close(outs["mean"][1], hidden[1][mask].mean(0))
+
+
+def test_mean_pooling_ignores_padding(tiny_model, tokenizer):
+    tiny_model.eval()
+    alone = tiny_model(task_name="sst", **batch(tokenizer, "bad")).logits
+    padded = tiny_model(task_name="sst", **batch(tokenizer, "bad", "a very very long good great film")).logits
+    torch.testing.assert_close(padded[:1], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_bi_encoding_heads(bert_config, tokenizer):
+    model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=cs224n_tasks(pair_encoding="bi"))).eval()
+    a, b = batch(tokenizer, "a cat", "a dog"), batch(tokenizer, "a cat", "the film")
+    pair = {**a, **{f"{k}_b": v for k, v in b.items()}}
+    scores = model(task_name="sts", **pair).logits
+    assert scores.shape == (2, 1)
+    assert scores[0].item() == pytest.approx(5.0, abs=1e-4)  # identical sentences: cosine 1 -> top of the range
+    assert model(task_name="quora", **pair).logits.shape == (2, 2)
+    assert model.heads["quora"].out_proj.in_features == 3 * bert_config.hidden_size
+    with pytest.raises(ValueError, match="bi-encoded: the batch needs input_ids_b"):
+        model(task_name="sts", **a)
+
+
+def test_from_encoder_keeps_pretrained_weights(bert_config, tmp_path):
+    encoder = BertModel(bert_config, add_pooling_layer=False)
+    encoder.save_pretrained(tmp_path)
+    model = MultitaskModel.from_encoder(tmp_path, cs224n_tasks())
+    for (name, expected), actual in zip(encoder.state_dict().items(), model.encoder.state_dict().values()):
+        torch.testing.assert_close(actual, expected, msg=name)
+
+
+def test_freeze_encoder_leaves_heads_trainable(tiny_model):
+    tiny_model.freeze_encoder()
+    assert not any(p.requires_grad for p in tiny_model.encoder.parameters())
+    assert all(p.requires_grad for p in tiny_model.heads.parameters())
+    assert tiny_model.num_parameters_per_task() == {"sst": 32 * 5 + 5, "quora": 32 * 2 + 2, "sts": 32 + 1}
+
+
+def test_load_heads_from_another_model(tiny_model, bert_config, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    other = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=cs224n_tasks()))
+    other.load_heads_from(tmp_path)
+    for name in ("sst", "quora", "sts"):
+        for a, b in zip(other.heads[name].parameters(), tiny_model.heads[name].parameters()):
+            torch.testing.assert_close(a, b)
+    mismatch = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=[get_task("sst").replace(name="nli")]))
+    with pytest.raises(ValueError, match="'nli' has no head in the source"):
+        mismatch.load_heads_from(tiny_model)
+
+
+@pytest.mark.parametrize(
+    "encoder_config",
+    [
+        DistilBertConfig(vocab_size=120, dim=32, n_layers=2, n_heads=4, hidden_dim=37),
+        RobertaConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=37, type_vocab_size=1),
+    ],
+    ids=["distilbert", "roberta"],
+)
+def test_other_encoder_families(encoder_config, tmp_path):
+    model = MultitaskModel(MultitaskConfig(encoder=encoder_config, tasks=cs224n_tasks())).eval()
+    ids = torch.randint(5, 100, (2, 7))
+    logits = model(task_name="sst", input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(reloaded(task_name="sst", input_ids=ids).logits, logits)
+
+
+def test_config_rejects_duplicate_tasks_and_bad_pooling(bert_config):
+    with pytest.raises(ValueError, match="duplicate task names"):
+        MultitaskConfig(encoder=bert_config, tasks=[get_task("sst"), get_task("sst")])
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        MultitaskConfig(encoder=bert_config, tasks=cs224n_tasks(), pooling="max")
