@@ -1,0 +1,107 @@
+"""Gradient surgery on a `[T, P]` matrix of per-task gradients of the shared parameters: PCGrad and GradVac.
+
+Pure functions on tensors: no model, no Python loop over parameters. The Trainer flattens the shared parameters'
+gradients of each task into one preallocated row, calls one of these, and writes the sum back into `.grad`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+EPS = 1e-12
+
+
+def visiting_orders(num_tasks: int, generator: torch.Generator | None = None) -> list[list[int]]:
+    """For each task i, the other tasks j in a random order (the order PCGrad and GradVac visit them in)."""
+    orders = []
+    for i in range(num_tasks):
+        others = torch.randperm(num_tasks - 1, generator=generator).tolist()
+        orders.append([j if j < i else j + 1 for j in others])
+    return orders
+
+
+def task_cosines(grads: torch.Tensor) -> torch.Tensor:
+    """Pairwise cosine similarity `[T, T]` between task gradients (0 where a gradient is zero)."""
+    norms = grads.norm(dim=1).clamp_min(EPS)
+    return (grads @ grads.T) / (norms[:, None] * norms[None, :])
+
+
+def pcgrad(grads: torch.Tensor, orders: list[list[int]]) -> tuple[torch.Tensor, int]:
+    """Projecting Conflicting Gradients (Yu et al. 2020, https://arxiv.org/abs/2001.06782).
+
+    For each task i, for the other tasks j in `orders[i]`: if g_i . g_j < 0, g_i <- g_i - (g_i . g_j / |g_j|^2) g_j,
+    with g_j the *original* gradient of task j and g_i the running, already-projected one.
+
+    Args:
+        grads: `[T, P]` per-task gradients of the shared parameters (float32).
+        orders: `orders[i]` lists the tasks j != i in visiting order (see [`visiting_orders`]).
+
+    Returns:
+        The projected `[T, P]` gradients (the update is their sum) and the number of projections made.
+    """
+    projected = grads.clone()
+    squared_norms = (grads * grads).sum(dim=1)  # (T,)
+    count = 0
+    for i, order in enumerate(orders):
+        for j in order:
+            if squared_norms[j] <= EPS:
+                continue
+            dot = projected[i] @ grads[j]
+            if dot < 0:
+                projected[i].sub_(grads[j], alpha=float(dot / squared_norms[j]))
+                count += 1
+    return projected, count
+
+
+def gradvac(
+    grads: torch.Tensor,
+    targets: torch.Tensor,
+    orders: list[list[int]],
+    beta: float = 0.01,
+    segments: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Gradient Vaccine (Wang et al. 2020, https://arxiv.org/abs/2010.05874).
+
+    For each task i, for the other tasks j in `orders[i]`, in each segment (the whole vector, or each layer):
+    phi = cos(g_i, g_j); if phi < target phî_ij,
+    g_i <- g_i + |g_i| (phî sqrt(1 - phi^2) - phi sqrt(1 - phî^2)) / (|g_j| sqrt(1 - phî^2)) g_j,
+    which sets cos(g_i, g_j) to exactly phî_ij; then phî_ij <- (1 - beta) phî_ij + beta phi.
+
+    Args:
+        grads: `[T, P]` per-task gradients of the shared parameters (float32).
+        targets: `[K, T, T]` EMA targets phî for K segments (zeros at the start of training).
+        orders: Visiting orders, as for [`pcgrad`].
+        beta: EMA rate of the targets (the paper: 0.01).
+        segments: `(P,)` segment id in [0, K) of every coordinate (e.g. its layer); `None` = one segment.
+
+    Returns:
+        The adjusted `[T, P]` gradients, the updated targets, and the number of (segment, pair) adjustments.
+    """
+    num_segments = targets.shape[0]
+    if segments is None:
+        segments = torch.zeros(grads.shape[1], dtype=torch.long, device=grads.device)
+
+    def segment_sum(values: torch.Tensor) -> torch.Tensor:  # (P,) -> (K,)
+        return torch.zeros(num_segments, dtype=values.dtype, device=values.device).index_add_(0, segments, values)
+
+    adjusted, targets = grads.clone(), targets.clone()
+    norms = torch.stack([segment_sum(g * g) for g in grads]).sqrt()  # (T, K) original norms
+    count = 0
+    for i, order in enumerate(orders):
+        for j in order:
+            norm_i = segment_sum(adjusted[i] * adjusted[i]).sqrt()  # (K,)
+            norm_j = norms[j]
+            valid = (norm_i > EPS) & (norm_j > EPS)
+            phi = segment_sum(adjusted[i] * grads[j]) / (norm_i * norm_j).clamp_min(EPS)  # (K,)
+            phi = phi.clamp(-1.0, 1.0)
+            target = targets[:, i, j]
+            adjust = valid & (phi < target)
+            sin_target = (1 - target**2).clamp_min(EPS).sqrt()
+            coef = norm_i * (target * (1 - phi**2).clamp_min(0).sqrt() - phi * sin_target) / (
+                norm_j.clamp_min(EPS) * sin_target
+            )
+            coef = torch.where(adjust, coef, torch.zeros_like(coef))
+            adjusted[i].add_(coef[segments] * grads[j])
+            targets[:, i, j] = torch.where(valid, (1 - beta) * target + beta * phi, target)
+            count += int(adjust.sum())
+    return adjusted, targets, count
