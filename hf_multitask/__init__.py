@@ -6,7 +6,7 @@ from .configuration import MultitaskConfig
 from .data import MultitaskCollator, MultitaskDataset, load_task_data, load_task_split, tokenize_task
 from .losses import ordinal_log_loss, task_loss
 from .metrics import compute_task_metrics, overall_score
-from .modeling import MultitaskModel, MultitaskModelOutput
+from .modeling import MultitaskModel, MultitaskModelOutput, resolve_encoder_path
 from .sampling import MultitaskBatchSampler, annealed_alpha
 from .tasks import TaskSpec, cs224n_tasks, get_task, quora_task, sst_task, sts_task
 from .trainer import MultitaskTrainer
@@ -36,6 +36,7 @@ __all__ = [
     "ordinal_log_loss",
     "overall_score",
     "quora_task",
+    "resolve_encoder_path",
     "sst_task",
     "sts_task",
     "task_loss",
