@@ -105,3 +105,87 @@ def gradvac(
             targets[:, i, j] = torch.where(valid, (1 - beta) * target + beta * phi, target)
             count += int(adjust.sum())
     return adjusted, targets, count
+
+
+SURGERY_METHODS = ("none", "pcgrad", "gradvac")
+
+
+class GradientSurgery:
+    """Per-task gradients of the shared parameters in one flat `[T, P]` buffer, and the surgery applied to them.
+
+    The Trainer adds each task's shared gradients into its row ([`accumulate`]), averages the buffer across ranks,
+    then [`combine`] projects the rows (same visiting order on every rank: one seeded generator) and returns their
+    sum for `.grad`. GradVac's EMA targets and the generator's state are in [`state_dict`] for checkpoints.
+
+    Args:
+        method: `none` (plain sum), `pcgrad` or `gradvac`.
+        params: The shared trainable parameters, in a fixed order.
+        num_tasks: T.
+        seed: Seeds the generator of the visiting orders.
+        gradvac_beta: EMA rate of GradVac's targets.
+        gradvac_per_layer: One GradVac target per parameter tensor group (`segment_ids`) instead of one overall.
+        segment_ids: `[len(params)]` group id (e.g. layer index) of every parameter, for `gradvac_per_layer`.
+    """
+
+    def __init__(self, method: str, params: list[torch.nn.Parameter], num_tasks: int, seed: int = 0,
+                 gradvac_beta: float = 0.01, gradvac_per_layer: bool = True, segment_ids: list[int] | None = None):
+        if method not in SURGERY_METHODS:
+            raise ValueError(f"gradient_surgery must be one of {SURGERY_METHODS}, got {method!r}")
+        self.method, self.params, self.num_tasks, self.beta = method, params, num_tasks, gradvac_beta
+        self.numels = [p.numel() for p in params]
+        size = sum(self.numels)
+        device = params[0].device if params else torch.device("cpu")
+        self.buffer = torch.zeros(num_tasks, size, dtype=torch.float32, device=device)
+        ids = segment_ids if (gradvac_per_layer and segment_ids is not None) else [0] * len(params)
+        dense = {s: k for k, s in enumerate(dict.fromkeys(ids))}  # relabel to 0..K-1
+        self.segments = torch.repeat_interleave(torch.tensor([dense[s] for s in ids], dtype=torch.long),
+                                                torch.tensor(self.numels, dtype=torch.long)).to(device)
+        self.targets = torch.zeros(max(len(dense), 1), num_tasks, num_tasks, dtype=torch.float32, device=device)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.cosine_sum = torch.zeros(num_tasks, num_tasks)
+        self.steps = self.adjustments = 0
+
+    def zero_(self) -> None:
+        self.buffer.zero_()
+
+    def accumulate(self, task_index: int) -> None:
+        """Add the shared parameters' current `.grad` to row `task_index`, then clear those `.grad`s."""
+        grads = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(n, device=self.buffer.device)
+                 for p, n in zip(self.params, self.numels)]
+        self.buffer[task_index].add_(torch.cat(grads))
+        for p in self.params:
+            p.grad = None
+
+    def combine(self) -> None:
+        """Apply the surgery to the buffer's rows and write their sum into the shared parameters' `.grad`."""
+        grads = self.buffer
+        self.cosine_sum += task_cosines(grads).cpu()
+        self.steps += 1
+        if self.method != "none":
+            orders = visiting_orders(self.num_tasks, self.generator)
+            if self.method == "pcgrad":
+                grads, count = pcgrad(grads, orders)
+            else:
+                grads, self.targets, count = gradvac(grads, self.targets, orders, self.beta, self.segments)
+            self.adjustments += count
+        for p, flat in zip(self.params, grads.sum(0).split(self.numels)):
+            p.grad = flat.view_as(p).to(p.dtype)
+
+    def pop_stats(self, task_names: list[str]) -> dict[str, float]:
+        """Mean pairwise cosines and projections per step since the last call (for logging)."""
+        if self.steps == 0:
+            return {}
+        mean = self.cosine_sum / self.steps
+        stats = {f"grad_cos_{a}_{b}": round(float(mean[i, j]), 4)
+                 for i, a in enumerate(task_names) for j, b in enumerate(task_names) if i < j}
+        stats["surgery_adjustments_per_step"] = round(self.adjustments / self.steps, 4)
+        self.cosine_sum.zero_()
+        self.steps = self.adjustments = 0
+        return stats
+
+    def state_dict(self) -> dict:
+        return {"targets": self.targets.cpu(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.targets = state["targets"].to(self.targets.device)
+        self.generator.set_state(state["generator"])

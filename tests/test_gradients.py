@@ -109,3 +109,66 @@ def test_visiting_orders_are_permutations_of_the_other_tasks():
     orders = visiting_orders(4, torch.Generator().manual_seed(0))
     for i, order in enumerate(orders):
         assert sorted(order) == [j for j in range(4) if j != i]
+
+
+def _surgery_setup(method):
+    from hf_multitask.gradients import GradientSurgery
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(3, 2)
+    params = list(layer.parameters())
+    return layer, GradientSurgery(method, params, num_tasks=2, seed=0, segment_ids=[0, 1])
+
+
+def _task_grads(layer):
+    x = torch.tensor([[1.0, -2.0, 0.5]])
+    return [lambda: layer(x).sum(), lambda: -(layer(x) ** 2).sum()]
+
+
+def test_surgery_none_writes_the_sum_of_task_gradients():
+    layer, surgery = _surgery_setup("none")
+    expected = [torch.zeros_like(p) for p in layer.parameters()]
+    for t, loss_fn in enumerate(_task_grads(layer)):
+        loss_fn().backward()
+        for e, p in zip(expected, layer.parameters()):
+            e += p.grad
+        surgery.accumulate(t)
+        assert all(p.grad is None for p in layer.parameters())
+    surgery.combine()
+    for e, p in zip(expected, layer.parameters()):
+        torch.testing.assert_close(p.grad, e)
+
+
+def test_surgery_pcgrad_writes_the_sum_of_projected_rows():
+    layer, surgery = _surgery_setup("pcgrad")
+    for t, loss_fn in enumerate(_task_grads(layer)):
+        loss_fn().backward()
+        surgery.accumulate(t)
+    rows = surgery.buffer.clone()
+    generator_state = surgery.generator.get_state()
+    surgery.combine()
+    expected, _ = pcgrad(rows, visiting_orders(2, torch.Generator().set_state(generator_state)))
+    flat = torch.cat([p.grad.reshape(-1) for p in layer.parameters()])
+    torch.testing.assert_close(flat, expected.sum(0))
+    stats = surgery.pop_stats(["a", "b"])
+    assert set(stats) == {"grad_cos_a_b", "surgery_adjustments_per_step"}
+
+
+def test_surgery_state_round_trips():
+    layer, surgery = _surgery_setup("gradvac")
+    for t, loss_fn in enumerate(_task_grads(layer)):
+        loss_fn().backward()
+        surgery.accumulate(t)
+    surgery.combine()
+    state = surgery.state_dict()
+    _, restored = _surgery_setup("gradvac")
+    restored.load_state_dict(state)
+    assert torch.equal(restored.targets, surgery.targets)
+    assert torch.equal(torch.randperm(5, generator=restored.generator), torch.randperm(5, generator=surgery.generator))
+
+
+def test_unknown_surgery_method_is_rejected():
+    from hf_multitask.gradients import GradientSurgery
+
+    with pytest.raises(ValueError, match="gradient_surgery must be one of"):
+        GradientSurgery("mgda", [torch.nn.Parameter(torch.zeros(1))], num_tasks=2)
