@@ -1,0 +1,43 @@
+"""Train a tiny model for a few steps and save its weights; run alone or under `torchrun --nproc_per_node 2`.
+
+Usage: dist_train_script.py DATA_DIR TOKENIZER_DIR OUT_DIR PER_DEVICE_BATCH MODE [MODE ...]
+Each MODE (`none`, `pcgrad`, `gradvac`, `plain`) trains from the same initial weights with dropout off and writes
+OUT_DIR/<mode>.safetensors on rank 0. `plain` is ungrouped single-task batches; the others are grouped batches
+with that gradient surgery.
+"""
+
+import sys
+
+import torch
+from safetensors.torch import save_file
+from transformers import BertConfig, BertTokenizerFast
+
+from hf_multitask import (MultitaskConfig, MultitaskModel, MultitaskTrainer, MultitaskTrainingArguments,
+                          cs224n_tasks, load_task_data, tokenize_task)
+
+
+def main(data_dir: str, tokenizer_dir: str, out_dir: str, batch_size: str, *modes: str) -> None:
+    tokenizer = BertTokenizerFast.from_pretrained(tokenizer_dir)
+    tasks = cs224n_tasks()
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=37, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    train = {t.name: tokenize_task(load_task_data(t, data_dir, splits=("train",))["train"], t, tokenizer)
+             for t in tasks}
+    for mode in modes:
+        torch.manual_seed(0)
+        model = MultitaskModel(MultitaskConfig(encoder=config, tasks=tasks, classifier_dropout=0.0))
+        surgery = {} if mode == "plain" else {"gradient_surgery": mode, "task_sampling_grouped": True}
+        args = MultitaskTrainingArguments(
+            output_dir=f"{out_dir}/{mode}", per_device_train_batch_size=int(batch_size), max_steps=4,
+            learning_rate=1e-2, report_to=[], save_strategy="no", use_cpu=True, seed=0, max_grad_norm=1.0,
+            ddp_find_unused_parameters=True, logging_steps=2, **surgery,
+        )
+        trainer = MultitaskTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
+        trainer.train()
+        if trainer.is_world_process_zero():
+            state = {k: v.detach().contiguous() for k, v in trainer.accelerator.unwrap_model(model).state_dict().items()}
+            save_file(state, f"{out_dir}/{mode}.safetensors")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
