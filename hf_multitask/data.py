@@ -14,8 +14,11 @@ from typing import Any
 
 import torch
 from datasets import Dataset, DatasetDict, IterableDataset, load_dataset
+from transformers.utils import logging
 
 from .tasks import TaskSpec
+
+logger = logging.get_logger(__name__)
 
 DATA_EXTENSIONS = ("tsv", "csv", "jsonl", "json", "parquet")
 PAIR_SUFFIX = "_b"
@@ -58,6 +61,9 @@ def validate_rows(spec: TaskSpec, columns: list[str], rows: Iterable[Mapping[str
         raise DataValidationError(
             f"{source}: task {spec.name!r} needs column(s) {missing}, but the data has {list(columns)}"
         )
+    ignored = [c for c in columns if c not in (*spec.text_columns, spec.label_column, "id")]
+    if ignored:
+        logger.info(f"{source}: task {spec.name!r} ignores column(s) {ignored}")
     out = {c: [] for c in spec.text_columns}
     out["labels"] = []
     keep_id = "id" in columns
@@ -165,18 +171,41 @@ def tokenize_task(dataset: Dataset, spec: TaskSpec, tokenizer, num_proc: int | N
     Text columns are removed; `labels` (and `id`) stay.
     """
     text_a, text_b = spec.text_columns[0], spec.text_columns[1] if spec.is_pair else None
+    max_length = spec.max_length
+    limit = getattr(tokenizer, "model_max_length", None)
+    if limit is not None and limit < max_length:
+        logger.warning(f"Task {spec.name!r}: max_length {max_length} exceeds the tokenizer's limit {limit}")
+        max_length = limit
+    _log_truncation(dataset, spec, tokenizer, max_length)
 
     def encode(batch):
         if text_b is None or spec.is_bi_encoded:
-            features = dict(tokenizer(batch[text_a], truncation=True, max_length=spec.max_length))
+            features = dict(tokenizer(batch[text_a], truncation=True, max_length=max_length))
             if text_b is not None:
-                second = tokenizer(batch[text_b], truncation=True, max_length=spec.max_length)
+                second = tokenizer(batch[text_b], truncation=True, max_length=max_length)
                 features.update({f"{k}{PAIR_SUFFIX}": v for k, v in second.items()})
             return features
-        return dict(tokenizer(batch[text_a], batch[text_b], truncation="longest_first", max_length=spec.max_length))
+        return dict(tokenizer(batch[text_a], batch[text_b], truncation="longest_first", max_length=max_length))
 
     return dataset.map(encode, batched=True, remove_columns=list(spec.text_columns), num_proc=num_proc,
                        desc=f"Tokenizing {spec.name}")
+
+
+def count_truncated(dataset: Dataset, spec: TaskSpec, tokenizer, max_length: int) -> int:
+    """Examples whose tokenised length (the pair together for cross-encoding) exceeds `max_length`."""
+    columns = [[t] for t in spec.text_columns] if spec.is_bi_encoded else [list(spec.text_columns)]
+    count = 0
+    for group in columns:
+        lengths = tokenizer(*[list(dataset[c]) for c in group], truncation=False, return_length=True)["length"]
+        count += sum(length > max_length for length in lengths)
+    return count
+
+
+def _log_truncation(dataset: Dataset, spec: TaskSpec, tokenizer, max_length: int) -> None:
+    truncated = count_truncated(dataset, spec, tokenizer, max_length)
+    if truncated:
+        logger.warning(f"Task {spec.name!r}: {truncated} of {len(dataset)} examples are longer than {max_length} "
+                       "tokens and are truncated")
 
 
 # ---- the joint dataset and the collator ----

@@ -123,3 +123,21 @@ def test_multitask_dataset_rejects_iterable_and_empty(tokenized):
         MultitaskDataset({"sst": tokenized["train"]["sst"].to_iterable_dataset()})
     with pytest.raises(ValueError, match="'sst': the dataset is empty"):
         MultitaskDataset({"sst": tokenized["train"]["sst"].select([])})
+
+
+def test_long_sequences_are_counted_and_truncated(data_dir, tokenizer):
+    from hf_multitask.data import count_truncated
+
+    spec = get_task("quora", max_length=8)
+    data = load_task_data(spec, data_dir)["train"]
+    lengths = [len(tokenizer(a, b)["input_ids"]) for a, b in zip(data["sentence1"], data["sentence2"])]
+    assert count_truncated(data, spec, tokenizer, 8) == sum(n > 8 for n in lengths) > 0
+    features = tokenize_task(data, spec, tokenizer)
+    assert max(len(ids) for ids in features["input_ids"]) == 8
+
+
+def test_max_length_is_capped_at_the_tokenizer_limit(data_dir, tokenizer):
+    tokenizer.model_max_length = 9
+    spec = get_task("sst", max_length=64)
+    features = tokenize_task(load_task_data(spec, data_dir)["train"], spec, tokenizer)
+    assert max(len(ids) for ids in features["input_ids"]) <= 9
