@@ -4,10 +4,11 @@ from transformers import AutoConfig, AutoModel
 
 from .configuration import MultitaskConfig
 from .data import MultitaskCollator, MultitaskDataset, load_task_data, load_task_split, tokenize_task
-from .losses import ordinal_log_loss, task_loss
+from .losses import ordinal_log_loss, symmetric_kl, task_loss
 from .metrics import compute_task_metrics, overall_score
 from .modeling import MultitaskModel, MultitaskModelOutput, resolve_encoder_path
 from .sampling import MultitaskBatchSampler, annealed_alpha
+from .smart import EmaTeacher, SmartRegularizer
 from .tasks import TaskSpec, cs224n_tasks, get_task, quora_task, sst_task, sts_task
 from .trainer import MultitaskTrainer
 from .training_args import MultitaskTrainingArguments
@@ -41,4 +42,7 @@ __all__ = [
     "sts_task",
     "task_loss",
     "tokenize_task",
+    "EmaTeacher",
+    "SmartRegularizer",
+    "symmetric_kl",
 ]

@@ -1,4 +1,4 @@
-"""Task losses: cross-entropy, MSE and the ordinal log loss, chosen by a [`TaskSpec`]'s `loss`."""
+"""Task losses (cross-entropy, MSE, the ordinal log loss), chosen by a [`TaskSpec`]'s `loss`; symmetric KL."""
 
 from __future__ import annotations
 
@@ -28,6 +28,25 @@ def ordinal_log_loss(logits: torch.Tensor, labels: torch.Tensor, alpha: float = 
     log_one_minus_p = torch.log1p(-log_p.exp())
     return -(distance * log_one_minus_p).sum(-1).mean()
 
+
+def symmetric_kl(logits_p: torch.Tensor, logits_q: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Symmetric KL divergence KL(P || Q) + KL(Q || P) = sum_i (p_i - q_i)(log p_i - log q_i), in float32.
+
+    SMART's l_s for classification (Jiang et al. 2020, https://arxiv.org/abs/1911.03437). Gradients flow into both
+    arguments; detach one to treat it as a fixed target.
+
+    Args:
+        logits_p, logits_q: `(batch, num_classes)` logits of the two distributions.
+        reduction: `"mean"` over the batch, `"sum"` over the batch, or `"none"` for `(batch,)`.
+    """
+    log_p = F.log_softmax(logits_p.float(), dim=-1)
+    log_q = F.log_softmax(logits_q.float(), dim=-1)
+    per_example = ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(-1)  # (batch,)
+    if reduction == "none":
+        return per_example
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"symmetric_kl: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    return per_example.mean() if reduction == "mean" else per_example.sum()
 
 def task_loss(spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The loss named by `spec.loss` for a head's `logits` (`(batch, num_labels)`) and gold `labels`."""

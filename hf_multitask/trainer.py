@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from collections.abc import Mapping
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import speed_metrics
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, speed_metrics
+from transformers.utils import logging
 
 from .data import MultitaskCollator, MultitaskDataset
 from .metrics import compute_task_metrics, overall_score
 from .sampling import MultitaskBatchSampler
+from .smart import SmartRegularizer
+
+logger = logging.get_logger(__name__)
+
+STATE_TENSORS_NAME, STATE_SCALARS_NAME = "multitask_state.safetensors", "multitask_state.json"
 
 
 class _SamplerEpochCallback(TrainerCallback):
@@ -26,6 +35,79 @@ class _SamplerEpochCallback(TrainerCallback):
         sampler = self.trainer.train_sampler
         if sampler is not None:
             sampler.set_epoch(int((state.epoch or 0.0) + 1e-9))
+
+
+class _SmartTeacherCallback(TrainerCallback):
+    """Starts SMART's EMA teacher from the wrapped model's weights and updates it after every optimizer step.
+
+    Both hooks run on every rank, after DDP has synchronised the weights, so the teacher is the same everywhere.
+    """
+
+    def __init__(self, trainer: MultitaskTrainer):
+        self.trainer = trainer
+
+    def _model(self):
+        return self.trainer.accelerator.unwrap_model(self.trainer.model)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        teacher = self.trainer.smart.teacher
+        if not teacher.restored:  # a resumed run continues the checkpoint's teacher
+            teacher.initialize(self._model())
+        teacher.restored = False
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if not self.trainer.accelerator.optimizer_step_was_skipped:
+            self.trainer.smart.teacher.update(self._model())
+
+
+class _TaskMetrics:
+    """Per-task training metrics (`loss_<task>`, `smart_adv_<task>`, ...) summed on device between two logs."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, key: str, value: torch.Tensor) -> None:
+        self.sums[key] = self.sums.get(key, 0.0) + value.detach().float()
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def drain(self, keys: list[str], accelerator, device) -> dict[str, float]:
+        """Means since the last drain, averaged over all ranks (`keys`: the same list, in order, on every rank)."""
+        sums = torch.stack([torch.as_tensor(self.sums.get(k, 0.0), device=device, dtype=torch.float32) for k in keys])
+        counts = torch.tensor([self.counts.get(k, 0) for k in keys], device=device, dtype=torch.float32)
+        totals = accelerator.reduce(torch.stack([sums, counts]), reduction="sum")
+        self.sums, self.counts = {}, {}
+        return {k: float(f"{s / c:.4g}") for k, s, c in zip(keys, *totals.tolist()) if c > 0}
+
+
+def save_training_state(folder: str, states: dict[str, dict]) -> None:
+    """Save `{component: state_dict}` into `folder`: tensors to safetensors `<component>/<key>`, the rest to JSON."""
+    tensors, scalars = {}, {}
+    for component, state in states.items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{component}/{key}"] = value.detach().cpu().contiguous()
+            elif isinstance(value, (bool, int, float, str, list, type(None))):
+                scalars.setdefault(component, {})[key] = value
+            else:
+                raise ValueError(f"Training state {component}.{key}: {type(value).__name__} is neither a tensor "
+                                 "nor a JSON value")
+    save_file(tensors, os.path.join(folder, STATE_TENSORS_NAME))
+    with open(os.path.join(folder, STATE_SCALARS_NAME), "w") as f:
+        json.dump({"components": list(states), "scalars": scalars}, f, indent=2)
+
+
+def load_training_state(folder: str) -> dict[str, dict]:
+    """Read what [`save_training_state`] wrote; `{}` when `folder` has none."""
+    if not os.path.isfile(os.path.join(folder, STATE_SCALARS_NAME)):
+        return {}
+    with open(os.path.join(folder, STATE_SCALARS_NAME)) as f:
+        saved = json.load(f)
+    states = {component: dict(saved["scalars"].get(component, {})) for component in saved["components"]}
+    for name, tensor in load_file(os.path.join(folder, STATE_TENSORS_NAME)).items():
+        component, key = name.split("/", 1)
+        states[component][key] = tensor
+    return states
 
 
 class MultitaskTrainer(Trainer):
@@ -59,9 +141,12 @@ class MultitaskTrainer(Trainer):
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
         self._check_tasks()
         self.train_sampler: MultitaskBatchSampler | None = None
-        self._task_loss_sums: dict[str, float] = {}
-        self._task_loss_counts: dict[str, int] = {}
+        self._task_metrics = _TaskMetrics()
+        self._task_metric_names = ["loss"]
+        # Extra training state saved with every checkpoint and restored on resume: {name: has state_dict()}
+        self._stateful: dict[str, object] = {}
         self.add_callback(_SamplerEpochCallback(self))
+        self.smart = self._build_smart()
 
     @property
     def specs(self):
@@ -75,6 +160,21 @@ class MultitaskTrainer(Trainer):
             unknown = [name for name in names if name not in heads]
             if unknown:
                 raise ValueError(f"{where} has task(s) {unknown} with no head in the model (heads: {sorted(heads)})")
+
+    def _build_smart(self) -> SmartRegularizer | None:
+        if getattr(self.args, "smart_tasks", None) is None:
+            return None
+        unknown = [name for name in self.args.smart_tasks if name not in self.specs]
+        if unknown:
+            raise ValueError(f"smart_tasks has task(s) {unknown} with no head in the model "
+                             f"(heads: {list(self.specs)})")
+        smart = SmartRegularizer.from_args(self.args)
+        self._task_metric_names += [name for name, on in (("smart_adv", smart.lambda_s > 0),
+                                                          ("smart_breg", smart.teacher is not None)) if on]
+        if smart.teacher is not None:
+            self._stateful["smart"] = smart
+            self.add_callback(_SmartTeacherCallback(self))
+        return smart
 
     # ---- data ----
 
@@ -114,27 +214,40 @@ class MultitaskTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         task_name = inputs["task_name"]
         outputs = model(**inputs)
-        loss = outputs.loss * self.specs[task_name].loss_weight
+        spec = self.specs[task_name]
+        loss = outputs.loss
         if model.training:
-            self._task_loss_sums[task_name] = self._task_loss_sums.get(task_name, 0.0) + loss.detach()
-            self._task_loss_counts[task_name] = self._task_loss_counts.get(task_name, 0) + 1
+            self._task_metrics.add(f"loss_{task_name}", loss * spec.loss_weight)
+        if self.smart is not None and model.training and task_name in self.smart.tasks:
+            loss = loss + self.smart.loss(model, inputs, outputs, spec)
+            for key, value in self.smart.last.items():
+                self._task_metrics.add(f"{key}_{task_name}", value)
+        loss = loss * spec.loss_weight
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._task_loss_counts is not None:
-            logs.update(self._drain_task_losses())
+        if "loss" in logs and hasattr(self, "_task_metrics"):
+            keys = [f"{metric}_{name}" for metric in self._task_metric_names for name in self.specs]
+            logs.update(self._task_metrics.drain(keys, self.accelerator, self.args.device))
         super().log(logs, start_time)
 
-    def _drain_task_losses(self) -> dict[str, float]:
-        """Mean training loss per task since the last log, averaged over all ranks."""
-        names = list(self.specs)
-        device = self.args.device
-        sums = torch.stack([torch.as_tensor(self._task_loss_sums.get(n, 0.0), device=device, dtype=torch.float32)
-                            for n in names])
-        counts = torch.tensor([self._task_loss_counts.get(n, 0) for n in names], device=device, dtype=torch.float32)
-        totals = self.accelerator.reduce(torch.stack([sums, counts]), reduction="sum")
-        self._task_loss_sums, self._task_loss_counts = {}, {}
-        return {f"loss_{n}": round(float(s / c), 4) for n, s, c in zip(names, *totals.tolist()) if c > 0}
+    # ---- extra training state in checkpoints ----
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        if self._stateful and self.args.should_save and not self.args.save_only_model:
+            folder = os.path.join(self._get_output_dir(trial=trial),
+                                  f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            save_training_state(folder, {name: obj.state_dict() for name, obj in self._stateful.items()})
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        states = load_training_state(resume_from_checkpoint)
+        for name, obj in self._stateful.items():
+            if name in states:
+                obj.load_state_dict(states[name])
+            else:
+                logger.warning(f"{resume_from_checkpoint} has no saved state for {name!r}: it starts afresh")
 
     # ---- evaluation ----
 

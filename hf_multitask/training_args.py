@@ -21,6 +21,27 @@ class MultitaskTrainingArguments(TrainingArguments):
     task_sampling_group_by_length (`bool`, defaults to `False`):
         Batch examples of similar length together (within windows of 50 batches) to cut padding.
 
+    > Parameters that control SMART (Jiang et al. 2020, https://arxiv.org/abs/1911.03437; see docs/smart.md)
+
+    smart_tasks (`list[str]` or `None`, defaults to `None`):
+        Tasks whose loss gets SMART's λ_s R_s + μ D_Breg; `None` turns SMART off. The CS224N study used SST and STS.
+    smart_noise_var (`float`, defaults to `1e-5`):
+        Variance σ² of the initial perturbation ν_0 ~ N(0, σ²) of the word embeddings.
+    smart_step_size (`float`, defaults to `1e-3`):
+        Step size η of the ascent steps ν ← ν + η g / (‖g‖_∞ + ε).
+    smart_epsilon (`float`, defaults to `1e-6`):
+        ε of the ascent step, a guard of the division (the CS224N study's "noise norm constraint").
+    smart_radius (`float` or `None`, defaults to `None`):
+        When set, ν is projected onto ‖ν‖_∞ ≤ radius after each step (MT-DNN does not project).
+    smart_steps (`int`, defaults to `1`):
+        Number K of ascent steps (0: random noise only).
+    smart_lambda (`float`, defaults to `1.0`):
+        Weight λ_s of the adversarial term R_s (MT-DNN's default `adv_alpha`; the paper searched {1, 3, 5}).
+    smart_mu (`float`, defaults to `1.0`):
+        Weight μ of the Bregman term D_Breg (the paper's value); 0 keeps no EMA teacher.
+    smart_momentum (`float`, defaults to `0.99`):
+        β of the EMA teacher, θ̃ ← β θ̃ + (1 - β) θ after each optimizer step (β weighs the old teacher).
+
     Differences from the parent's defaults: `metric_for_best_model` may be `"overall"` (the mean of every task's
     metric mapped to [0, 1]), which evaluation reports as `eval_overall`.
     """
@@ -31,8 +52,37 @@ class MultitaskTrainingArguments(TrainingArguments):
     task_sampling_group_by_length: bool = field(
         default=False, metadata={"help": "Group examples of similar length into batches (less padding)."}
     )
+    smart_tasks: list[str] | None = field(
+        default=None, metadata={"help": "Tasks regularised with SMART (None: SMART off)."}
+    )
+    smart_noise_var: float = field(default=1e-5, metadata={"help": "SMART: variance of the initial noise."})
+    smart_step_size: float = field(default=1e-3, metadata={"help": "SMART: step size of the ascent steps."})
+    smart_epsilon: float = field(default=1e-6, metadata={"help": "SMART: epsilon in g / (max|g| + epsilon)."})
+    smart_radius: float | None = field(
+        default=None, metadata={"help": "SMART: bound on max|noise| (None: no projection)."}
+    )
+    smart_steps: int = field(default=1, metadata={"help": "SMART: number of ascent steps K."})
+    smart_lambda: float = field(default=1.0, metadata={"help": "SMART: weight of the adversarial term."})
+    smart_mu: float = field(default=1.0, metadata={"help": "SMART: weight of the Bregman term (0: no teacher)."})
+    smart_momentum: float = field(default=0.99, metadata={"help": "SMART: momentum of the EMA teacher."})
 
     def __post_init__(self):
         super().__post_init__()
         if self.task_sampling not in STRATEGIES:
             raise ValueError(f"task_sampling must be one of {STRATEGIES}, got {self.task_sampling!r}")
+        self._check_smart()
+
+    def _check_smart(self) -> None:
+        if self.smart_tasks is not None:
+            self.smart_tasks = [self.smart_tasks] if isinstance(self.smart_tasks, str) else list(self.smart_tasks)
+            if not self.smart_tasks:
+                raise ValueError("smart_tasks must name at least one task, or be None to turn SMART off")
+        for name in ("smart_noise_var", "smart_step_size", "smart_epsilon", "smart_lambda", "smart_mu"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.smart_radius is not None and self.smart_radius <= 0:
+            raise ValueError(f"smart_radius must be > 0 or None, got {self.smart_radius}")
+        if self.smart_steps < 0:
+            raise ValueError(f"smart_steps must be >= 0, got {self.smart_steps}")
+        if not 0.0 <= self.smart_momentum < 1.0:
+            raise ValueError(f"smart_momentum must be in [0, 1), got {self.smart_momentum}")

@@ -38,8 +38,10 @@ def tokenizer_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tokenizer")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *string.ascii_lowercase, "?", ".", ",", "'",
              *(f"##{c}" for c in string.ascii_lowercase), *WORDS]
-    (path / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
-    BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True).save_pretrained(path)
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(dict.fromkeys(vocab))})
+    assert tokenizer.convert_ids_to_tokens(tokenizer("a great film")["input_ids"]) == ["[CLS]", "a", "great", "film",
+                                                                                       "[SEP]"]
+    tokenizer.save_pretrained(path)
     return path
 
 

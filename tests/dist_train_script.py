@@ -12,8 +12,15 @@ import torch
 from safetensors.torch import save_file
 from transformers import BertConfig, BertTokenizerFast
 
-from hf_multitask import (MultitaskConfig, MultitaskModel, MultitaskTrainer, MultitaskTrainingArguments,
-                          cs224n_tasks, load_task_data, tokenize_task)
+from hf_multitask import (
+    MultitaskConfig,
+    MultitaskModel,
+    MultitaskTrainer,
+    MultitaskTrainingArguments,
+    cs224n_tasks,
+    load_task_data,
+    tokenize_task,
+)
 
 
 def main(data_dir: str, tokenizer_dir: str, out_dir: str, batch_size: str, *modes: str) -> None:
@@ -35,7 +42,8 @@ def main(data_dir: str, tokenizer_dir: str, out_dir: str, batch_size: str, *mode
         trainer = MultitaskTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
         trainer.train()
         if trainer.is_world_process_zero():
-            state = {k: v.detach().contiguous() for k, v in trainer.accelerator.unwrap_model(model).state_dict().items()}
+            weights = trainer.accelerator.unwrap_model(model).state_dict()
+            state = {k: v.detach().contiguous() for k, v in weights.items()}
             save_file(state, f"{out_dir}/{mode}.safetensors")
 
 
