@@ -6,6 +6,8 @@ gradients of each task into one preallocated row, calls one of these, and writes
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 EPS = 1e-12
@@ -108,6 +110,18 @@ def gradvac(
 
 
 SURGERY_METHODS = ("none", "pcgrad", "gradvac")
+TASK_SPECIFIC_MODULES = ("heads", "pal")  # parameters under these belong to one task: never projected
+
+
+def is_shared_parameter(name: str) -> bool:
+    """Whether a parameter (by its qualified name) is shared by all tasks (not a head's, not a PAL's)."""
+    return not any(part in TASK_SPECIFIC_MODULES for part in name.split("."))
+
+
+def layer_group(name: str) -> str:
+    """GradVac's per-layer segment of a parameter: `layer.<i>` for encoder layers, else its top-level module."""
+    match = re.search(r"\blayer\.(\d+)\.", name)
+    return f"layer.{match.group(1)}" if match else name.split(".")[1] if name.count(".") > 1 else name
 
 
 class GradientSurgery:
@@ -124,11 +138,11 @@ class GradientSurgery:
         seed: Seeds the generator of the visiting orders.
         gradvac_beta: EMA rate of GradVac's targets.
         gradvac_per_layer: One GradVac target per parameter tensor group (`segment_ids`) instead of one overall.
-        segment_ids: `[len(params)]` group id (e.g. layer index) of every parameter, for `gradvac_per_layer`.
+        segment_ids: Group id (e.g. `layer_group(name)`) of every parameter, for `gradvac_per_layer`.
     """
 
     def __init__(self, method: str, params: list[torch.nn.Parameter], num_tasks: int, seed: int = 0,
-                 gradvac_beta: float = 0.01, gradvac_per_layer: bool = True, segment_ids: list[int] | None = None):
+                 gradvac_beta: float = 0.01, gradvac_per_layer: bool = True, segment_ids: list | None = None):
         if method not in SURGERY_METHODS:
             raise ValueError(f"gradient_surgery must be one of {SURGERY_METHODS}, got {method!r}")
         self.method, self.params, self.num_tasks, self.beta = method, params, num_tasks, gradvac_beta
@@ -150,6 +164,8 @@ class GradientSurgery:
 
     def accumulate(self, task_index: int) -> None:
         """Add the shared parameters' current `.grad` to row `task_index`, then clear those `.grad`s."""
+        if not self.params:
+            return
         grads = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(n, device=self.buffer.device)
                  for p, n in zip(self.params, self.numels)]
         self.buffer[task_index].add_(torch.cat(grads))
@@ -158,6 +174,8 @@ class GradientSurgery:
 
     def combine(self) -> None:
         """Apply the surgery to the buffer's rows and write their sum into the shared parameters' `.grad`."""
+        if not self.params:
+            return
         grads = self.buffer
         self.cosine_sum += task_cosines(grads).cpu()
         self.steps += 1

@@ -132,6 +132,17 @@ class MultitaskBatchSampler(torch.utils.data.Sampler[list[int]]):
             return self.epoch / (num_epochs - 1)  # the paper's per-epoch alpha
         return min((self.epoch * per_epoch + batch_in_epoch) / max(total - 1, 1), 1.0)
 
+    def task_weights(self, batch_in_epoch: int) -> dict[str, float]:
+        """Grouped mode's loss weight per task: T p_i (proportional, annealed), 1 (uniform, round_robin).
+
+        They average to 1, so the summed loss keeps the scale of a plain step over T tasks.
+        """
+        num_tasks = len(self.sizes)
+        if self.strategy in ("uniform", "round_robin"):
+            return dict.fromkeys(self.task_names, 1.0)
+        alpha = 1.0 if self.strategy == "proportional" else annealed_alpha(self.progress(batch_in_epoch))
+        return {n: float(num_tasks * p) for n, p in zip(self.task_names, task_probabilities(self.sizes, alpha))}
+
     # ---- the plan ----
 
     def task_sequence(self, epoch: int | None = None) -> list[int]:

@@ -16,6 +16,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, speed_metrics
 from transformers.utils import logging
 
 from .data import MultitaskCollator, MultitaskDataset
+from .gradients import GradientSurgery, is_shared_parameter, layer_group
 from .metrics import compute_task_metrics, overall_score
 from .sampling import MultitaskBatchSampler
 from .smart import SmartRegularizer
@@ -147,6 +148,8 @@ class MultitaskTrainer(Trainer):
         self._stateful: dict[str, object] = {}
         self.add_callback(_SamplerEpochCallback(self))
         self.smart = self._build_smart()
+        self.surgery = self._build_surgery()
+        self._surgery_fresh = True  # the per-task gradient buffer starts a new optimizer step
 
     @property
     def specs(self):
@@ -176,6 +179,23 @@ class MultitaskTrainer(Trainer):
             self.add_callback(_SmartTeacherCallback(self))
         return smart
 
+    def _build_surgery(self) -> GradientSurgery | None:
+        if not getattr(self.args, "task_sampling_grouped", False):
+            return None
+        model = self.accelerator.unwrap_model(self.model)
+        shared = [(n, p) for n, p in model.named_parameters() if p.requires_grad and is_shared_parameter(n)]
+        if not shared:
+            logger.warning("Grouped batches with no shared trainable parameters (frozen encoder?): gradient surgery "
+                           "has nothing to project, so each step is the plain sum of the task losses.")
+        method = self.args.gradient_surgery if shared else "none"
+        surgery = GradientSurgery(
+            method, [p for _, p in shared], num_tasks=len(self.specs), seed=self.args.seed,
+            gradvac_beta=self.args.gradvac_beta, gradvac_per_layer=self.args.gradvac_per_layer,
+            segment_ids=[layer_group(n) for n, _ in shared],
+        )
+        self._stateful["gradient_surgery"] = surgery
+        return surgery
+
     # ---- data ----
 
     def get_train_dataloader(self) -> DataLoader:
@@ -188,10 +208,11 @@ class MultitaskTrainer(Trainer):
         )
         prepared = self.accelerator.prepare(dataloader)
         # The sampler is rank-aware already: accelerate's BatchSamplerShard would deal batches round-robin to
-        # ranks (different tasks per rank) on top of our slicing. Make the wrapper a pass-through.
+        # ranks (different tasks per rank) on top of our slicing. Make the wrapper a pass-through; batch_size=None
+        # is its mode for batches of any length (grouped batches hold T times the batch size).
         wrapper = getattr(prepared, "batch_sampler", None)
         if wrapper is not None and getattr(wrapper, "batch_sampler", None) is self.train_sampler:
-            wrapper.num_processes, wrapper.process_index = 1, 0
+            wrapper.num_processes, wrapper.process_index, wrapper.batch_size = 1, 0, None
         return prepared
 
     def _build_train_sampler(self, dataset: MultitaskDataset) -> MultitaskBatchSampler:
@@ -202,12 +223,61 @@ class MultitaskTrainer(Trainer):
             strategy=getattr(args, "task_sampling", "annealed"), seed=args.data_seed or args.seed,
             num_processes=args.world_size, process_index=args.process_index,
             lengths=dataset.lengths() if group else None, group_by_length=group,
+            grouped=getattr(args, "task_sampling_grouped", False),
         )
         if args.max_steps > 0:
             sampler.set_total_batches(args.max_steps * args.gradient_accumulation_steps)
         else:
             sampler.set_total_batches(math.ceil(args.num_train_epochs * len(sampler)))
         return sampler
+
+    # ---- training step ----
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.surgery is None or "task_name" in inputs:
+            return super().training_step(model, inputs, num_items_in_batch)
+        return self._grouped_training_step(model, inputs)
+
+    def _grouped_training_step(self, model, inputs: dict[str, dict]) -> torch.Tensor:
+        """One batch of every task: unsynchronised per-task backward passes, one all-reduce, surgery, `.grad`."""
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        if self._surgery_fresh:
+            self.surgery.zero_()
+            self._surgery_fresh = False
+        weights = self.train_sampler.task_weights(self._batch_in_epoch()) if self.train_sampler else {}
+        task_index = {name: i for i, name in enumerate(self.specs)}
+        total = torch.zeros((), device=self.args.device)
+        for task_name, batch in inputs.items():
+            with self.accelerator.no_sync(model), self.compute_loss_context_manager():
+                loss = self.compute_loss(model, batch) * weights.get(task_name, 1.0)
+            loss = loss / self.current_gradient_accumulation_steps
+            self.accelerator.backward(loss)
+            self.surgery.accumulate(task_index[task_name])
+            total += loss.detach()
+        if self.accelerator.sync_gradients:
+            self._average_grouped_gradients(model)
+            self.surgery.combine()
+            self._surgery_fresh = True
+        return total
+
+    def _batch_in_epoch(self) -> int:
+        steps = self.state.global_step * self.args.gradient_accumulation_steps
+        return steps % len(self.train_sampler)
+
+    def _average_grouped_gradients(self, model) -> None:
+        """Average the per-task shared gradients and every other gradient (heads, PALs) across ranks at once."""
+        if self.args.world_size <= 1:
+            return
+        shared = {id(p) for p in self.surgery.params}
+        others = [p for p in model.parameters() if p.grad is not None and id(p) not in shared]
+        flat = torch.cat([self.surgery.buffer.reshape(-1), *(p.grad.reshape(-1).float() for p in others)])
+        flat = self.accelerator.reduce(flat, reduction="mean")
+        self.surgery.buffer.copy_(flat[: self.surgery.buffer.numel()].view_as(self.surgery.buffer))
+        offset = self.surgery.buffer.numel()
+        for p in others:
+            p.grad.copy_(flat[offset: offset + p.numel()].view_as(p.grad))
+            offset += p.numel()
 
     # ---- loss and logging ----
 
@@ -229,6 +299,8 @@ class MultitaskTrainer(Trainer):
         if "loss" in logs and hasattr(self, "_task_metrics"):
             keys = [f"{metric}_{name}" for metric in self._task_metric_names for name in self.specs]
             logs.update(self._task_metrics.drain(keys, self.accelerator, self.args.device))
+            if getattr(self, "surgery", None) is not None:
+                logs.update(self.surgery.pop_stats(list(self.specs)))
         super().log(logs, start_time)
 
     # ---- extra training state in checkpoints ----

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .gradients import SURGERY_METHODS
 from .sampling import STRATEGIES
 
 
@@ -20,6 +21,21 @@ class MultitaskTrainingArguments(TrainingArguments):
         alpha = 1 - 0.8 t) or `uniform`. See [`MultitaskBatchSampler`] for what an epoch is under each.
     task_sampling_group_by_length (`bool`, defaults to `False`):
         Batch examples of similar length together (within windows of 50 batches) to cut padding.
+
+    > Parameters that control gradient surgery (see docs/gradients.md)
+
+    gradient_surgery (`str`, defaults to `"none"`):
+        `none`, `pcgrad` (Yu et al. 2020) or `gradvac` (Wang et al. 2020), applied to the gradients of the parameters
+        shared by all tasks; heads and PALs keep their own gradients. Anything but `none` turns on grouped batches.
+    task_sampling_grouped (`bool`, defaults to `False`):
+        Every step takes one batch of `per_device_train_batch_size` examples from every task. `task_sampling` then
+        sets each task's loss weight instead of choosing tasks: T p_i with p_i ~ n_i^alpha for `proportional`
+        (alpha = 1) and `annealed` (alpha = 1 - 0.8 t); 1 for `uniform` and `round_robin`. With
+        `gradient_surgery="none"` this is the plain summed-loss baseline that surgery is compared with.
+    gradvac_beta (`float`, defaults to `0.01`):
+        EMA rate of GradVac's cosine targets.
+    gradvac_per_layer (`bool`, defaults to `True`):
+        One GradVac target per encoder layer (the paper's choice) instead of one for the whole shared model.
 
     > Parameters that control SMART (Jiang et al. 2020, https://arxiv.org/abs/1911.03437; see docs/smart.md)
 
@@ -52,6 +68,14 @@ class MultitaskTrainingArguments(TrainingArguments):
     task_sampling_group_by_length: bool = field(
         default=False, metadata={"help": "Group examples of similar length into batches (less padding)."}
     )
+    gradient_surgery: str = field(
+        default="none", metadata={"help": f"Gradient surgery on the shared parameters, one of {SURGERY_METHODS}."}
+    )
+    task_sampling_grouped: bool = field(
+        default=False, metadata={"help": "One batch of every task per step (implied by gradient surgery)."}
+    )
+    gradvac_beta: float = field(default=0.01, metadata={"help": "GradVac: EMA rate of the cosine targets."})
+    gradvac_per_layer: bool = field(default=True, metadata={"help": "GradVac: one target per encoder layer."})
     smart_tasks: list[str] | None = field(
         default=None, metadata={"help": "Tasks regularised with SMART (None: SMART off)."}
     )
@@ -70,6 +94,12 @@ class MultitaskTrainingArguments(TrainingArguments):
         super().__post_init__()
         if self.task_sampling not in STRATEGIES:
             raise ValueError(f"task_sampling must be one of {STRATEGIES}, got {self.task_sampling!r}")
+        if self.gradient_surgery not in SURGERY_METHODS:
+            raise ValueError(f"gradient_surgery must be one of {SURGERY_METHODS}, got {self.gradient_surgery!r}")
+        if not 0.0 < self.gradvac_beta <= 1.0:
+            raise ValueError(f"gradvac_beta must be in (0, 1], got {self.gradvac_beta}")
+        if self.gradient_surgery != "none":
+            self.task_sampling_grouped = True
         self._check_smart()
 
     def _check_smart(self) -> None:

@@ -6,6 +6,7 @@ OUT_DIR/<mode>.safetensors on rank 0. `plain` is ungrouped single-task batches; 
 with that gradient surgery.
 """
 
+import os
 import sys
 
 import torch
@@ -35,7 +36,8 @@ def main(data_dir: str, tokenizer_dir: str, out_dir: str, batch_size: str, *mode
         model = MultitaskModel(MultitaskConfig(encoder=config, tasks=tasks, classifier_dropout=0.0))
         surgery = {} if mode == "plain" else {"gradient_surgery": mode, "task_sampling_grouped": True}
         args = MultitaskTrainingArguments(
-            output_dir=f"{out_dir}/{mode}", per_device_train_batch_size=int(batch_size), max_steps=4,
+            output_dir=f"{out_dir}/{mode}", per_device_train_batch_size=int(batch_size),
+            max_steps=int(os.environ.get("STEPS", 4)),
             learning_rate=1e-2, report_to=[], save_strategy="no", use_cpu=True, seed=0, max_grad_norm=1.0,
             ddp_find_unused_parameters=True, logging_steps=2, **surgery,
         )

@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from hf_multitask import MultitaskConfig, MultitaskModel, MultitaskTrainer, MultitaskTrainingArguments, cs224n_tasks
+
+
+def make_model(bert_config):
+    torch.manual_seed(0)
+    return MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=cs224n_tasks(), classifier_dropout=0.0))
+
+
+def make_trainer(model, tokenized, tokenizer, out, **overrides):
+    defaults = dict(per_device_train_batch_size=2, max_steps=4, learning_rate=1e-2, logging_steps=2, report_to=[],
+                    save_strategy="no", use_cpu=True, seed=0, gradient_surgery="pcgrad")
+    args = MultitaskTrainingArguments(output_dir=str(out), **{**defaults, **overrides})
+    return MultitaskTrainer(model=model, args=args, train_dataset=tokenized["train"], processing_class=tokenizer)
+
+
+def test_surgery_turns_on_grouped_batches(tmp_path):
+    args = MultitaskTrainingArguments(str(tmp_path), gradient_surgery="gradvac", report_to=[])
+    assert args.task_sampling_grouped
+    with pytest.raises(ValueError, match="gradient_surgery must be one of"):
+        MultitaskTrainingArguments(str(tmp_path), gradient_surgery="mgda")
+
+
+@pytest.mark.parametrize("method", ["none", "pcgrad", "gradvac"])
+def test_grouped_training_logs_task_cosines(method, bert_config, tokenized, tokenizer, tmp_path):
+    trainer = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path, gradient_surgery=method,
+                           task_sampling_grouped=True)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry][0]
+    assert {"grad_cos_sst_quora", "grad_cos_sst_sts", "grad_cos_quora_sts", "surgery_adjustments_per_step",
+            "loss_sst", "loss_quora", "loss_sts"} <= set(logged)
+    if method == "none":
+        assert logged["surgery_adjustments_per_step"] == 0
+
+
+def test_grouped_step_leaves_heads_out_of_the_surgery(bert_config, tokenized, tokenizer, tmp_path):
+    trainer = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path)
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    assert all(names[id(p)].startswith("encoder.") for p in trainer.surgery.params)
+    assert len(trainer.surgery.params) == sum(1 for n in names.values() if n.startswith("encoder."))
+
+
+def test_frozen_encoder_has_nothing_to_project(bert_config, tokenized, tokenizer, tmp_path):
+    model = make_model(bert_config)
+    model.freeze_encoder()
+    trainer = make_trainer(model, tokenized, tokenizer, tmp_path, gradient_surgery="gradvac")
+    assert trainer.surgery.method == "none" and trainer.surgery.params == []
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    trainer.train()
+    assert all(torch.equal(before[n], p) == n.startswith("encoder.") for n, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("method", ["pcgrad", "gradvac"])
+def test_resume_continues_the_surgery_state(method, bert_config, tokenized, tokenizer, tmp_path):
+    full = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path / "full", gradient_surgery=method,
+                        save_strategy="steps", save_steps=2)
+    full.train()
+    resumed = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path / "full",
+                           gradient_surgery=method, save_strategy="no")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-2"))
+    assert (tmp_path / "full" / "checkpoint-2" / "multitask_state.safetensors").is_file()
+    torch.testing.assert_close(resumed.surgery.targets, full.surgery.targets)
+    for (name, a), b in zip(full.model.named_parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(b, a, msg=name)
