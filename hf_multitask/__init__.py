@@ -7,6 +7,7 @@ from .data import MultitaskCollator, MultitaskDataset, load_task_data, load_task
 from .losses import ordinal_log_loss, symmetric_kl, task_loss
 from .metrics import compute_task_metrics, overall_score
 from .modeling import MultitaskModel, MultitaskModelOutput, resolve_encoder_path
+from .pal import PalConfig, PalModel
 from .sampling import MultitaskBatchSampler, annealed_alpha
 from .smart import EmaTeacher, SmartRegularizer
 from .tasks import TaskSpec, cs224n_tasks, get_task, quora_task, sst_task, sts_task
@@ -27,6 +28,8 @@ __all__ = [
     "MultitaskModelOutput",
     "MultitaskTrainer",
     "MultitaskTrainingArguments",
+    "PalConfig",
+    "PalModel",
     "TaskSpec",
     "annealed_alpha",
     "compute_task_metrics",

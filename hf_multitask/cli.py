@@ -21,6 +21,7 @@ from .configuration import MultitaskConfig
 from .data import load_task_data, read_delimited, tokenize_task
 from .metrics import predictions_from_logits
 from .modeling import MultitaskModel, resolve_encoder_path
+from .pal import PalConfig
 from .tasks import TaskSpec, get_task
 from .trainer import MultitaskTrainer
 from .training_args import MultitaskTrainingArguments
@@ -47,6 +48,11 @@ class ModelArguments:
     init_heads_from: str | None = field(
         default=None, metadata={"help": "A saved multitask model whose heads start this run (baseline transfer)."}
     )
+    pal_rank: int | None = field(
+        default=None, metadata={"help": "Add Projected Attention Layers of rank r (102 suits MiniLM); None: no PALs."}
+    )
+    pal_g: str = field(default="identity", metadata={"help": "PAL function in r dims: identity | attention."})
+    pal_placement: str = field(default="layer", metadata={"help": "LayerNorm the PAL term enters: layer | attention."})
 
 
 @dataclass
@@ -112,6 +118,14 @@ def build_model(model_args: ModelArguments, specs: list[TaskSpec]) -> MultitaskM
                                             classifier_dropout=model_args.classifier_dropout)
     if model_args.init_heads_from:
         model.load_heads_from(model_args.init_heads_from)
+    if model_args.pal_rank is not None:
+        pal = PalConfig(rank=model_args.pal_rank, g=model_args.pal_g, placement=model_args.pal_placement)
+        if model.pal is None:
+            model.add_pal(pal)
+        elif (model.pal.pal_config.rank, model.pal.pal_config.g, model.pal.pal_config.placement) != (
+                pal.rank, pal.g, pal.placement):
+            raise ValueError(f"{path} has PALs {model.config.pal}, but the config asks for pal_rank={pal.rank}, "
+                             f"pal_g={pal.g!r}, pal_placement={pal.placement!r}")
     model.freeze_encoder(model_args.freeze_encoder)
     return model
 

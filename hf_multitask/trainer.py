@@ -251,7 +251,7 @@ class MultitaskTrainer(Trainer):
         for task_name, batch in inputs.items():
             with self.accelerator.no_sync(model), self.compute_loss_context_manager():
                 loss = self.compute_loss(model, batch) * weights.get(task_name, 1.0)
-            loss = loss / self.current_gradient_accumulation_steps
+            loss = loss / getattr(self, "current_gradient_accumulation_steps", 1)  # set by the training loop
             self.accelerator.backward(loss)
             self.surgery.accumulate(task_index[task_name])
             total += loss.detach()

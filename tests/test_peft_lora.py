@@ -1,0 +1,68 @@
+"""peft's own LoRA on a MultitaskModel, trained by the MultitaskTrainer (no patching of peft's registries)."""
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from hf_multitask import MultitaskModel, MultitaskTrainer, MultitaskTrainingArguments
+
+TASKS = ("sst", "quora", "sts")
+
+
+def lora_config(**overrides):
+    # target_modules: LoRA's defaults don't know model_type "hf_multitask"; modules_to_save: each head by its
+    # full name (peft cannot wrap the heads' nn.ModuleDict)
+    return LoraConfig(**{"r": 4, "lora_alpha": 8, "target_modules": ["query", "value"],
+                         "modules_to_save": [f"heads.{t}" for t in TASKS], **overrides})
+
+
+def make_trainer(model, tokenized, tokenizer, tmp_path):
+    args = MultitaskTrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=6,
+                                      learning_rate=1e-2, report_to=[], save_strategy="no", use_cpu=True, seed=0,
+                                      task_sampling="round_robin")
+    return MultitaskTrainer(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=tokenized["dev"],
+                            processing_class=tokenizer)
+
+
+def logits(model, tokenizer):
+    inputs = dict(tokenizer(["a great film", "how do i cook the dog ?"], padding=True, return_tensors="pt"))
+    return {t: model(task_name=t, **inputs).logits.detach() for t in TASKS}
+
+
+def test_peft_needs_explicit_targets_and_per_head_modules_to_save(tiny_model):
+    with pytest.raises(ValueError, match="target_modules"):
+        get_peft_model(tiny_model, LoraConfig(r=4))
+    with pytest.raises(TypeError, match="ModuleDict"):
+        get_peft_model(tiny_model, lora_config(modules_to_save=["heads"]))
+
+
+def test_trainer_finds_specs_through_a_peft_model(tiny_model, tokenized, tokenizer, tmp_path):
+    trainer = make_trainer(get_peft_model(tiny_model, lora_config()), tokenized, tokenizer, tmp_path)
+    assert list(trainer.specs) == list(TASKS)
+
+
+def test_lora_trains_saves_and_reloads(tiny_model, tokenized, tokenizer, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "base")
+    model = get_peft_model(tiny_model, lora_config())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = make_trainer(model, tokenized, tokenizer, tmp_path)
+    trainer.train()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(".lora_" in n or ".modules_to_save." in n for n in changed)
+    assert any(".lora_B." in n for n in changed) and all(any(f"heads.{t}." in n for n in changed) for t in TASKS)
+    assert "eval_overall" in trainer.evaluate()
+
+    trainer.save_model(str(tmp_path / "adapter"))
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    model.eval()
+    expected = logits(model, tokenizer)
+    reloaded = PeftModel.from_pretrained(MultitaskModel.from_pretrained(tmp_path / "base"), tmp_path / "adapter")
+    actual = logits(reloaded.eval(), tokenizer)
+    for task in TASKS:
+        torch.testing.assert_close(actual[task], expected[task], rtol=0, atol=1e-6, msg=task)
+    merged = reloaded.merge_and_unload()  # a plain MultitaskModel again: saves and loads as one
+    assert isinstance(merged, MultitaskModel)
+    merged.save_pretrained(tmp_path / "merged")
+    again = logits(MultitaskModel.from_pretrained(tmp_path / "merged").eval(), tokenizer)
+    for task in TASKS:
+        torch.testing.assert_close(again[task], expected[task], rtol=0, atol=1e-5, msg=task)
