@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs short same-budget ablations of the main job one after another; a finished row is skipped on a rerun.
-# Budget: 12,800 training examples per row (400 batches of 32, or 133 grouped steps of 3 x 32). Full dev sets.
+# Runs ablations of the main job one after another; a finished row is skipped on a rerun.
+# Short rows: 12,800 training examples (400 batches of 32, or 133 grouped steps of 3 x 32). `pal` runs the main job's
+# whole budget (1,400 batches of 32) to compare with the main job itself. Full dev sets.
 #   bash benchmarks/ablation_queue.sh [ROW ...]
 set -u
 cd "$(dirname "$0")/.."
@@ -10,7 +11,7 @@ declare -A rows=(
   [baseline]="$base"
   [smart]="$base --smart_tasks sst sts"
   [ordinal]="$base --task_overrides {\"sst\":{\"loss\":\"ordinal\"}}"
-  [pal]="$base --pal_rank 102"
+  [pal]="hf-multitask train examples/cs224n/main.yaml --pal_rank 102"
   [grouped_none]="$grouped --gradient_surgery none"
   [grouped_pcgrad]="$grouped --gradient_surgery pcgrad"
   [grouped_gradvac]="$grouped --gradient_surgery gradvac"
