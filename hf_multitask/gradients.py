@@ -24,8 +24,33 @@ def visiting_orders(num_tasks: int, generator: torch.Generator | None = None) ->
 
 def task_cosines(grads: torch.Tensor) -> torch.Tensor:
     """Pairwise cosine similarity `[T, T]` between task gradients (0 where a gradient is zero)."""
-    norms = grads.norm(dim=1).clamp_min(EPS)
-    return (grads @ grads.T) / (norms[:, None] * norms[None, :])
+    return cosines_from_gram(grads @ grads.T)
+
+
+def cosines_from_gram(gram: torch.Tensor) -> torch.Tensor:
+    norms = gram.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt().clamp_min(EPS)
+    return gram / (norms[..., :, None] * norms[..., None, :])
+
+
+# Both methods only ever add multiples of the *original* task gradients to a task's gradient, so the edited
+# gradients are A @ G for a small [T, T] coefficient matrix A, and every dot product they need is a combination of
+# the Gram matrix G G^T. The loops below run on [T, T] (or [K, T, T]) matrices; the [T, P] data is read twice:
+# once for the Gram matrix, once to form the result.
+
+
+def pcgrad_coefficients(gram: torch.Tensor, orders: list[list[int]]) -> tuple[torch.Tensor, int]:
+    """PCGrad on the Gram matrix `[T, T]` of the task gradients: returns A (projected = A @ grads) and the count."""
+    coeffs = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    count = 0
+    for i, order in enumerate(orders):
+        for j in order:
+            if gram[j, j] <= EPS:
+                continue
+            dot = coeffs[i] @ gram[:, j]  # (running g_i) . g_j
+            if dot < 0:
+                coeffs[i, j] -= dot / gram[j, j]
+                count += 1
+    return coeffs, count
 
 
 def pcgrad(grads: torch.Tensor, orders: list[list[int]]) -> tuple[torch.Tensor, int]:
@@ -41,18 +66,53 @@ def pcgrad(grads: torch.Tensor, orders: list[list[int]]) -> tuple[torch.Tensor, 
     Returns:
         The projected `[T, P]` gradients (the update is their sum) and the number of projections made.
     """
-    projected = grads.clone()
-    squared_norms = (grads * grads).sum(dim=1)  # (T,)
+    coeffs, count = pcgrad_coefficients(grads @ grads.T, orders)
+    return coeffs @ grads, count
+
+
+def gradvac_coefficients(
+    grams: torch.Tensor, targets: torch.Tensor, orders: list[list[int]], beta: float
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """GradVac on per-segment Gram matrices `[K, T, T]`: returns A `[K, T, T]`, the new targets and the count."""
+    num_segments, num_tasks, _ = grams.shape
+    coeffs = torch.eye(num_tasks, dtype=grams.dtype, device=grams.device).repeat(num_segments, 1, 1)
+    targets = targets.clone().to(grams.dtype)
+    norms = grams.diagonal(dim1=1, dim2=2).clamp_min(0).sqrt()  # (K, T) original norms
     count = 0
     for i, order in enumerate(orders):
         for j in order:
-            if squared_norms[j] <= EPS:
-                continue
-            dot = projected[i] @ grads[j]
-            if dot < 0:
-                projected[i].sub_(grads[j], alpha=float(dot / squared_norms[j]))
-                count += 1
-    return projected, count
+            a = coeffs[:, i, :]  # (K, T): running g_i = sum_m a[m] g_m, per segment
+            dot = (a * grams[:, :, j]).sum(-1)  # (K,)
+            norm_i = torch.einsum("km,kmn,kn->k", a, grams, a).clamp_min(0).sqrt()
+            norm_j = norms[:, j]
+            valid = (norm_i > EPS) & (norm_j > EPS)
+            phi = (dot / (norm_i * norm_j).clamp_min(EPS)).clamp(-1.0, 1.0)
+            target = targets[:, i, j]
+            adjust = valid & (phi < target)
+            sin_target = (1 - target**2).clamp_min(EPS).sqrt()
+            coef = norm_i * (target * (1 - phi**2).clamp_min(0).sqrt() - phi * sin_target) / (
+                norm_j.clamp_min(EPS) * sin_target
+            )
+            coeffs[:, i, j] += torch.where(adjust, coef, torch.zeros_like(coef))
+            targets[:, i, j] = torch.where(valid, (1 - beta) * target + beta * phi, target)
+            count += int(adjust.sum())
+    return coeffs, targets, count
+
+
+def segment_runs(segments: torch.Tensor) -> list[tuple[int, int, int]]:
+    """`(segment id, start, end)` of every run of equal ids in `segments` `(P,)`."""
+    change = torch.nonzero(segments[1:] != segments[:-1]).flatten().add(1).tolist()
+    starts, ends = [0, *change], [*change, segments.numel()]
+    return [(int(segments[s]), s, e) for s, e in zip(starts, ends)]
+
+
+def segment_grams(grads: torch.Tensor, runs: list[tuple[int, int, int]], num_segments: int) -> torch.Tensor:
+    """Gram matrix of the task gradients restricted to each segment: `[K, T, T]`."""
+    grams = grads.new_zeros(num_segments, grads.shape[0], grads.shape[0])
+    for k, start, end in runs:
+        block = grads[:, start:end]
+        grams[k] += block @ block.T
+    return grams
 
 
 def gradvac(
@@ -79,34 +139,12 @@ def gradvac(
     Returns:
         The adjusted `[T, P]` gradients, the updated targets, and the number of (segment, pair) adjustments.
     """
-    num_segments = targets.shape[0]
-    if segments is None:
-        segments = torch.zeros(grads.shape[1], dtype=torch.long, device=grads.device)
-
-    def segment_sum(values: torch.Tensor) -> torch.Tensor:  # (P,) -> (K,)
-        return torch.zeros(num_segments, dtype=values.dtype, device=values.device).index_add_(0, segments, values)
-
-    adjusted, targets = grads.clone(), targets.clone()
-    norms = torch.stack([segment_sum(g * g) for g in grads]).sqrt()  # (T, K) original norms
-    count = 0
-    for i, order in enumerate(orders):
-        for j in order:
-            norm_i = segment_sum(adjusted[i] * adjusted[i]).sqrt()  # (K,)
-            norm_j = norms[j]
-            valid = (norm_i > EPS) & (norm_j > EPS)
-            phi = segment_sum(adjusted[i] * grads[j]) / (norm_i * norm_j).clamp_min(EPS)  # (K,)
-            phi = phi.clamp(-1.0, 1.0)
-            target = targets[:, i, j]
-            adjust = valid & (phi < target)
-            sin_target = (1 - target**2).clamp_min(EPS).sqrt()
-            coef = norm_i * (target * (1 - phi**2).clamp_min(0).sqrt() - phi * sin_target) / (
-                norm_j.clamp_min(EPS) * sin_target
-            )
-            coef = torch.where(adjust, coef, torch.zeros_like(coef))
-            adjusted[i].add_(coef[segments] * grads[j])
-            targets[:, i, j] = torch.where(valid, (1 - beta) * target + beta * phi, target)
-            count += int(adjust.sum())
-    return adjusted, targets, count
+    runs = segment_runs(segments) if segments is not None else [(0, 0, grads.shape[1])]
+    coeffs, targets, count = gradvac_coefficients(segment_grams(grads, runs, targets.shape[0]), targets, orders, beta)
+    adjusted = torch.empty_like(grads)
+    for k, start, end in runs:
+        adjusted[:, start:end] = coeffs[k] @ grads[:, start:end]
+    return adjusted, targets.to(grads.dtype), count
 
 
 SURGERY_METHODS = ("none", "pcgrad", "gradvac")
@@ -155,6 +193,7 @@ class GradientSurgery:
         self.segments = torch.repeat_interleave(torch.tensor([dense[s] for s in ids], dtype=torch.long),
                                                 torch.tensor(self.numels, dtype=torch.long)).to(device)
         self.targets = torch.zeros(max(len(dense), 1), num_tasks, num_tasks, dtype=torch.float32, device=device)
+        self.runs = segment_runs(self.segments) if size else []
         self.generator = torch.Generator().manual_seed(seed)
         self.cosine_sum = torch.zeros(num_tasks, num_tasks)
         self.steps = self.adjustments = 0
@@ -177,16 +216,25 @@ class GradientSurgery:
         if not self.params:
             return
         grads = self.buffer
-        self.cosine_sum += task_cosines(grads).cpu()
+        grams = segment_grams(grads, self.runs, self.targets.shape[0])  # (K, T, T), one pass over the buffer
+        gram = grams.sum(0)
+        self.cosine_sum += cosines_from_gram(gram).cpu()
         self.steps += 1
+        num_tasks = self.num_tasks
+        weights = torch.ones(self.targets.shape[0], num_tasks, dtype=grads.dtype, device=grads.device)  # (K, T)
         if self.method != "none":
-            orders = visiting_orders(self.num_tasks, self.generator)
+            orders = visiting_orders(num_tasks, self.generator)
             if self.method == "pcgrad":
-                grads, count = pcgrad(grads, orders)
+                coeffs, count = pcgrad_coefficients(gram, orders)
+                weights = coeffs.sum(0).expand_as(weights)
             else:
-                grads, self.targets, count = gradvac(grads, self.targets, orders, self.beta, self.segments)
+                coeffs, self.targets, count = gradvac_coefficients(grams, self.targets, orders, self.beta)
+                weights = coeffs.sum(1)  # the update: sum over tasks i of A_k[i] @ grads
             self.adjustments += count
-        for p, flat in zip(self.params, grads.sum(0).split(self.numels)):
+        total = torch.empty(grads.shape[1], dtype=grads.dtype, device=grads.device)
+        for k, start, end in self.runs:
+            total[start:end] = weights[k] @ grads[:, start:end]
+        for p, flat in zip(self.params, total.split(self.numels)):
             p.grad = flat.view_as(p).to(p.dtype)
 
     def pop_stats(self, task_names: list[str]) -> dict[str, float]:
