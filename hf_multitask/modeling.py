@@ -76,6 +76,10 @@ class MultitaskModel(PreTrainedModel):
     def __init__(self, config: MultitaskConfig, encoder: PreTrainedModel | None = None):
         super().__init__(config)
         self.encoder = encoder if encoder is not None else _encoder_from_config(config.encoder)
+        if self.encoder.config._attn_implementation is None:
+            # Wrapping a loaded encoder's config in MultitaskConfig resets its attention implementation, and the
+            # encoder would then fall back to eager attention with a warning: give it the top-level choice.
+            self.encoder.config._attn_implementation = self.config._attn_implementation
         hidden, dropout = config.hidden_size, config.classifier_dropout
         self.heads = nn.ModuleDict({name: build_head(spec, hidden, dropout) for name, spec in self.specs.items()})
         self._encoder_accepts_token_types = "token_type_ids" in inspect.signature(self.encoder.forward).parameters

@@ -119,3 +119,9 @@ def test_config_rejects_duplicate_tasks_and_bad_pooling(bert_config):
         MultitaskConfig(encoder=bert_config, tasks=[get_task("sst"), get_task("sst")])
     with pytest.raises(ValueError, match="pooling must be one of"):
         MultitaskConfig(encoder=bert_config, tasks=cs224n_tasks(), pooling="max")
+
+
+def test_from_encoder_keeps_the_attention_implementation(bert_config, tmp_path):
+    BertModel(bert_config, add_pooling_layer=False).save_pretrained(tmp_path)
+    model = MultitaskModel.from_encoder(tmp_path, cs224n_tasks())
+    assert model.encoder.config._attn_implementation == model.config._attn_implementation is not None
