@@ -47,13 +47,12 @@ def build(args, method: str):
     """A trainer in grouped mode and one fixed grouped batch of `args.batch_size` real examples per task."""
     tasks = cs224n_tasks()
     torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_encoder_path("minilm"))
     if args.smoke:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_encoder_path("minilm"))
         config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
                             num_attention_heads=4, intermediate_size=37)
         model = MultitaskModel(MultitaskConfig(encoder=config, tasks=tasks))
     else:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_encoder_path("minilm"))
         model = MultitaskModel.from_encoder("minilm", tasks)
     data = {t.name: tokenize_task(load_task_data(t, args.data_dir, splits=("dev",))["dev"].select(
         range(args.batch_size)), t, tokenizer) for t in tasks}
