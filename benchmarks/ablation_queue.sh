@@ -7,6 +7,8 @@ set -u
 cd "$(dirname "$0")/.."
 base="hf-multitask train examples/cs224n/main.yaml --max_steps 400"
 grouped="hf-multitask train examples/cs224n/main.yaml --max_steps 133 --task_sampling_grouped true"
+# The main job's budget in grouped mode: 44,800 examples = 466 steps of one batch of 32 from each of the 3 tasks.
+grouped_main="hf-multitask train examples/cs224n/main.yaml --max_steps 466 --task_sampling_grouped true"
 declare -A rows=(
   [baseline]="$base"
   [smart]="$base --smart_tasks sst sts"
@@ -15,8 +17,11 @@ declare -A rows=(
   [grouped_none]="$grouped --gradient_surgery none"
   [grouped_pcgrad]="$grouped --gradient_surgery pcgrad"
   [grouped_gradvac]="$grouped --gradient_surgery gradvac"
+  [main_grouped_none]="$grouped_main --gradient_surgery none"
+  [main_grouped_pcgrad]="$grouped_main --gradient_surgery pcgrad"
+  [main_grouped_gradvac]="$grouped_main --gradient_surgery gradvac"
 )
-order=("${@:-baseline smart ordinal grouped_none grouped_pcgrad grouped_gradvac pal}")
+order=("${@:-baseline smart ordinal grouped_none grouped_pcgrad grouped_gradvac pal main_grouped_none main_grouped_pcgrad main_grouped_gradvac}")
 for row in ${order[@]}; do
   out="runs/ablation/$row"
   if [ -f "$out/eval_results.json" ]; then echo "skip $row (done)"; continue; fi

@@ -4,8 +4,11 @@ from transformers import AutoConfig, AutoModel
 
 from .configuration import MultitaskConfig
 from .data import MultitaskCollator, MultitaskDataset, load_task_data, load_task_split, tokenize_task
+from .export import export_task
+from .inference import MultitaskPipeline, normalize_ptb, predict
 from .losses import ordinal_log_loss, symmetric_kl, task_loss
 from .metrics import compute_task_metrics, overall_score
+from .model_card import render_model_card, write_model_card
 from .modeling import MultitaskModel, MultitaskModelOutput, resolve_encoder_path
 from .pal import PalConfig, PalModel
 from .sampling import MultitaskBatchSampler, annealed_alpha
@@ -26,6 +29,7 @@ __all__ = [
     "MultitaskDataset",
     "MultitaskModel",
     "MultitaskModelOutput",
+    "MultitaskPipeline",
     "MultitaskTrainer",
     "MultitaskTrainingArguments",
     "PalConfig",
@@ -34,17 +38,22 @@ __all__ = [
     "annealed_alpha",
     "compute_task_metrics",
     "cs224n_tasks",
+    "export_task",
     "get_task",
     "load_task_data",
     "load_task_split",
+    "normalize_ptb",
     "ordinal_log_loss",
     "overall_score",
+    "predict",
     "quora_task",
+    "render_model_card",
     "resolve_encoder_path",
     "sst_task",
     "sts_task",
     "task_loss",
     "tokenize_task",
+    "write_model_card",
     "EmaTeacher",
     "SmartRegularizer",
     "symmetric_kl",

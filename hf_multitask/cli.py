@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import os
@@ -14,15 +15,19 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 from transformers import AutoTokenizer, HfArgumentParser, set_seed
 
 from .configuration import MultitaskConfig
 from .data import load_task_data, read_delimited, tokenize_task
-from .metrics import predictions_from_logits
+from .export import export_task, max_logit_difference
+from .inference import NORMALIZERS, worst_examples
+from .inference import predict as predict_texts
 from .modeling import MultitaskModel, resolve_encoder_path
 from .pal import PalConfig
-from .tasks import TaskSpec, get_task
+from .report import report
+from .tasks import TaskSpec, did_you_mean, get_task
 from .trainer import MultitaskTrainer
 from .training_args import MultitaskTrainingArguments
 
@@ -83,22 +88,36 @@ def parse_train_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, Mu
 
 
 def load_config_file(path: str) -> dict:
-    """A YAML (safe loader) or JSON config; unknown keys are an error naming them and the file."""
+    """A YAML (safe loader: no Python tags, nothing executed) or JSON config.
+
+    Unparsable files, unknown keys (with the closest known key) and a `tasks` that is not a list are errors
+    naming the file.
+    """
     text = Path(path).read_text(encoding="utf-8")
-    config = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    try:
+        config = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a valid {'JSON' if path.endswith('.json') else 'YAML'} config: {err}") from None
     if not isinstance(config, dict):
         raise ValueError(f"{path}: a config file must hold a mapping of argument names to values")
     known = {f.name for cls in TRAIN_DATACLASSES for f in dataclasses.fields(cls)}
     unknown = sorted(set(config) - known)
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}")
+        raise ValueError(f"{path}: unknown key(s) {unknown}{did_you_mean(unknown[0], known)}")
+    if "tasks" in config and not isinstance(config["tasks"], list):
+        raise ValueError(f"{path}: tasks must be a list of task names, e.g. [sst, sts], got {config['tasks']!r}")
     if isinstance(config.get("task_overrides"), dict):
         config["task_overrides"] = json.dumps(config["task_overrides"])
     return config
 
 
 def build_task_specs(model_args: ModelArguments) -> list[TaskSpec]:
-    overrides = json.loads(model_args.task_overrides) if model_args.task_overrides else {}
+    try:
+        overrides = json.loads(model_args.task_overrides) if model_args.task_overrides else {}
+    except json.JSONDecodeError as err:
+        raise ValueError(f"task_overrides is not valid JSON ({err}): {model_args.task_overrides!r}") from None
+    if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
+        raise ValueError(f"task_overrides must map task names to {{field: value}}, got {model_args.task_overrides!r}")
     unknown = sorted(set(overrides) - set(model_args.tasks))
     if unknown:
         raise ValueError(f"task_overrides names task(s) {unknown} that are not in tasks={model_args.tasks}")
@@ -113,6 +132,7 @@ def build_model(model_args: ModelArguments, specs: list[TaskSpec]) -> MultitaskM
         saved, wanted = model.config.task_names, [s.name for s in specs]
         if saved != wanted:
             raise ValueError(f"{path} has heads for tasks {saved}, but the config asks for tasks {wanted}")
+        _check_saved_specs(path, model.specs, specs)
     else:
         model = MultitaskModel.from_encoder(path, specs, pooling=model_args.pooling,
                                             classifier_dropout=model_args.classifier_dropout)
@@ -128,6 +148,19 @@ def build_model(model_args: ModelArguments, specs: list[TaskSpec]) -> MultitaskM
                              f"pal_g={pal.g!r}, pal_placement={pal.placement!r}")
     model.freeze_encoder(model_args.freeze_encoder)
     return model
+
+
+def _check_saved_specs(path: str, saved: dict[str, TaskSpec], wanted: list[TaskSpec]) -> None:
+    """The model trains with its saved specs and the data is tokenised with the config's: they must agree
+    (pair_encoding only matters for pair tasks)."""
+    differ = []
+    for spec in wanted:
+        fields = [f.name for f in dataclasses.fields(TaskSpec) if f.name != "pair_encoding" or spec.is_pair]
+        differ += [f"task {spec.name!r}: {name}={getattr(spec, name)!r} (saved: {getattr(saved[spec.name], name)!r})"
+                   for name in fields if getattr(spec, name) != getattr(saved[spec.name], name)]
+    if differ:
+        raise ValueError(f"{path} was saved with other task settings than the config asks for: {'; '.join(differ)}. "
+                         "Make the config (task_overrides, pair_encoding, max_length) match.")
 
 
 def _is_multitask_checkpoint(path: str) -> bool:
@@ -207,21 +240,47 @@ def evaluate(argv: list[str]) -> dict:
     parser.add_argument("--tasks", nargs="*", help="Subset of the model's tasks (default: all).")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--output", help="JSON file for the metrics (default: MODEL_DIR/<split>_results.json).")
+    parser.add_argument("--errors", type=int, default=0, metavar="N",
+                        help="Also write the N worst-predicted examples of each task (one more prediction pass).")
+    parser.add_argument("--errors_output", help="JSON lines, or a .tsv, for them (default: "
+                                                "MODEL_DIR/<split>_errors.jsonl).")
     args = parser.parse_args(argv)
+    if args.errors < 0:
+        raise SystemExit(f"--errors must be >= 0, got {args.errors}")
     model = MultitaskModel.from_pretrained(args.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     unknown = sorted(set(args.tasks or []) - set(model.specs))
     if unknown:
         raise SystemExit(f"{args.model_dir} has no head for task(s) {unknown}; it has {list(model.specs)}")
     specs = [model.specs[name] for name in (args.tasks or model.specs)]
-    eval_data = load_tokenized(specs, tokenizer, args.data, args.split, None)
+    raw = {spec.name: load_task_data(spec, args.data, splits=(args.split,))[args.split] for spec in specs}
+    eval_data = {spec.name: tokenize_task(raw[spec.name], spec, tokenizer) for spec in specs}
     training_args = MultitaskTrainingArguments(output_dir=os.path.join(args.model_dir, "eval"), report_to=[],
                                                per_device_eval_batch_size=args.batch_size)
     trainer = MultitaskTrainer(model=model, args=training_args, processing_class=tokenizer)
     metrics = trainer.evaluate(eval_data, metric_key_prefix=args.split)
     print_metrics_table(metrics, specs, prefix=args.split)
     _write_json(Path(args.output or Path(args.model_dir) / f"{args.split}_results.json"), metrics)
+    if args.errors:
+        records = [record for spec in specs for record in worst_examples(
+            spec, raw[spec.name], trainer.predict_task(spec.name, eval_data[spec.name]), args.errors)]
+        path = Path(args.errors_output or Path(args.model_dir) / f"{args.split}_errors.jsonl")
+        _write_records(path, records)
+        print(f"the {args.errors} worst examples of each task written to {path}")
     return metrics
+
+
+def _write_records(path: Path, records: list[dict]) -> None:
+    """JSON lines, or a TSV (standard quoting, empty cells for fields a record lacks) when `path` ends in .tsv."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        if path.suffix != ".tsv":
+            handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+            return
+        writer = csv.DictWriter(handle, fieldnames=list(dict.fromkeys(k for r in records for k in r)), delimiter="\t",
+                                restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
 
 
 def predict(argv: list[str]) -> list[dict]:
@@ -231,6 +290,10 @@ def predict(argv: list[str]) -> list[dict]:
     parser.add_argument("texts", nargs="*", help="Inputs; for pair tasks separate the two sentences with ' ||| '.")
     parser.add_argument("--file", help="A TSV/CSV/JSONL file with the task's text columns.")
     parser.add_argument("--output", help="Write JSON lines here instead of stdout.")
+    parser.add_argument("--normalize", choices=sorted(NORMALIZERS),
+                        help="ptb: rewrite raw text in the Penn Treebank form of the SST training sentences "
+                             "(for sst; off by default).")
+    parser.add_argument("--batch_size", type=int, default=32)
     args = parser.parse_intermixed_args(argv)
     model = MultitaskModel.from_pretrained(args.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
@@ -238,20 +301,56 @@ def predict(argv: list[str]) -> list[dict]:
         raise SystemExit(f"{args.model_dir} has no head for task {args.task!r}; it has {list(model.specs)}")
     spec = model.specs[args.task]
     dataset = _prediction_inputs(spec, args)
-    trainer = MultitaskTrainer(model=model, args=MultitaskTrainingArguments(
-        output_dir=os.path.join(args.model_dir, "predict"), report_to=[]), processing_class=tokenizer)
-    outputs = predictions_from_logits(spec, trainer.predict_task(spec.name, tokenize_task(dataset, spec, tokenizer)))
-    records = []
-    for i, value in enumerate(outputs.tolist()):
-        record = {c: dataset[i][c] for c in spec.text_columns}
-        record.update({"label": spec.label_names[value], "label_id": value} if spec.label_names else {"score": value})
-        records.append(record)
+    if torch.cuda.is_available():
+        model.to("cuda")
+    inputs, kwargs = _texts_of(spec, dataset), {"batch_size": args.batch_size, "normalize": args.normalize}
+    if spec.kind == "classification":
+        labels, probabilities = predict_texts(model, spec.name, inputs, tokenizer, return_probabilities=True, **kwargs)
+        outputs = [{"label": label, "label_id": spec.label_names.index(label), "probability": float(p.max())}
+                   for label, p in zip(labels, probabilities)]
+    else:
+        outputs = [{"score": score} for score in predict_texts(model, spec.name, inputs, tokenizer, **kwargs)]
+    records = [{**{c: dataset[i][c] for c in spec.text_columns}, **output} for i, output in enumerate(outputs)]
     lines = "\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n"
     if args.output:
         Path(args.output).write_text(lines, encoding="utf-8")
     else:
         sys.stdout.write(lines)
     return records
+
+
+def _texts_of(spec: TaskSpec, dataset) -> list:
+    """A dataset's text columns as `predict`'s inputs: strings, or `(a, b)` pairs."""
+    columns = [dataset[c] for c in spec.text_columns]
+    return list(columns[0]) if len(columns) == 1 else list(zip(*columns))
+
+
+def export(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="hf-multitask export",
+                                     description="Write one task as a plain AutoModelForSequenceClassification.")
+    parser.add_argument("model_dir")
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--output", required=True, help="Directory for the exported model and tokenizer.")
+    parser.add_argument("--check_data", help="A data directory: print the largest logit difference between the "
+                                             "export and the model on the first 256 examples of --split.")
+    parser.add_argument("--split", default="dev")
+    args = parser.parse_args(argv)
+    model = MultitaskModel.from_pretrained(args.model_dir).eval()
+    if args.task not in model.specs:
+        raise SystemExit(f"{args.model_dir} has no head for task {args.task!r}; it has {list(model.specs)}")
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    try:
+        exported = export_task(model, args.task, args.output, tokenizer=tokenizer)
+    except ValueError as err:
+        raise SystemExit(f"hf-multitask export: {err}") from None
+    print(f"task {args.task!r} exported to {args.output}: AutoModelForSequenceClassification.from_pretrained("
+          f"{str(args.output)!r})")
+    if args.check_data:
+        spec = model.specs[args.task]
+        data = load_task_data(spec, args.check_data, splits=(args.split,))[args.split]
+        inputs = _texts_of(spec, data.select(range(min(256, len(data)))))
+        difference = max_logit_difference(model, args.task, exported, inputs, tokenizer)
+        print(f"largest |logit difference| on {len(inputs)} {args.split} examples: {difference:.2e}")
 
 
 def _prediction_inputs(spec: TaskSpec, args):
@@ -292,14 +391,15 @@ def _load_texts(spec: TaskSpec, path: str):
     return Dataset.from_dict({c: [r[c] for r in rows] for c in spec.text_columns})
 
 
-COMMANDS = {"train": train, "evaluate": evaluate, "predict": predict}
+COMMANDS = {"train": train, "evaluate": evaluate, "predict": predict, "export": export, "report": report}
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
         print("usage: hf-multitask {train CONFIG.yaml [--key value ...] | evaluate MODEL_DIR --data DIR | "
-              "predict MODEL_DIR --task TASK TEXT...}", file=sys.stderr)
+              "predict MODEL_DIR --task TASK TEXT... | export MODEL_DIR --task TASK --output DIR | "
+              "report RUN_DIR [--data DIR] [--output DIR]}", file=sys.stderr)
         raise SystemExit(2)
     COMMANDS[argv[0]](argv[1:])
 

@@ -6,6 +6,7 @@ Every bad row is an error that names the file, the row and the column: nothing i
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -16,7 +17,7 @@ import torch
 from datasets import Dataset, DatasetDict, IterableDataset, load_dataset
 from transformers.utils import logging
 
-from .tasks import TaskSpec
+from .tasks import TaskSpec, did_you_mean
 
 logger = logging.get_logger(__name__)
 
@@ -33,22 +34,64 @@ class DataValidationError(ValueError):
 
 
 def read_delimited(path: str | os.PathLike) -> tuple[list[str], list[dict[str, str]]]:
-    """Read a CS224N-style TSV (or a CSV): header line, standard CSV quoting. Returns (columns, rows)."""
+    """Read a CS224N-style TSV (or a CSV): header line, standard CSV quoting. Returns (columns, rows).
+
+    Rows are numbered from 1 after the header; blank lines are not rows (they are skipped and counted in a
+    warning). A row with more or fewer fields than the header, a repeated header name and, in a TSV, a field
+    that holds a tab (an unbalanced `"` swallows the following lines that way) are errors naming the row.
+
+    Example:
+
+    ```python
+    >>> columns, rows = read_delimited("../shared/data/sst-dev.tsv")  # doctest: +SKIP
+    >>> columns
+    ['id', 'sentence', 'sentiment']
+    ```
+    """
     path = Path(path)
     delimiter = "\t" if path.suffix == ".tsv" else ","
-    try:
-        with open(path, encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle, delimiter=delimiter)
-            rows = list(reader)
-            columns = list(reader.fieldnames or [])
-    except UnicodeDecodeError as err:
-        raise DataValidationError(f"{path}: not valid UTF-8 at byte {err.start} ({err.reason})") from None
-    if not columns:
-        raise DataValidationError(f"{path}: the file is empty (no header line)")
-    for i, row in enumerate(rows, start=1):
-        if None in row:  # more cells than header columns
-            raise DataValidationError(f"{path}: row {i} has more fields than the header's {len(columns)} columns")
+    reader = csv.reader(io.StringIO(read_utf8(path).removeprefix("\ufeff"), newline=""), delimiter=delimiter)
+    try:  # (a leading byte-order mark is removed above: it would become part of the first column's name)
+        records = list(reader)
+    except csv.Error as err:
+        raise DataValidationError(f"{path}: line {reader.line_num}: {err}") from None
+    if not records or not records[0]:
+        raise DataValidationError(f"{path}: no header line (the file is empty or its first line is blank)")
+    columns, rows, blank = records[0], [], 0
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise DataValidationError(f"{path}: the header repeats column(s) {repeated}")
+    for record in records[1:]:
+        if not record:
+            blank += 1
+            continue
+        rows.append(_row_dict(path, len(rows) + 1, columns, record, delimiter))
+    if blank:
+        logger.warning(f"{path}: skipped {blank} blank line(s); they are not rows, and row numbers do not count them")
     return columns, rows
+
+
+def read_utf8(path: str | os.PathLike) -> str:
+    """The file's text; invalid UTF-8 is an error naming the file, the byte offset and the line."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataValidationError(f"{path}: not valid UTF-8 at byte {err.start}, line {line} ({err.reason})") from None
+
+
+def _row_dict(path: Path, row: int, columns: list[str], record: list[str], delimiter: str) -> dict[str, str]:
+    if delimiter == "\t":  # checked first: a swallowed tail also leaves the row short of fields
+        for column, cell in zip(columns, record):
+            if "\t" in cell:
+                raise DataValidationError(f"{path}: row {row}, column {column!r}: the field holds a tab, as when an "
+                                          "unbalanced '\"' swallows the following lines")
+    if len(record) != len(columns):
+        more_or_fewer = "more" if len(record) > len(columns) else "fewer"
+        raise DataValidationError(f"{path}: row {row} has {more_or_fewer} fields ({len(record)}) than the header's "
+                                  f"{len(columns)} columns")
+    return dict(zip(columns, record))
 
 
 def validate_rows(spec: TaskSpec, columns: list[str], rows: Iterable[Mapping[str, Any]], source: str) -> dict:
@@ -58,12 +101,14 @@ def validate_rows(spec: TaskSpec, columns: list[str], rows: Iterable[Mapping[str
     """
     missing = [c for c in (*spec.text_columns, spec.label_column) if c not in columns]
     if missing:
+        unused = [c for c in columns if c not in (*spec.text_columns, spec.label_column, "id")]
         raise DataValidationError(
-            f"{source}: task {spec.name!r} needs column(s) {missing}, but the data has {list(columns)}"
+            f"{source}: task {spec.name!r} needs column(s) {missing}{did_you_mean(missing[0], unused)}, "
+            f"but the data has {list(columns)}"
         )
     ignored = [c for c in columns if c not in (*spec.text_columns, spec.label_column, "id")]
     if ignored:
-        logger.info(f"{source}: task {spec.name!r} ignores column(s) {ignored}")
+        logger.warning(f"{source}: task {spec.name!r} ignores column(s) {ignored}")
     out = {c: [] for c in spec.text_columns}
     out["labels"] = []
     keep_id = "id" in columns
@@ -71,22 +116,34 @@ def validate_rows(spec: TaskSpec, columns: list[str], rows: Iterable[Mapping[str
         out["id"] = []
     for i, row in enumerate(rows, start=1):
         for column in spec.text_columns:
-            text = row[column]
-            if not isinstance(text, str) or not text.strip():
-                raise DataValidationError(f"{source}: row {i}, column {column!r}: empty or missing text ({text!r})")
-            out[column].append(text)
+            out[column].append(_check_text(row[column], f"{source}: row {i}, column {column!r}"))
         out["labels"].append(_parse_label(spec, row[spec.label_column], f"{source}: row {i}, column "
                                                                               f"{spec.label_column!r}"))
         if keep_id:
             out["id"].append(str(row["id"]))
     if not out["labels"]:
         raise DataValidationError(f"{source}: no rows for task {spec.name!r}")
+    if spec.kind == "classification":
+        absent = [name for k, name in enumerate(spec.label_names) if k not in set(out["labels"])]
+        if absent:
+            logger.warning(f"{source}: task {spec.name!r} has {spec.num_labels} classes, but class(es) {absent} "
+                           f"never occur in its {len(out['labels'])} rows")
     return out
+
+
+def _check_text(text: Any, where: str) -> str:
+    if text is None or (isinstance(text, str) and not text.strip()):
+        raise DataValidationError(f"{where}: empty or missing text ({text!r})")
+    if not isinstance(text, str):
+        raise DataValidationError(f"{where}: expected text, got {type(text).__name__} {text!r}")
+    return text
 
 
 def _parse_label(spec: TaskSpec, value: Any, where: str) -> int | float:
     if value is None or (isinstance(value, str) and not value.strip()):
         raise DataValidationError(f"{where}: empty label")
+    if isinstance(value, bool):  # float(True) == 1.0 would silently pick class 1
+        raise DataValidationError(f"{where}: label {value!r} is a boolean; write the class id or name")
     if spec.kind == "classification":
         if isinstance(value, str) and value.strip() in spec.label_names:
             return spec.label_names.index(value.strip())
@@ -126,14 +183,18 @@ def load_task_split(spec: TaskSpec, path: str | os.PathLike) -> Dataset:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Task {spec.name!r}: data file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise DataValidationError(f"{path}: the file is empty (0 bytes)")
     if path.suffix in (".tsv", ".csv"):
         columns, rows = read_delimited(path)
     else:
         builder = "parquet" if path.suffix == ".parquet" else "json"
+        if builder == "json":
+            read_utf8(path)  # datasets' own decoding error gives an offset within one chunk, and no line
         try:
             loaded = load_dataset(builder, data_files=str(path), split="train")
         except Exception as err:  # datasets wraps parser errors in several types
-            raise DataValidationError(f"{path}: could not be read as {builder}: {err}") from err
+            raise DataValidationError(f"{path}: could not be read as {builder}: {err!r}") from err
         columns, rows = loaded.column_names, loaded
     return Dataset.from_dict(validate_rows(spec, columns, rows, str(path)))
 
@@ -152,9 +213,15 @@ def load_task_data(
     """
     if os.path.isdir(source):
         return DatasetDict({split: load_task_split(spec, find_data_file(spec, source, split)) for split in splits})
+    if os.path.exists(source) or str(source).startswith((".", "/", "~")):
+        raise FileNotFoundError(f"Task {spec.name!r}: data directory {source} does not exist (or is not a directory)")
     result = {}
     for split in splits:
-        loaded = load_dataset(str(source), split=split, **load_kwargs)
+        try:
+            loaded = load_dataset(str(source), split=split, **load_kwargs)
+        except (FileNotFoundError, ConnectionError) as err:
+            raise FileNotFoundError(f"Task {spec.name!r}: {source} is no local directory, and loading it as a hub "
+                                    f"dataset failed: {err}") from err
         if isinstance(loaded, IterableDataset):
             raise DataValidationError(f"{source} [{split}]: a streaming IterableDataset has no length; load it whole")
         result[split] = Dataset.from_dict(validate_rows(spec, loaded.column_names, loaded, f"{source} [{split}]"))
@@ -192,13 +259,14 @@ def tokenize_task(dataset: Dataset, spec: TaskSpec, tokenizer, num_proc: int | N
 
 
 def count_truncated(dataset: Dataset, spec: TaskSpec, tokenizer, max_length: int) -> int:
-    """Examples whose tokenised length (the pair together for cross-encoding) exceeds `max_length`."""
-    columns = [[t] for t in spec.text_columns] if spec.is_bi_encoded else [list(spec.text_columns)]
-    count = 0
-    for group in columns:
+    """Examples whose tokenised length exceeds `max_length`: the pair together for cross-encoding, either
+    sentence for bi-encoding (an example counts once even when both of its sentences are too long)."""
+    groups = [[t] for t in spec.text_columns] if spec.is_bi_encoded else [list(spec.text_columns)]
+    too_long = [False] * len(dataset)
+    for group in groups:
         lengths = tokenizer(*[list(dataset[c]) for c in group], truncation=False, return_length=True)["length"]
-        count += sum(length > max_length for length in lengths)
-    return count
+        too_long = [flag or length > max_length for flag, length in zip(too_long, lengths)]
+    return sum(too_long)
 
 
 def _log_truncation(dataset: Dataset, spec: TaskSpec, tokenizer, max_length: int) -> None:
@@ -219,7 +287,8 @@ class MultitaskDataset(torch.utils.data.Dataset):
 
     def __init__(self, datasets: Mapping[str, Dataset]):
         for name, dataset in datasets.items():
-            if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+            iterable = isinstance(dataset, (IterableDataset, torch.utils.data.IterableDataset))
+            if iterable or not hasattr(dataset, "__len__"):
                 raise TypeError(f"Task {name!r}: MultitaskDataset needs sized datasets, got {type(dataset).__name__}")
             if len(dataset) == 0:
                 raise ValueError(f"Task {name!r}: the dataset is empty")

@@ -156,8 +156,84 @@ class MultitaskModel(PreTrainedModel):
             if name not in source.heads:
                 raise ValueError(f"Task {name!r} has no head in the source model (it has {list(source.heads)})")
             if source.specs[name].num_labels != self.specs[name].num_labels:
-                raise ValueError(f"Task {name!r}: source head has a different number of labels")
+                raise ValueError(f"Task {name!r}: source head has {source.specs[name].num_labels} labels, this "
+                                 f"model's has {self.specs[name].num_labels}")
+            theirs, ours = source.specs[name].is_bi_encoded, self.specs[name].is_bi_encoded
+            if theirs != ours:
+                encodings = {True: "bi-encoded", False: "cross-encoded"}
+                raise ValueError(f"Task {name!r}: the source head is {encodings[theirs]}, this model's is "
+                                 f"{encodings[ours]}")
             self.heads[name].load_state_dict(source.heads[name].state_dict())
+
+    def add_task(self, spec: TaskSpec, pal: bool = True) -> None:
+        """Add a task to a (trained) model: a new head initialised like the others and, when the model has PALs, a
+        new PAL (V_D at zero, so the other tasks' outputs do not change). The spec joins `config.tasks` (and the
+        PAL config's tasks), so `save_pretrained` / `from_pretrained` rebuild both.
+
+        Args:
+            spec: The new task; its name must differ from the model's tasks.
+            pal: Give the task a PAL when the model has PALs (`False`: it runs on the plain encoder).
+
+        Example:
+
+        ```python
+        >>> from hf_multitask import MultitaskModel, TaskSpec
+        >>> model = MultitaskModel.from_pretrained("runs/main")  # doctest: +SKIP
+        >>> model.add_task(TaskSpec(name="nli", kind="classification", text_columns=("premise", "hypothesis"),
+        ...                         label_column="label", label_names=["entailment", "neutral", "contradiction"]))
+        ... # doctest: +SKIP
+        >>> model.train_only(["nli"])  # doctest: +SKIP
+        ```
+        """
+        if spec.name in self.config.task_names:
+            raise ValueError(f"Task {spec.name!r} exists already (tasks: {self.config.task_names}): pick a new name")
+        param = next(self.encoder.parameters())
+        new_modules = []
+        if self.pal is not None and pal:  # first: it rejects names that clash with PalModel attributes
+            new_modules.append(self.pal.add_task(spec.name, self.config.hidden_size))
+            self.config.pal = self.pal.pal_config.to_dict()
+        self.heads[spec.name] = build_head(spec, self.config.hidden_size, self.config.classifier_dropout)
+        new_modules.append(self.heads[spec.name])
+        self.config.tasks = [*self.config.tasks, spec.to_dict()]
+        with torch.no_grad():
+            for module in new_modules:
+                module.apply(self._init_weights)
+                module.to(device=param.device, dtype=param.dtype).train(self.training)
+
+    def train_only(self, task_names: str | list[str]) -> None:
+        """Freeze everything except the heads and PALs of `task_names`, e.g. to train a task added with
+        [`~MultitaskModel.add_task`] while the encoder and the other tasks stay bit-identical.
+        `model.requires_grad_(True)` makes everything trainable again.
+        """
+        names = [task_names] if isinstance(task_names, str) else list(task_names)
+        unknown = [name for name in names if name not in self.heads]
+        if unknown or not names:
+            raise ValueError(f"train_only: unknown task(s) {unknown or names} (tasks: {self.config.task_names})")
+        pals = [self.pal[n] for n in names if n in self.pal] if self.pal is not None else []
+        modules = [self.heads[n] for n in names] + pals
+        if not any(True for module in modules for _ in module.parameters()):
+            raise ValueError(f"train_only: task(s) {names} have no parameters of their own (a bi-encoded regression "
+                             "head is a parameter-free cosine): nothing would train")
+        self.requires_grad_(False)
+        for module in modules:
+            module.requires_grad_(True)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, **kwargs) -> None:
+        """`PreTrainedModel.save_pretrained`, then a README.md model card ([`hf_multitask.model_card`]) next to
+        config.json, unless the directory holds a README.md that hf-multitask did not write."""
+        from .model_card import write_model_card
+
+        super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
+        if is_main_process:
+            write_model_card(save_directory, self)
+
+    def _upload_modified_files(self, working_dir, repo_id, files_timestamps, **kwargs):
+        # `push_to_hub` (and `save_pretrained(push_to_hub=True)`) replace README.md with the Hub's card, or with
+        # transformers' empty one, after `save_pretrained`: put our card back unless the Hub's is the user's own.
+        from .model_card import write_model_card
+
+        write_model_card(working_dir, self, model_name=repo_id.split("/")[-1], model_id=repo_id)
+        return super()._upload_modified_files(working_dir, repo_id, files_timestamps, **kwargs)
 
     def num_parameters_per_task(self) -> dict[str, int]:
         """Trainable parameters that belong to each task alone (its head; its PAL where present)."""
@@ -165,6 +241,28 @@ class MultitaskModel(PreTrainedModel):
             name: sum(p.numel() for n, p in self.named_parameters() if p.requires_grad and _belongs_to(n, name))
             for name in self.config.task_names
         }
+
+    def predict(self, task_name: str, inputs: list, tokenizer=None, **kwargs) -> list:
+        """Label names (classification) or scores (regression) for raw texts: [`hf_multitask.inference.predict`].
+
+        Args:
+            task_name: The task (and head).
+            inputs: Strings for a single-sentence task, `(a, b)` pairs for a pair task.
+            tokenizer: Defaults to the tokenizer saved at the model's `name_or_path` (loaded once).
+            kwargs: `batch_size`, `normalize` (`"ptb"` for SST-style text), `return_probabilities`.
+
+        Example:
+
+        ```python
+        >>> model = MultitaskModel.from_pretrained("runs/main")  # doctest: +SKIP
+        >>> model.predict("sst", ["A gorgeous, witty movie."], normalize="ptb")  # doctest: +SKIP
+        ['very positive']
+        ```
+        """
+        from .inference import default_tokenizer, predict
+
+        return predict(self, task_name, inputs, tokenizer if tokenizer is not None else default_tokenizer(self),
+                       **kwargs)
 
     # ---- PALs (Projected Attention Layers, see hf_multitask/pal and docs/pal.md) ----
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,9 +67,15 @@ class TaskSpec:
             raise ValueError(f"TaskSpec {self.name!r}: kind must be one of {TASK_KINDS}, got {self.kind!r}")
         if len(self.text_columns) not in (1, 2):
             raise ValueError(f"TaskSpec {self.name!r}: text_columns must name 1 or 2 columns, got {self.text_columns}")
+        columns = (*self.text_columns, self.label_column)
+        if len(set(columns)) != len(columns):
+            raise ValueError(f"TaskSpec {self.name!r}: text_columns and label_column must be distinct, got "
+                             f"{self.text_columns} and {self.label_column!r}")
         if self.kind == "classification":
             if not self.label_names or len(self.label_names) < 2:
                 raise ValueError(f"TaskSpec {self.name!r}: classification needs label_names with >= 2 entries")
+            if len(set(self.label_names)) != len(self.label_names):
+                raise ValueError(f"TaskSpec {self.name!r}: label_names has duplicates: {self.label_names}")
             self.loss = self.loss or "cross_entropy"
             self.metric = self.metric or "accuracy"
             allowed_losses, allowed_metrics = ("cross_entropy", "ordinal", "cross_entropy+ordinal"), ("accuracy", "f1")
@@ -128,9 +136,10 @@ class TaskSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaskSpec:
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
+        unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"Unknown TaskSpec field(s) {sorted(unknown)}; known fields: {sorted(known)}")
+            raise ValueError(f"Unknown TaskSpec field(s) {unknown}{did_you_mean(unknown[0], known)}; "
+                             f"known fields: {sorted(known)}")
         data = dict(data)
         if data.get("score_range") is not None:
             data["score_range"] = tuple(data["score_range"])
@@ -185,10 +194,40 @@ def sts_task(**overrides) -> TaskSpec:
 PRESETS = {"sst": sst_task, "quora": quora_task, "sts": sts_task}
 
 
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`" (did you mean 'x'?)"` for the closest of `choices` to a misspelled `name`, or `""` when none is close.
+
+    Example:
+
+    ```python
+    >>> did_you_mean("sentense", ["id", "sentence", "sentiment"])
+    " (did you mean 'sentence'?)"
+    ```
+    """
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def get_task(name: str, **overrides) -> TaskSpec:
-    """A preset task by name (`sst`, `quora`, `sts`), with field overrides."""
+    """A preset task by name (`sst`, `quora`, `sts`), with field overrides.
+
+    Unknown preset names and unknown override fields are errors that suggest the closest known name.
+
+    Example:
+
+    ```python
+    >>> get_task("sst", loss="ordinal").loss
+    'ordinal'
+    ```
+    """
     if name not in PRESETS:
-        raise ValueError(f"Unknown task {name!r}; presets are {sorted(PRESETS)} (or build a TaskSpec yourself)")
+        raise ValueError(f"Unknown task {name!r}{did_you_mean(name, PRESETS)}; presets are {sorted(PRESETS)} "
+                         "(or build a TaskSpec yourself)")
+    known = {f.name for f in dataclasses.fields(TaskSpec)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"Task {name!r}: unknown TaskSpec field(s) {unknown}{did_you_mean(unknown[0], known)}; "
+                         f"known fields: {sorted(known)}")
     return PRESETS[name](**overrides)
 
 

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from collections.abc import Mapping
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, speed_metrics
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints, speed_metrics
 from transformers.utils import logging
 
+from .checkpointing import (
+    CheckpointError,
+    last_complete_checkpoint,
+    load_training_state,
+    save_training_state,
+    verify_checkpoint,
+)
 from .data import MultitaskCollator, MultitaskDataset
 from .gradients import GradientSurgery, is_shared_parameter, layer_group
 from .metrics import compute_task_metrics, overall_score
@@ -22,9 +27,6 @@ from .sampling import MultitaskBatchSampler
 from .smart import SmartRegularizer
 
 logger = logging.get_logger(__name__)
-
-STATE_TENSORS_NAME, STATE_SCALARS_NAME = "multitask_state.safetensors", "multitask_state.json"
-
 
 class _SamplerEpochCallback(TrainerCallback):
     """Sets the sampler's epoch before each epoch, whatever wrappers accelerate put around it."""
@@ -57,7 +59,7 @@ class _SmartTeacherCallback(TrainerCallback):
         teacher.restored = False
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        if not self.trainer.accelerator.optimizer_step_was_skipped:
+        if not (self.trainer.accelerator.optimizer_step_was_skipped or self.trainer._nonfinite.skipping):
             self.trainer.smart.teacher.update(self._model())
 
 
@@ -81,44 +83,54 @@ class _TaskMetrics:
         return {k: float(f"{s / c:.4g}") for k, s, c in zip(keys, *totals.tolist()) if c > 0}
 
 
-def save_training_state(folder: str, states: dict[str, dict]) -> None:
-    """Save `{component: state_dict}` into `folder`: tensors to safetensors `<component>/<key>`, the rest to JSON."""
-    tensors, scalars = {}, {}
-    for component, state in states.items():
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{component}/{key}"] = value.detach().cpu().contiguous()
-            elif isinstance(value, (bool, int, float, str, list, type(None))):
-                scalars.setdefault(component, {})[key] = value
-            else:
-                raise ValueError(f"Training state {component}.{key}: {type(value).__name__} is neither a tensor "
-                                 "nor a JSON value")
-    save_file(tensors, os.path.join(folder, STATE_TENSORS_NAME))
-    with open(os.path.join(folder, STATE_SCALARS_NAME), "w") as f:
-        json.dump({"components": list(states), "scalars": scalars}, f, indent=2)
+class NonFiniteLossError(RuntimeError):
+    """Raised after `nonfinite_loss_limit` optimizer steps in a row were skipped for NaN or inf losses."""
 
 
-def load_training_state(folder: str) -> dict[str, dict]:
-    """Read what [`save_training_state`] wrote; `{}` when `folder` has none."""
-    if not os.path.isfile(os.path.join(folder, STATE_SCALARS_NAME)):
-        return {}
-    with open(os.path.join(folder, STATE_SCALARS_NAME)) as f:
-        saved = json.load(f)
-    states = {component: dict(saved["scalars"].get(component, {})) for component in saved["components"]}
-    for name, tensor in load_file(os.path.join(folder, STATE_TENSORS_NAME)).items():
-        component, key = name.split("/", 1)
-        states[component][key] = tensor
-    return states
+class _NonFiniteGuard:
+    """Decides, the same way on every rank, whether an optimizer step must be skipped for a NaN or inf loss.
+
+    Losses are flagged per task on device (no host sync per micro-batch); at each optimizer step the flags are
+    summed across ranks in one small all-reduce, and the step is skipped everywhere when any is set.
+    """
+
+    def __init__(self, task_names: list[str], limit: int):
+        self.task_names, self.limit = list(task_names), limit
+        self.flags: torch.Tensor | None = None
+        self.in_a_row = 0  # skipped steps since the last good one
+        self.skipped = 0  # skipped steps in the whole run
+        self.unlogged = 0  # skipped steps since the last log
+        self.skipping = False  # the current optimizer step is skipped
+
+    def record(self, task_name: str, loss: torch.Tensor) -> None:
+        if self.flags is None or self.flags.device != loss.device:
+            self.flags = torch.zeros(len(self.task_names), device=loss.device)
+        self.flags[self.task_names.index(task_name)] += (~torch.isfinite(loss.detach())).float().sum()
+
+    def bad_tasks(self, accelerator) -> list[str]:
+        """Tasks with a non-finite loss on any rank since the last call (call at every optimizer step)."""
+        if self.flags is None:
+            return []
+        flags = accelerator.reduce(self.flags, reduction="sum") if accelerator.num_processes > 1 else self.flags
+        self.flags = None
+        return [name for name, flag in zip(self.task_names, flags.tolist()) if flag > 0]
+
+    def state_dict(self) -> dict:
+        return {"in_a_row": self.in_a_row, "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.in_a_row, self.skipped = int(state.get("in_a_row", 0)), int(state.get("skipped", 0))
 
 
 class MultitaskTrainer(Trainer):
     """Trains a [`MultitaskModel`] on several tasks at once.
 
+    Every argument not listed below is as in `transformers.Trainer`. The default collator is a [`MultitaskCollator`].
+
     Args:
         train_dataset: `{task_name: tokenized Dataset}` or a [`MultitaskDataset`].
         eval_dataset: `{task_name: tokenized Dataset}`; evaluation reports `eval_<task>_<metric>` for each task
             and `eval_overall`.
-        Everything else as in `transformers.Trainer`. The default collator is a [`MultitaskCollator`].
 
     Example:
 
@@ -134,6 +146,9 @@ class MultitaskTrainer(Trainer):
                  processing_class=None, **kwargs):
         if isinstance(train_dataset, Mapping):
             train_dataset = MultitaskDataset(train_dataset)
+        elif train_dataset is not None and not isinstance(train_dataset, MultitaskDataset):
+            raise TypeError("MultitaskTrainer needs train_dataset as {task_name: Dataset} or a MultitaskDataset, "
+                            f"got {type(train_dataset).__name__}")
         if eval_dataset is not None and not isinstance(eval_dataset, Mapping):
             raise TypeError("MultitaskTrainer needs eval_dataset as {task_name: Dataset}")
         if data_collator is None and processing_class is not None:
@@ -147,6 +162,8 @@ class MultitaskTrainer(Trainer):
         # Extra training state saved with every checkpoint and restored on resume: {name: has state_dict()}
         self._stateful: dict[str, object] = {}
         self.add_callback(_SamplerEpochCallback(self))
+        self._nonfinite = _NonFiniteGuard(list(self.specs), getattr(self.args, "nonfinite_loss_limit", 10))
+        self._stateful["nonfinite"] = self._nonfinite
         self.smart = self._build_smart()
         self.surgery = self._build_surgery()
         self._surgery_fresh = True  # the per-task gradient buffer starts a new optimizer step
@@ -235,7 +252,11 @@ class MultitaskTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self.surgery is None or "task_name" in inputs:
-            return super().training_step(model, inputs, num_items_in_batch)
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            self._nonfinite.record(inputs["task_name"], loss)
+            if self.accelerator.sync_gradients:
+                self._skip_update_if_nonfinite(model)
+            return loss
         return self._grouped_training_step(model, inputs)
 
     def _grouped_training_step(self, model, inputs: dict[str, dict]) -> torch.Tensor:
@@ -252,14 +273,37 @@ class MultitaskTrainer(Trainer):
             with self.accelerator.no_sync(model), self.compute_loss_context_manager():
                 loss = self.compute_loss(model, batch) * weights.get(task_name, 1.0)
             loss = loss / getattr(self, "current_gradient_accumulation_steps", 1)  # set by the training loop
+            self._nonfinite.record(task_name, loss)
             self.accelerator.backward(loss)
             self.surgery.accumulate(task_index[task_name])
             total += loss.detach()
         if self.accelerator.sync_gradients:
-            self._average_grouped_gradients(model)
-            self.surgery.combine()
             self._surgery_fresh = True
+            if not self._skip_update_if_nonfinite(model):
+                self._average_grouped_gradients(model)
+                self.surgery.combine()
         return total
+
+    def _skip_update_if_nonfinite(self, model) -> bool:
+        """At an optimizer step: when any rank saw a NaN or inf loss, drop every gradient so that the optimizer
+        leaves weights and moments alone (AdamW skips parameters without `.grad`; zeroed gradients would still
+        move them); stop after `nonfinite_loss_limit` such steps in a row."""
+        guard = self._nonfinite
+        bad = guard.bad_tasks(self.accelerator)
+        guard.skipping = bool(bad)
+        if not bad:
+            guard.in_a_row = 0
+            return False
+        model.zero_grad(set_to_none=True)
+        guard.in_a_row, guard.skipped, guard.unlogged = guard.in_a_row + 1, guard.skipped + 1, guard.unlogged + 1
+        step = self.state.global_step + 1
+        if guard.in_a_row > guard.limit:
+            raise NonFiniteLossError(
+                f"Step {step}: non-finite loss in task(s) {bad} for {guard.in_a_row} optimizer steps in a row "
+                f"(nonfinite_loss_limit={guard.limit}); training stopped, the last checkpoint saved before is intact.")
+        logger.warning(f"Step {step}: non-finite loss in task(s) {bad}; optimizer update skipped "
+                       f"({guard.in_a_row} in a row, limit {guard.limit}, {guard.skipped} in this run)")
+        return True
 
     def _batch_in_epoch(self) -> int:
         steps = self.state.global_step * self.args.gradient_accumulation_steps
@@ -301,25 +345,147 @@ class MultitaskTrainer(Trainer):
             logs.update(self._task_metrics.drain(keys, self.accelerator, self.args.device))
             if getattr(self, "surgery", None) is not None:
                 logs.update(self.surgery.pop_stats(list(self.specs)))
+            if self._nonfinite.unlogged:
+                logs["nonfinite_skipped_steps"], self._nonfinite.unlogged = self._nonfinite.unlogged, 0
         super().log(logs, start_time)
 
     # ---- extra training state in checkpoints ----
 
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
+        """As `Trainer.train`; `resume_from_checkpoint=True` picks the last *complete* checkpoint of `output_dir`
+        (the Trainer's own choice is the highest-numbered one, even if the run died while writing it), and a
+        checkpoint given by path is checked first: an incomplete or truncated one raises a [`CheckpointError`]
+        that names the file."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise CheckpointError(f"No complete checkpoint to resume from in {self.args.output_dir}")
+            logger.info(f"Resuming from {resume_from_checkpoint}, the last complete checkpoint")
+        elif resume_from_checkpoint:
+            verify_checkpoint(str(resume_from_checkpoint))
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
     def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
-        if self._stateful and self.args.should_save and not self.args.save_only_model:
-            folder = os.path.join(self._get_output_dir(trial=trial),
-                                  f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            save_training_state(folder, {name: obj.state_dict() for name, obj in self._stateful.items()})
+        """The Trainer's checkpoint, then our training state and the manifest (written last), then the rotation.
+
+        Old checkpoints are deleted only once the new one is complete, so a kill at any moment leaves at least one
+        complete checkpoint behind.
+        """
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        run_dir = self._get_output_dir(trial=trial)
+        folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        self.accelerator.wait_for_everyone()  # every rank has written its files (RNG states)
+        if self.args.should_save:
+            states = {name: obj.state_dict() for name, obj in self._stateful.items()}
+            save_training_state(folder, {} if self.args.save_only_model else states)
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        try:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+        except CheckpointError:
+            raise
+        except Exception as e:  # safetensors, torch or JSON errors that do not say which checkpoint
+            raise CheckpointError(f"{resume_from_checkpoint}: cannot load the model weights: "
+                                  f"{type(e).__name__}: {e}") from e
         states = load_training_state(resume_from_checkpoint)
         for name, obj in self._stateful.items():
             if name in states:
                 obj.load_state_dict(states[name])
             else:
                 logger.warning(f"{resume_from_checkpoint} has no saved state for {name!r}: it starts afresh")
+
+    def _load_optimizer_and_scheduler(self, checkpoint) -> None:
+        try:
+            super()._load_optimizer_and_scheduler(checkpoint)
+        except Exception as e:
+            raise CheckpointError(f"{checkpoint}: cannot load the optimizer or scheduler state (optimizer.pt, "
+                                  f"scheduler.pt): {type(e).__name__}: {e}") from e
+
+    # ---- optimizer and model card ----
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """The parent's optimizer; with `args.head_learning_rate` set, the heads' parameters (`heads.*`) get their own
+        param groups at that rate (the parent's weight-decay split kept), and the scheduler scales both rates alike."""
+        head_lr = getattr(self.args, "head_learning_rate", None)
+        if head_lr is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        chosen = self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        optimizer_cls, kwargs = chosen[0], dict(chosen[1])
+        is_class = isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)
+        if not is_class or {"params", "model", "optimizer_dict"} & set(kwargs):
+            optim = getattr(self.args.optim, "value", self.args.optim)
+            raise ValueError(f"head_learning_rate needs an optimizer built from param groups; optim={optim!r} builds "
+                             "its own: leave head_learning_rate unset")
+        self.optimizer = optimizer_cls(self._head_lr_param_groups(opt_model, head_lr), **kwargs)
+        return self.optimizer
+
+    def _head_lr_param_groups(self, model, head_lr: float) -> list[dict]:
+        """Trainable parameters in up to four groups: (encoder and PALs | heads) x (weight decay | none)."""
+        decay = set(self.get_decay_parameter_names(model))
+        groups = {(is_head, decays): [] for is_head in (False, True) for decays in (True, False)}
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                groups["heads" in name.split("."), name in decay].append(param)
+        return [  # the encoder's decay group first: the Trainer logs param_groups[0]'s rate as `learning_rate`
+            {"params": params, "weight_decay": self.args.weight_decay if decays else 0.0,
+             **({"lr": head_lr} if is_head else {})}
+            for (is_head, decays), params in groups.items() if params
+        ]
+
+    def create_model_card(self, language: str | None = None, license: str | None = None,
+                          tags: str | list[str] | None = None, model_name: str | None = None,
+                          finetuned_from: str | None = None, tasks: str | list[str] | None = None,
+                          dataset_tags: str | list[str] | None = None, dataset: str | list[str] | None = None,
+                          dataset_args: str | list[str] | None = None) -> None:
+        """Write hf-multitask's model card to `args.output_dir/README.md`, in place of the parent's `TrainingSummary`
+        draft: tasks, the metrics of the latest evaluation in `state.log_history`, the training arguments and the
+        techniques used (see `hf_multitask.model_card`). A README.md that hf-multitask did not write is kept.
+
+        Args:
+            language, license, tags, model_name: As in `Trainer.create_model_card` (front matter and title).
+            finetuned_from: The encoder's Hub id (`base_model`); guessed from the encoder's config when `None`.
+            dataset_tags: Hub dataset ids for the front matter.
+            tasks, dataset, dataset_args: Accepted for the parent's signature; the tasks and data come from the model.
+        """
+        if self.is_world_process_zero():
+            tags = [tags] if isinstance(tags, str) else tags
+            datasets = [dataset_tags] if isinstance(dataset_tags, str) else dataset_tags
+            self._write_model_card(self.args.output_dir, language=language, license=license, tags=tags,
+                                   model_name=model_name, base_model=finetuned_from, datasets=datasets)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The parent's save, then the model card with the latest evaluation's metrics and the training arguments."""
+        super().save_model(output_dir, _internal_call=True)  # the push, if any, comes after the card below
+        if self.args.should_save:
+            self._write_model_card(output_dir or self.args.output_dir)
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def _write_model_card(self, output_dir: str, **kwargs) -> None:
+        from .model_card import latest_eval_metrics, write_model_card
+        from .modeling import MultitaskModel
+
+        model = self.accelerator.unwrap_model(self.model)
+        if not isinstance(model, MultitaskModel) and hasattr(model, "get_base_model"):  # peft
+            model = model.get_base_model()
+        if not isinstance(model, MultitaskModel):
+            return
+        metrics, step = latest_eval_metrics(self.state.log_history, model.specs)
+        written = write_model_card(
+            output_dir, model, metrics=metrics, training_args=self.args, trained_steps=self.state.global_step,
+            results_source=f"the Trainer's latest evaluation (step {step})" if metrics else None,
+            model_id=self.hub_model_id or self.args.hub_model_id, **kwargs,
+        )
+        if not written:
+            logger.warning_once(f"{output_dir}/README.md was not written by hf-multitask: kept, no model card written")
 
     # ---- evaluation ----
 

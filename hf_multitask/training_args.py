@@ -37,6 +37,12 @@ class MultitaskTrainingArguments(TrainingArguments):
     gradvac_per_layer (`bool`, defaults to `True`):
         One GradVac target per encoder layer (the paper's choice) instead of one for the whole shared model.
 
+    > Parameters that control fault handling (see docs/reliability.md)
+
+    nonfinite_loss_limit (`int`, defaults to `10`):
+        An optimizer step whose loss is NaN or inf for any task on any rank is skipped (no optimizer update at all);
+        after this many skipped steps in a row training stops with an error naming the task and the step.
+
     > Parameters that control SMART (Jiang et al. 2020, https://arxiv.org/abs/1911.03437; see docs/smart.md)
 
     smart_tasks (`list[str]` or `None`, defaults to `None`):
@@ -58,6 +64,13 @@ class MultitaskTrainingArguments(TrainingArguments):
     smart_momentum (`float`, defaults to `0.99`):
         β of the EMA teacher, θ̃ ← β θ̃ + (1 - β) θ after each optimizer step (β weighs the old teacher).
 
+    > Parameters that control the optimizer
+
+    head_learning_rate (`float` or `None`, defaults to `None`):
+        Learning rate of the task heads (`heads.*`), in their own param groups with the same schedule and weight-decay
+        split; `None` uses `learning_rate`. Task-specific heads start from random weights and often want a larger rate
+        than the pretrained encoder (0 keeps them fixed).
+
     Differences from the parent's defaults: `metric_for_best_model` may be `"overall"` (the mean of every task's
     metric mapped to [0, 1]), which evaluation reports as `eval_overall`.
     """
@@ -76,6 +89,9 @@ class MultitaskTrainingArguments(TrainingArguments):
     )
     gradvac_beta: float = field(default=0.01, metadata={"help": "GradVac: EMA rate of the cosine targets."})
     gradvac_per_layer: bool = field(default=True, metadata={"help": "GradVac: one target per encoder layer."})
+    nonfinite_loss_limit: int = field(
+        default=10, metadata={"help": "Stop after this many steps in a row skipped for a NaN or inf loss."}
+    )
     smart_tasks: list[str] | None = field(
         default=None, metadata={"help": "Tasks regularised with SMART (None: SMART off)."}
     )
@@ -89,6 +105,9 @@ class MultitaskTrainingArguments(TrainingArguments):
     smart_lambda: float = field(default=1.0, metadata={"help": "SMART: weight of the adversarial term."})
     smart_mu: float = field(default=1.0, metadata={"help": "SMART: weight of the Bregman term (0: no teacher)."})
     smart_momentum: float = field(default=0.99, metadata={"help": "SMART: momentum of the EMA teacher."})
+    head_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the task heads (None: learning_rate)."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -101,6 +120,10 @@ class MultitaskTrainingArguments(TrainingArguments):
         if self.gradient_surgery != "none":
             self.task_sampling_grouped = True
         self._check_smart()
+        if self.nonfinite_loss_limit < 0:
+            raise ValueError(f"nonfinite_loss_limit must be >= 0, got {self.nonfinite_loss_limit}")
+        if self.head_learning_rate is not None and self.head_learning_rate < 0:
+            raise ValueError(f"head_learning_rate must be >= 0 or None, got {self.head_learning_rate}")
 
     def _check_smart(self) -> None:
         if self.smart_tasks is not None:

@@ -397,3 +397,19 @@ def test_two_processes_hold_the_same_teacher(data_dir, tokenizer_dir, tmp_path):
 
 if __name__ == "__main__":
     _distributed_main(*sys.argv[1:])
+
+
+def test_smart_trains_a_model_with_pals(bert_config, tokenized, tokenizer, tmp_path):
+    from hf_multitask import PalConfig
+
+    model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=cs224n_tasks()))
+    model.add_pal(PalConfig(rank=8))
+    args = MultitaskTrainingArguments(str(tmp_path), per_device_train_batch_size=4, max_steps=3, report_to=[],
+                                      save_strategy="no", use_cpu=True, logging_steps=1, smart_tasks=["sst", "sts"])
+    trainer = MultitaskTrainer(model=model, args=args, train_dataset=tokenized["train"], processing_class=tokenizer)
+    before = {n: p.clone() for n, p in model.named_parameters() if "pal" in n}
+    trainer.train()
+    assert any(n.startswith("pal") or ".pal" in n for n in trainer.smart.teacher.shadow)  # the teacher has PALs too
+    assert any(not torch.equal(before[n], p) for n, p in model.named_parameters() if "pal" in n)
+    logged = {k for entry in trainer.state.log_history for k in entry}
+    assert logged & {"smart_adv_sst", "smart_adv_sts"}

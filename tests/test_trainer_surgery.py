@@ -64,3 +64,79 @@ def test_resume_continues_the_surgery_state(method, bert_config, tokenized, toke
     torch.testing.assert_close(resumed.surgery.targets, full.surgery.targets)
     for (name, a), b in zip(full.model.named_parameters(), resumed.model.parameters()):
         torch.testing.assert_close(b, a, msg=name)
+
+
+def test_gradient_accumulation_sums_the_micro_batches_before_the_surgery(bert_config, tokenized, tokenizer,
+                                                                        tmp_path):
+    trainer = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path, gradient_accumulation_steps=2,
+                           max_steps=2)
+    surgery, seen = trainer.surgery, []
+    accumulate, combine = surgery.accumulate, surgery.combine
+
+    def spy_accumulate(task_index):
+        accumulate(task_index)
+        seen.append(("accumulate", task_index, surgery.buffer.clone()))
+
+    def spy_combine():
+        seen.append(("combine", None, surgery.buffer.clone()))
+        combine()
+
+    surgery.accumulate, surgery.combine = spy_accumulate, spy_combine
+    trainer.train()
+    kinds = [kind for kind, _, _ in seen]
+    assert kinds == (["accumulate"] * 6 + ["combine"]) * 2  # 2 micro-batches x 3 tasks, then one surgery
+    first_micro, second_micro, at_combine = seen[2][2], seen[5][2], seen[6][2]
+    assert torch.equal(second_micro, at_combine)
+    assert first_micro.abs().sum() > 0 and not torch.equal(first_micro, second_micro)  # summed, not restarted
+    assert torch.equal(seen[6 + 1][2][1:], torch.zeros_like(seen[6 + 1][2][1:]))  # the next step starts afresh
+
+
+def test_gradients_are_clipped_after_the_projection(bert_config, tokenized, tokenizer, tmp_path):
+    from transformers import TrainerCallback
+
+    norms = []
+
+    class Norms(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            grads = [p.grad.norm() for p in model.parameters() if p.grad is not None]
+            norms.append(float(torch.stack(grads).norm()))
+
+    trainer = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path, max_grad_norm=1e-3)
+    trainer.add_callback(Norms())
+    trainer.train()
+    assert len(norms) == 4 and all(norm <= 1e-3 * (1 + 1e-4) for norm in norms)
+
+
+def test_surgery_trains_under_bf16_autocast(bert_config, tokenized, tokenizer, tmp_path):
+    trainer = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path, bf16=True, max_steps=2,
+                           gradient_surgery="gradvac")
+    before = {n: p.clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert trainer.surgery.buffer.dtype == torch.float32
+    assert torch.isfinite(trainer.surgery.targets).all()
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters() if n.startswith("encoder."))
+
+
+@pytest.mark.parametrize("method", ["pcgrad", "gradvac"])
+def test_surgery_leaves_the_pals_out_and_trains_them(method, bert_config, tokenized, tokenizer, tmp_path):
+    from hf_multitask import PalConfig
+
+    model = make_model(bert_config)
+    model.add_pal(PalConfig(rank=8))
+    trainer = make_trainer(model, tokenized, tokenizer, tmp_path, gradient_surgery=method)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert not any("pal" in names[id(p)] for p in trainer.surgery.params)
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    trainer.train()
+    pal = [n for n in before if "pal" in n]
+    assert pal and any(not torch.equal(before[n], dict(model.named_parameters())[n]) for n in pal)
+
+
+def test_smart_works_with_gradient_surgery(bert_config, tokenized, tokenizer, tmp_path):
+    trainer = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path, gradient_surgery="pcgrad",
+                           smart_tasks=["sst", "sts"])
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry][0]
+    assert {"smart_adv_sst", "smart_breg_sts", "grad_cos_sst_sts"} <= set(logged)
+    assert trainer.smart.teacher.num_updates == 4

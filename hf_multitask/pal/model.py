@@ -99,6 +99,16 @@ class PalModel(nn.ModuleDict):
             self._handles.append(source.register_forward_pre_hook(partial(self._read_input, i), with_kwargs=True))
             self._handles.append(target.register_forward_pre_hook(partial(self._add_term, i)))
 
+    def add_task(self, task_name: str, hidden_size: int) -> TaskPal:
+        """A fresh PAL (V_D at zero) for a new task, on the same layers as the others; returns it."""
+        if task_name in self:
+            raise ValueError(f"Task {task_name!r} has a PAL already")
+        if task_name in _ATTRIBUTES or hasattr(nn.ModuleDict, task_name):
+            raise ValueError(f"Task name {task_name!r} clashes with a PalModel attribute: it cannot get a PAL")
+        self[task_name] = TaskPal(self.pal_config, hidden_size, self.layer_indices)
+        self.pal_config = dataclasses.replace(self.pal_config, tasks=[*self.pal_config.tasks, task_name])
+        return self[task_name]
+
     def set_task(self, task_name: str | None) -> None:
         """The task whose PAL the next forward passes use (`None`: none)."""
         self.active_task = task_name

