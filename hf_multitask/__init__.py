@@ -2,6 +2,7 @@
 
 from transformers import AutoConfig, AutoModel
 
+from .checkpointing import CheckpointError
 from .configuration import MultitaskConfig
 from .data import MultitaskCollator, MultitaskDataset, load_task_data, load_task_split, tokenize_task
 from .export import export_task
@@ -14,7 +15,7 @@ from .pal import PalConfig, PalModel
 from .sampling import MultitaskBatchSampler, annealed_alpha
 from .smart import EmaTeacher, SmartRegularizer
 from .tasks import TaskSpec, cs224n_tasks, get_task, quora_task, sst_task, sts_task
-from .trainer import MultitaskTrainer
+from .trainer import MultitaskTrainer, NonFiniteLossError
 from .training_args import MultitaskTrainingArguments
 
 AutoConfig.register(MultitaskConfig.model_type, MultitaskConfig, exist_ok=True)
@@ -23,6 +24,7 @@ AutoModel.register(MultitaskConfig, MultitaskModel, exist_ok=True)
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointError",
     "MultitaskBatchSampler",
     "MultitaskCollator",
     "MultitaskConfig",
@@ -32,6 +34,7 @@ __all__ = [
     "MultitaskPipeline",
     "MultitaskTrainer",
     "MultitaskTrainingArguments",
+    "NonFiniteLossError",
     "PalConfig",
     "PalModel",
     "TaskSpec",

@@ -204,7 +204,9 @@ def train(argv: list[str]) -> dict:
                                processing_class=tokenizer)
     if trainer.is_world_process_zero():
         _print_summary(model, specs, train_data, training_args)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    resume = training_args.resume_from_checkpoint
+    # `--resume_from_checkpoint true` (or `last`): the last complete checkpoint of output_dir
+    trainer.train(resume_from_checkpoint=True if str(resume).lower() in ("true", "last") else resume)
     metrics = trainer.evaluate()
     trainer.save_model(training_args.output_dir)
     trainer.save_state()

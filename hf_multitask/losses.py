@@ -23,9 +23,11 @@ def ordinal_log_loss(logits: torch.Tensor, labels: torch.Tensor, alpha: float = 
     num_classes = logits.shape[-1]
     classes = torch.arange(num_classes, device=logits.device)
     distance = (labels.unsqueeze(-1) - classes).abs().to(logits.dtype) ** alpha  # (batch, classes)
-    # log(1 - p) computed stably from log-probabilities: log1p(-exp(log p)), clamped away from p = 1
-    log_p = F.log_softmax(logits.float(), dim=-1).clamp(max=-1e-7)
-    log_one_minus_p = torch.log1p(-log_p.exp())
+    # log(1 - p_i) = log sum_{j != i} p_j: exact, also when p_i rounds to 1 (where log1p(-p_i) would lose it all)
+    log_p = F.log_softmax(logits.float(), dim=-1)
+    others = log_p.unsqueeze(-2).expand(*log_p.shape[:-1], num_classes, num_classes)  # (batch, i, j)
+    eye = torch.eye(num_classes, dtype=torch.bool, device=logits.device)
+    log_one_minus_p = torch.logsumexp(others.masked_fill(eye, float("-inf")), dim=-1)
     return -(distance * log_one_minus_p).sum(-1).mean()
 
 
@@ -47,6 +49,7 @@ def symmetric_kl(logits_p: torch.Tensor, logits_q: torch.Tensor, reduction: str 
     if reduction not in ("mean", "sum"):
         raise ValueError(f"symmetric_kl: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     return per_example.mean() if reduction == "mean" else per_example.sum()
+
 
 def task_loss(spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The loss named by `spec.loss` for a head's `logits` (`(batch, num_labels)`) and gold `labels`."""

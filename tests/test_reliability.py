@@ -163,3 +163,11 @@ def test_the_package_never_unpickles():
         assert "import pickle" not in source and "yaml.load(" not in source, path
         for call in re.findall(r"torch\.load\([^)]*\)", source):
             assert "weights_only=True" in call, f"{path}: {call}"
+
+
+def test_the_api_page_documents_every_public_name():
+    page = (Path(__file__).parents[1] / "docs" / "api.md").read_text()
+    import hf_multitask
+
+    missing = [name for name in hf_multitask.__all__ if f"::: hf_multitask.{name}\n" not in page + "\n"]
+    assert not missing, f"docs/api.md lacks {missing}"
