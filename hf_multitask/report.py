@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from transformers.trainer_utils import get_last_checkpoint
 
+from .checkpointing import last_complete_checkpoint
 from .configuration import MultitaskConfig
 from .tasks import TaskSpec
 
@@ -28,11 +28,11 @@ STATE_FILE = "trainer_state.json"
 
 
 def find_run_files(run_dir: str | Path) -> tuple[Path, Path]:
-    """`(trainer_state.json, model directory)` of a run: RUN_DIR's own files, else its last `checkpoint-*`'s."""
+    """`(trainer_state.json, model directory)` of a run: RUN_DIR's own files, else its last complete checkpoint's."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no such run directory")
-    checkpoint = get_last_checkpoint(str(run_dir))
+    checkpoint = last_complete_checkpoint(str(run_dir))
     candidates = [run_dir] + ([Path(checkpoint)] if checkpoint else [])
     states = [d / STATE_FILE for d in candidates if (d / STATE_FILE).is_file()]
     models = [d for d in candidates if (d / "config.json").is_file()]
