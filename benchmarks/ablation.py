@@ -5,10 +5,12 @@ reference, `examples/cs224n/single_task_hf.py`) with the same budget of 25,600 t
 when its output directory holds `eval_results.json` and the `row.json` this queue writes after the run (command,
 start and end, wall seconds and peak RSS measured around the subprocess, machine, versions, git commit). A crashed
 row is recorded as failed and runs again on the next `run`; a stopped queue leaves its row not done, so running
-`run` again continues where it stopped. `table` rewrites the table between the `ablation-table` markers of
-docs/results.md from the results; rows not run yet say so.
+`run` again continues where it stopped. A row that starts from another row's heads is stale once that row has
+been run again after it (`run --rerun`), and runs again too. `table` rewrites the table between the
+`ablation-table` markers of docs/results.md from the results; rows not run yet say so.
 
     python benchmarks/ablation.py run [ROW ...]            # rows not done yet, in order (all when none named)
+    python benchmarks/ablation.py run --rerun frozen       # run a done row again (its dependents become stale)
     python benchmarks/ablation.py run --smoke frozen       # 2 steps on 64 examples in /tmp; never in the docs
     python benchmarks/ablation.py run --group short        # the earlier short-budget rows (docs/results.md)
     python benchmarks/ablation.py status [--group short]
@@ -95,7 +97,7 @@ def config_row(name: str, changes: str, needs: tuple[str, ...] = ()) -> Row:
 def main_rows() -> list[Row]:
     """The study at 25,600 training examples per row, in the table's (and the queue's) order."""
     return [
-        config_row("frozen", "encoder frozen, heads only (lr 1e-3)"),
+        config_row("frozen", "encoder frozen, heads only (lr 1e-2)"),
         config_row("cross_annealed", "none: the main job's settings (cross-encoding, annealed sampling)"),
         config_row("bi_annealed", "bi-encoded pairs"),
         config_row("round_robin", "round-robin task sampling"),
@@ -165,6 +167,20 @@ def row_state(row: Row, root: Path) -> tuple[str, dict | None, dict | None]:
         if legacy is not None:
             return "done", legacy, metrics
     return "not run", record, None
+
+
+def stale_reason(row: Row, root: Path) -> str | None:
+    """Why a done row's results are out of date: a row it starts from finished again after it started."""
+    record = row_state(row, root)[1]
+    for name in row.needs:
+        needed = rows_by_name().get(name)
+        if needed is None or record is None:
+            continue
+        state, needed_record, _ = row_state(needed, root)
+        if state == "done" and needed_record.get("end", "") > record.get("start", ""):
+            return (f"row {name!r} was run again after this row started ({needed_record['end']} > "
+                    f"{record['start']}): its heads changed")
+    return None
 
 
 def legacy_record(log: Path) -> dict | None:
@@ -311,18 +327,26 @@ def select_rows(group: str, names: list[str]) -> list[Row]:
     return [row for row in rows if not names or row.name in names]
 
 
-def run_queue(rows: list[Row], root: Path, smoke: bool = False) -> int:
-    """Run the rows not done yet (smoke: every row), one at a time. Returns the number failed or refused."""
+def run_queue(rows: list[Row], root: Path, smoke: bool = False, rerun: tuple[str, ...] = ()) -> int:
+    """Run the rows not done yet, the stale ones and those in `rerun` (smoke: every row), one at a time.
+
+    Returns the number failed or refused."""
     problems = 0
     for row in rows:
-        if not smoke and row_state(row, root)[0] == "done":
-            print(f"skip {row.name}: done")
-            continue
+        if not smoke and row.name not in rerun and row_state(row, root)[0] == "done":
+            stale = stale_reason(row, root)
+            if stale is None:
+                print(f"skip {row.name}: done")
+                continue
+            print(f"{row.name} is stale, running it again: {stale}")
         reason = refusal(row, root)
         if reason:
             print(f"refused: {reason}")
             problems += 1
             continue
+        previous = root / row.output_dir / "row.json"
+        if previous.is_file():  # an interrupted rerun leaves the row not done, not with the old record
+            previous.replace(previous.with_name("row.previous.json"))
         print(f"=== {row.name}: {row.display}  (log: {row.log_path(root)})", flush=True)
         record = run_row(row, root, smoke)
         print(f"{record['status']} {row.name} in {format_seconds(record['wall_seconds'])}"
@@ -351,7 +375,9 @@ def short_machine(record: dict) -> str:
 
 def table_line(row: Row, root: Path) -> str:
     state, record, metrics = row_state(row, root)
-    if state == "done":
+    if state == "done" and stale_reason(row, root) is not None:
+        cells = ["stale: to run again"] * len(METRICS) + ["—", "—"]
+    elif state == "done":
         cells = [f"{metrics[key]:.4f}" if key in metrics else "—" for key in METRICS]
         cells += [format_seconds(record["wall_seconds"]), short_machine(record)]
     else:
@@ -381,6 +407,9 @@ def print_status(rows: list[Row], root: Path) -> None:
         if state == "done":
             overall = metrics.get("eval_overall", float("nan"))
             detail = f"overall {overall:.4f}, {format_seconds(record['wall_seconds'])}"
+            stale = stale_reason(row, root)
+            if stale:
+                state, detail = "stale", f"{detail}; runs again on the next `run`: {stale}"
         elif state == "failed":
             detail = f"exit code {record.get('exit_code')}, log {record.get('log')}; runs again on the next `run`"
         else:
@@ -396,6 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="2 steps, 64 examples per task, in --smoke_dir.")
     parser.add_argument("--smoke_dir", default=SMOKE_DIR)
     parser.add_argument("--stdout", action="store_true", help="table: print it instead of writing docs/results.md.")
+    parser.add_argument("--rerun", action="store_true",
+                        help="run: run the named rows again even when done (rows that start from them then "
+                             "count as stale and run again too).")
     args = parser.parse_intermixed_args(argv)  # rows and flags in any order
     rows, root = select_rows(args.group, args.rows), Path(args.smoke_dir) if args.smoke else REPO
     if args.action == "status":
@@ -411,7 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `kill` also stops the running row
         with queue_lock(root):
-            return min(run_queue(rows, root, args.smoke), 1)
+            if args.rerun and not args.rows:
+                raise SystemExit("--rerun needs the rows to run again, by name")
+            return min(run_queue(rows, root, args.smoke, tuple(args.rows) if args.rerun else ()), 1)
     return 0
 
 

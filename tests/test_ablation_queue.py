@@ -158,6 +158,36 @@ def test_run_queue_skips_done_rows_reruns_failed_ones_and_counts_problems(tmp_pa
     assert ran == ["failed_row", "new_row"]
 
 
+def test_rerun_runs_a_done_row_again_and_an_interrupted_rerun_leaves_it_not_done(tmp_path, monkeypatch):
+    row = fake_row("done_row")
+    write_result(tmp_path, row)
+
+    def interrupted(row, root, smoke=False):
+        assert ablation.row_state(row, root)[0] == "not run"  # the old record is set aside before the run
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ablation, "run_row", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ablation.run_queue([row], tmp_path, rerun=("done_row",))
+    assert ablation.row_state(row, tmp_path)[0] == "not run"
+    assert (tmp_path / row.output_dir / "row.previous.json").is_file()
+
+
+def test_a_row_whose_heads_source_ran_again_is_stale_and_runs_again(tmp_path, monkeypatch):
+    rows = ablation.rows_by_name()
+    write_result(tmp_path, rows["frozen"], start="2026-11-27T10:00:00+00:00", end="2026-11-27T10:05:00+00:00")
+    write_result(tmp_path, rows["transfer"], start="2026-11-27T10:06:00+00:00", end="2026-11-27T10:15:00+00:00")
+    assert ablation.stale_reason(rows["transfer"], tmp_path) is None
+    write_result(tmp_path, rows["frozen"], start="2026-11-28T01:00:00+00:00", end="2026-11-28T01:05:00+00:00")
+    assert "row 'frozen' was run again after this row started" in ablation.stale_reason(rows["transfer"], tmp_path)
+    assert "stale: to run again" in ablation.table_line(rows["transfer"], tmp_path)
+    ran = []
+    monkeypatch.setattr(ablation, "run_row", lambda row, root, smoke=False: ran.append(row.name) or
+                        {"status": "done", "wall_seconds": 1.0})
+    assert ablation.run_queue([rows["frozen"], rows["transfer"]], tmp_path) == 0
+    assert ran == ["transfer"]
+
+
 def test_run_queue_continues_past_a_refused_row(tmp_path, monkeypatch):
     rows = ablation.rows_by_name()
     monkeypatch.setattr(ablation, "run_row", lambda row, root, smoke=False: {"status": "done", "wall_seconds": 1.0})
