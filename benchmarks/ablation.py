@@ -97,7 +97,7 @@ def config_row(name: str, changes: str, needs: tuple[str, ...] = ()) -> Row:
 def main_rows() -> list[Row]:
     """The study at 25,600 training examples per row, in the table's (and the queue's) order."""
     return [
-        config_row("frozen", "encoder frozen, heads only (lr 1e-2)"),
+        config_row("frozen", "encoder frozen, heads only (lr 1e-2, round-robin)"),
         config_row("cross_annealed", "none: the main job's settings (cross-encoding, annealed sampling)"),
         config_row("bi_annealed", "bi-encoded pairs"),
         config_row("round_robin", "round-robin task sampling"),
@@ -109,7 +109,7 @@ def main_rows() -> list[Row]:
         config_row("smart", "+ SMART on SST and STS"),
         config_row("ordinal", "+ ordinal log loss on SST"),
         config_row("transfer", "full fine-tuning from the frozen row's heads", needs=("frozen",)),
-        config_row("best", "current guess: PALs + SMART + frozen row's heads", needs=("frozen",)),
+        config_row("best", "round-robin + the frozen row's heads", needs=("frozen",)),
         Row("single_task_hf", "3 separate single-task fine-tunes, plain HF Trainer, 267 batches of 32 each",
             ("python", "examples/cs224n/single_task_hf.py", "--output_dir", "runs/ablation/r800_single_task_hf"),
             "runs/ablation/r800_single_task_hf"),

@@ -47,7 +47,7 @@ def test_ablation_rows_that_reuse_heads_start_from_the_frozen_row():
         model_args, _, training_args = parse_train_args([str(CONFIG_DIR / f"{name}.yaml")])
         assert model_args.init_heads_from == "runs/ablation/r800_frozen" and not model_args.freeze_encoder
     model_args, _, training_args = parse_train_args([str(CONFIG_DIR / "frozen.yaml")])
-    assert model_args.freeze_encoder and training_args.learning_rate == 1e-3
+    assert model_args.freeze_encoder and training_args.learning_rate == 1e-2
 
 
 def _load(name: str) -> dict:
@@ -56,7 +56,7 @@ def _load(name: str) -> dict:
 
 # What each row changes against `cross_annealed` (the main job's settings), besides output_dir and max_steps.
 CHANGES = {
-    "frozen": {"freeze_encoder": True, "learning_rate": 1e-3},
+    "frozen": {"freeze_encoder": True, "learning_rate": 1e-2, "task_sampling": "round_robin"},
     "bi_annealed": {"pair_encoding": "bi"},
     "round_robin": {"task_sampling": "round_robin"},
     "proportional": {"task_sampling": "proportional"},
@@ -67,7 +67,7 @@ CHANGES = {
     "smart": {"smart_tasks": ["sst", "sts"]},
     "ordinal": {"task_overrides": {"sst": {"loss": "ordinal"}}},
     "transfer": {"init_heads_from": "runs/ablation/r800_frozen"},
-    "best": {"pal_rank": 102, "smart_tasks": ["sst", "sts"], "init_heads_from": "runs/ablation/r800_frozen"},
+    "best": {"task_sampling": "round_robin", "init_heads_from": "runs/ablation/r800_frozen"},
 }
 
 
