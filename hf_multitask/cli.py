@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 from transformers import AutoTokenizer, HfArgumentParser, set_seed
+from transformers.utils import logging
 
 from .configuration import MultitaskConfig
 from .data import load_task_data, read_delimited, tokenize_task
@@ -30,6 +31,8 @@ from .report import report
 from .tasks import TaskSpec, did_you_mean, get_task
 from .trainer import MultitaskTrainer
 from .training_args import MultitaskTrainingArguments
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -170,6 +173,17 @@ def _is_multitask_checkpoint(path: str) -> bool:
     return json.loads(config_file.read_text()).get("model_type") == MultitaskConfig.model_type
 
 
+def fit_tokenizer_to_model(tokenizer, model: MultitaskModel) -> None:
+    """Lower the tokenizer's `model_max_length` to the longest sequence the encoder's position embeddings cover,
+    where the tokenizer has no limit or a larger one (tokenizers saved without one report a huge number), so that
+    [`tokenize_task`] truncates to what the model can read and says so when `max_length` is longer."""
+    limit = model.max_sequence_length
+    current = getattr(tokenizer, "model_max_length", None)
+    if limit is not None and (current is None or current > limit):
+        logger.info(f"tokenizer model_max_length set to {limit}, the encoder's position limit (was {current})")
+        tokenizer.model_max_length = limit
+
+
 def load_tokenized(specs, tokenizer, data_dir: str, split: str, limit: int | None) -> dict:
     out = {}
     for spec in specs:
@@ -196,6 +210,7 @@ def train(argv: list[str]) -> dict:
     specs = build_task_specs(model_args)
     tokenizer = AutoTokenizer.from_pretrained(resolve_encoder_path(model_args.model_name_or_path))
     model = build_model(model_args, specs)
+    fit_tokenizer_to_model(tokenizer, model)
     train_data = load_tokenized(specs, tokenizer, data_args.data_dir, data_args.train_split,
                                 data_args.max_train_samples)
     eval_data = load_tokenized(specs, tokenizer, data_args.data_dir, data_args.eval_split,

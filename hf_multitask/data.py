@@ -9,7 +9,7 @@ import csv
 import io
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -237,25 +237,36 @@ def tokenize_task(dataset: Dataset, spec: TaskSpec, tokenizer, num_proc: int | N
     Cross-encoding gives `[CLS] a [SEP] b [SEP]` in `input_ids`; bi-encoding puts b in `input_ids_b` etc.
     Text columns are removed; `labels` (and `id`) stay.
     """
-    text_a, text_b = spec.text_columns[0], spec.text_columns[1] if spec.is_pair else None
-    max_length = spec.max_length
-    limit = getattr(tokenizer, "model_max_length", None)
-    if limit is not None and limit < max_length:
-        logger.warning(f"Task {spec.name!r}: max_length {max_length} exceeds the tokenizer's limit {limit}")
-        max_length = limit
+    max_length = effective_max_length(spec, tokenizer)
+    if max_length < spec.max_length:
+        logger.warning(f"Task {spec.name!r}: max_length {spec.max_length} exceeds the tokenizer's limit {max_length}")
     _log_truncation(dataset, spec, tokenizer, max_length)
 
     def encode(batch):
-        if text_b is None or spec.is_bi_encoded:
-            features = dict(tokenizer(batch[text_a], truncation=True, max_length=max_length))
-            if text_b is not None:
-                second = tokenizer(batch[text_b], truncation=True, max_length=max_length)
-                features.update({f"{k}{PAIR_SUFFIX}": v for k, v in second.items()})
-            return features
-        return dict(tokenizer(batch[text_a], batch[text_b], truncation="longest_first", max_length=max_length))
+        return encode_texts(spec, tokenizer, [batch[column] for column in spec.text_columns], max_length)
 
     return dataset.map(encode, batched=True, remove_columns=list(spec.text_columns), num_proc=num_proc,
                        desc=f"Tokenizing {spec.name}")
+
+
+def effective_max_length(spec: TaskSpec, tokenizer) -> int:
+    """`spec.max_length`, capped by the tokenizer's `model_max_length` where it has one."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    return spec.max_length if limit is None else min(spec.max_length, limit)
+
+
+def encode_texts(spec: TaskSpec, tokenizer, texts: Sequence, max_length: int, **tokenizer_kwargs) -> dict:
+    """Tokenizer features for one column of texts per entry of `spec.text_columns` (lists for a batch, strings
+    for one example), the way the model reads them: both sentences in one sequence for a cross-encoded pair
+    (truncated longest first), each on its own with a `_b` suffix for the second of a bi-encoded pair.
+    `tokenizer_kwargs` go to the tokenizer (e.g. `return_tensors="pt"`)."""
+    if spec.is_bi_encoded:
+        features = dict(tokenizer(texts[0], truncation=True, max_length=max_length, **tokenizer_kwargs))
+        second = tokenizer(texts[1], truncation=True, max_length=max_length, **tokenizer_kwargs)
+        features.update({f"{k}{PAIR_SUFFIX}": v for k, v in second.items()})
+        return features
+    truncation = "longest_first" if spec.is_pair else True
+    return dict(tokenizer(*texts, truncation=truncation, max_length=max_length, **tokenizer_kwargs))
 
 
 def count_truncated(dataset: Dataset, spec: TaskSpec, tokenizer, max_length: int) -> int:

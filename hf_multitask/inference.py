@@ -15,7 +15,7 @@ from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is
 from transformers import AutoModel, AutoTokenizer, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .data import MultitaskCollator, tokenize_task
+from .data import MultitaskCollator, effective_max_length, encode_texts, tokenize_task
 from .metrics import predictions_from_logits
 from .tasks import TaskSpec
 
@@ -369,7 +369,8 @@ class MultitaskPipeline(Pipeline):
         normalizer = get_normalizer(normalize)
         if normalizer is not None:
             texts = tuple(normalizer(text) for text in texts)
-        return encode_texts(spec, self.tokenizer, texts)
+        return encode_texts(spec, self.tokenizer, texts, effective_max_length(spec, self.tokenizer),
+                            return_tensors="pt")
 
     def _forward(self, model_inputs: dict, task_name: str | None = None) -> dict:
         return {"logits": self.model(task_name=self._spec(task_name).name, **model_inputs).logits}
@@ -382,19 +383,6 @@ class MultitaskPipeline(Pipeline):
         probabilities = softmax(logits[None])[0]
         best = int(probabilities.argmax())
         return {"label": spec.label_names[best], "score": float(probabilities[best])}
-
-
-def encode_texts(spec: TaskSpec, tokenizer, texts: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """One example as `(1, seq)` tensors, the way [`tokenize_task`] encodes it (the pipeline's per-example path;
-    a test checks that both agree)."""
-    max_length = min(spec.max_length, getattr(tokenizer, "model_max_length", None) or spec.max_length)
-    if spec.is_bi_encoded:
-        features = dict(tokenizer(texts[0], truncation=True, max_length=max_length, return_tensors="pt"))
-        second = tokenizer(texts[1], truncation=True, max_length=max_length, return_tensors="pt")
-        features.update({f"{k}_b": v for k, v in second.items()})
-        return features
-    truncation = "longest_first" if spec.is_pair else True
-    return dict(tokenizer(*texts, truncation=truncation, max_length=max_length, return_tensors="pt"))
 
 
 PIPELINE_REGISTRY.register_pipeline(PIPELINE_TASK, pipeline_class=MultitaskPipeline, pt_model=AutoModel,

@@ -318,6 +318,16 @@ class MultitaskModel(PreTrainedModel):
 
     # ---- forward ----
 
+    @property
+    def max_sequence_length(self) -> int | None:
+        """The longest sequence the encoder's position embeddings cover, or `None` where it has none
+        (`max_position_embeddings`, less RoBERTa's padding offset)."""
+        positions = getattr(self.encoder.config, "max_position_embeddings", None)
+        if positions is None:
+            return None
+        padding_idx = getattr(getattr(self.encoder, "embeddings", None), "padding_idx", None)
+        return positions - (padding_idx + 1 if isinstance(padding_idx, int) else 0)
+
     def encode(
         self,
         input_ids: torch.Tensor | None,
@@ -326,6 +336,11 @@ class MultitaskModel(PreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Pooled sentence representations `(batch, hidden)`."""
+        length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        limit = self.max_sequence_length
+        if limit is not None and length > limit:
+            raise ValueError(f"A batch of {length} tokens per sequence is longer than the encoder's position "
+                             f"embeddings allow ({limit}, from max_position_embeddings): set max_length <= {limit}")
         kwargs = {"attention_mask": attention_mask}
         if token_type_ids is not None and self._encoder_accepts_token_types:
             kwargs["token_type_ids"] = token_type_ids

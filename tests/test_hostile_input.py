@@ -28,7 +28,15 @@ from hf_multitask import (
     load_task_split,
     tokenize_task,
 )
-from hf_multitask.cli import ModelArguments, build_model, build_task_specs, load_config_file, load_tokenized, main
+from hf_multitask.cli import (
+    ModelArguments,
+    build_model,
+    build_task_specs,
+    fit_tokenizer_to_model,
+    load_config_file,
+    load_tokenized,
+    main,
+)
 from hf_multitask.data import DataValidationError
 
 from .conftest import SST_ROWS, STS_ROWS, write_tsv
@@ -105,6 +113,28 @@ def task_without_data(tmp_path, request):
     config.write_text(yaml.safe_dump({"model_name_or_path": str(encoder), "data_dir": str(data_dir),
                                       "output_dir": str(tmp_path / "run"), "report_to": [], "use_cpu": True}))
     return lambda: main(["train", str(config)])
+
+
+def max_length_over_positions(tmp_path, request):
+    """`hf-multitask train`'s tokenisation with max_length 100 on an encoder whose position embeddings stop at 64
+    (the test tokenizer has no model_max_length of its own)."""
+    encoder = tmp_path / "encoder"
+    request.getfixturevalue("tiny_model").encoder.save_pretrained(encoder)
+    tokenizer = request.getfixturevalue("tokenizer")
+    args = ModelArguments(model_name_or_path=str(encoder), tasks=["sst"], max_length=100)
+    specs = build_task_specs(args)
+    model = build_model(args, specs)
+
+    def run():
+        fit_tokenizer_to_model(tokenizer, model)
+        load_tokenized(specs, tokenizer, str(request.getfixturevalue("data_dir")), "train", None)
+
+    return run
+
+
+def sequence_longer_than_positions(tmp_path, request):
+    model = request.getfixturevalue("tiny_model")
+    return lambda: model(task_name="sst", input_ids=torch.ones(1, 65, dtype=torch.long))
 
 
 def training_args(tmp_path, **overrides) -> MultitaskTrainingArguments:
@@ -300,6 +330,9 @@ REJECTED = [
     # tasks and data that do not match
     ("task_without_data", task_without_data, FileNotFoundError,
      r"Task 'sts', split 'train': no data file; looked for \[.*sts-train\.tsv"),
+    ("sequence_over_positions", sequence_longer_than_positions, ValueError,
+     r"A batch of 65 tokens per sequence is longer than the encoder's position embeddings allow \(64, from "
+     r"max_position_embeddings\): set max_length <= 64"),
     ("data_for_task_without_head", trainer_with(lambda sst: {"sst": sst, "nli": sst}), ValueError,
      r"train_dataset has task\(s\) \['nli'\] with no head in the model \(heads: \['quora', 'sst', 'sts'\]\)"),
     # a config that disagrees with a saved model
@@ -428,6 +461,8 @@ LOGGED = [
      r"Task 'sts': 2 of 3 examples are longer than 8 tokens and are truncated"),
     ("max_length_over_tokenizer_limit", capped_max_length,
      r"Task 'sst': max_length 64 exceeds the tokenizer's limit 9"),
+    ("max_length_over_positions", max_length_over_positions,
+     r"Task 'sst': max_length 100 exceeds the tokenizer's limit 64"),
 ]
 
 
