@@ -336,8 +336,8 @@ class MultitaskModel(PreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Pooled sentence representations `(batch, hidden)`."""
-        length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        limit = self.max_sequence_length
+        ids_or_embeds = input_ids if input_ids is not None else inputs_embeds  # neither: the encoder says so
+        length, limit = ids_or_embeds.shape[1] if ids_or_embeds is not None else 0, self.max_sequence_length
         if limit is not None and length > limit:
             raise ValueError(f"A batch of {length} tokens per sequence is longer than the encoder's position "
                              f"embeddings allow ({limit}, from max_position_embeddings): set max_length <= {limit}")

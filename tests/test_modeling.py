@@ -125,3 +125,14 @@ def test_from_encoder_keeps_the_attention_implementation(bert_config, tmp_path):
     BertModel(bert_config, add_pooling_layer=False).save_pretrained(tmp_path)
     model = MultitaskModel.from_encoder(tmp_path, cs224n_tasks())
     assert model.encoder.config._attn_implementation == model.config._attn_implementation is not None
+
+
+def test_max_sequence_length_counts_roberta_padding_offset(bert_config):
+    assert MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=cs224n_tasks())).max_sequence_length == 64
+    roberta = RobertaConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                            intermediate_size=37, max_position_embeddings=66, pad_token_id=1)
+    model = MultitaskModel(MultitaskConfig(encoder=roberta, tasks=cs224n_tasks()))
+    assert model.max_sequence_length == 64  # positions start after padding_idx + 1
+    assert model(task_name="sst", input_ids=torch.full((1, 64), 5)).logits.shape == (1, 5)
+    with pytest.raises(ValueError, match=r"A batch of 65 tokens .* allow \(64, from max_position_embeddings\)"):
+        model(task_name="sst", input_ids=torch.full((1, 65), 5))
