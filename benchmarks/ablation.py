@@ -169,9 +169,9 @@ def row_state(row: Row, root: Path) -> tuple[str, dict | None, dict | None]:
     return "not run", record, None
 
 
-def stale_reason(row: Row, root: Path) -> str | None:
-    """Why a done row's results are out of date: a row it starts from finished again after it started."""
-    record = row_state(row, root)[1]
+def stale_reason(row: Row, record: dict | None, root: Path) -> str | None:
+    """Why a done row's results (`record`, its `row.json`) are out of date: a row it starts from finished again
+    after it started."""
     for name in row.needs:
         needed = rows_by_name().get(name)
         if needed is None or record is None:
@@ -333,8 +333,9 @@ def run_queue(rows: list[Row], root: Path, smoke: bool = False, rerun: tuple[str
     Returns the number failed or refused."""
     problems = 0
     for row in rows:
-        if not smoke and row.name not in rerun and row_state(row, root)[0] == "done":
-            stale = stale_reason(row, root)
+        state, record, _ = row_state(row, root)
+        if not smoke and row.name not in rerun and state == "done":
+            stale = stale_reason(row, record, root)
             if stale is None:
                 print(f"skip {row.name}: done")
                 continue
@@ -375,7 +376,7 @@ def short_machine(record: dict) -> str:
 
 def table_line(row: Row, root: Path) -> str:
     state, record, metrics = row_state(row, root)
-    if state == "done" and stale_reason(row, root) is not None:
+    if state == "done" and stale_reason(row, record, root) is not None:
         cells = ["stale: to run again"] * len(METRICS) + ["—", "—"]
     elif state == "done":
         cells = [f"{metrics[key]:.4f}" if key in metrics else "—" for key in METRICS]
@@ -407,7 +408,7 @@ def print_status(rows: list[Row], root: Path) -> None:
         if state == "done":
             overall = metrics.get("eval_overall", float("nan"))
             detail = f"overall {overall:.4f}, {format_seconds(record['wall_seconds'])}"
-            stale = stale_reason(row, root)
+            stale = stale_reason(row, record, root)
             if stale:
                 state, detail = "stale", f"{detail}; runs again on the next `run`: {stale}"
         elif state == "failed":

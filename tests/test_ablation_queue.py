@@ -177,9 +177,11 @@ def test_a_row_whose_heads_source_ran_again_is_stale_and_runs_again(tmp_path, mo
     rows = ablation.rows_by_name()
     write_result(tmp_path, rows["frozen"], start="2026-11-27T10:00:00+00:00", end="2026-11-27T10:05:00+00:00")
     write_result(tmp_path, rows["transfer"], start="2026-11-27T10:06:00+00:00", end="2026-11-27T10:15:00+00:00")
-    assert ablation.stale_reason(rows["transfer"], tmp_path) is None
+    transfer_record = ablation.row_state(rows["transfer"], tmp_path)[1]
+    assert ablation.stale_reason(rows["transfer"], transfer_record, tmp_path) is None
     write_result(tmp_path, rows["frozen"], start="2026-11-28T01:00:00+00:00", end="2026-11-28T01:05:00+00:00")
-    assert "row 'frozen' was run again after this row started" in ablation.stale_reason(rows["transfer"], tmp_path)
+    reason = ablation.stale_reason(rows["transfer"], transfer_record, tmp_path)
+    assert "row 'frozen' was run again after this row started" in reason
     assert "stale: to run again" in ablation.table_line(rows["transfer"], tmp_path)
     ran = []
     monkeypatch.setattr(ablation, "run_row", lambda row, root, smoke=False: ran.append(row.name) or
