@@ -1,0 +1,68 @@
+"""Behaviour pins: the weights after a 30-step run of a tiny model, for each training mode, hash to the values
+recorded before the task-kinds refactor (tests/fixtures/golden_hashes.json). A refactor that moves code must not
+move a single bit. The hashes hold for this torch version on the x86-64 CPU kind the project develops on
+(`python tests/test_golden_hashes.py` prints them anew where that changes)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_multitask import (
+    MultitaskConfig,
+    MultitaskModel,
+    MultitaskTrainer,
+    MultitaskTrainingArguments,
+    PalConfig,
+    cs224n_tasks,
+    load_task_data,
+    tokenize_task,
+)
+
+GOLDEN = Path(__file__).parent / "fixtures" / "golden_hashes.json"
+MODES = {
+    "plain": {},
+    "pcgrad": {"task_sampling_grouped": True, "gradient_surgery": "pcgrad"},
+    "gradvac": {"task_sampling_grouped": True, "gradient_surgery": "gradvac"},
+    "smart": {"smart_tasks": ["sst", "quora", "sts"]},
+    "pal": {},
+}
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def run_mode(mode: str, bert_config, tokenizer, data_dir, out_dir) -> str:
+    torch.manual_seed(0)
+    model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=cs224n_tasks()))
+    if mode == "pal":
+        model.add_pal(PalConfig(rank=8))
+        torch.manual_seed(1)
+        with torch.no_grad():  # V_D starts at zero: give it weights so the PAL's path is exercised from step 1
+            for name, param in model.named_parameters():
+                if name.startswith("pal."):
+                    param.normal_(0.0, 0.02)
+    data = {spec.name: tokenize_task(load_task_data(spec, data_dir)["train"], spec, tokenizer)
+            for spec in cs224n_tasks()}
+    args = MultitaskTrainingArguments(
+        output_dir=str(out_dir), per_device_train_batch_size=4, max_steps=30, learning_rate=1e-3, report_to=[],
+        save_strategy="no", use_cpu=True, seed=0, logging_steps=10, **MODES[mode])
+    MultitaskTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer).train()
+    return weights_hash(model)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_training_weights_match_the_recorded_hash(mode, bert_config, tokenizer, data_dir, tmp_path):
+    if torch.__version__.split("+")[0] != json.loads(GOLDEN.read_text())["torch"]:
+        pytest.skip("hashes recorded with another torch version")
+    expected = json.loads(GOLDEN.read_text())["modes"][mode]
+    assert run_mode(mode, bert_config, tokenizer, data_dir, tmp_path / "out") == expected
