@@ -31,8 +31,15 @@ import time
 import torch
 from transformers import AutoTokenizer, BertConfig
 
-from hf_multitask import MultitaskCollator, MultitaskConfig, MultitaskModel, load_task_data, sst_task, tokenize_task
-from hf_multitask.modeling import resolve_encoder_path
+from hf_multitask import (
+    MultitaskCollator,
+    MultitaskConfig,
+    MultitaskModel,
+    load_task_data,
+    resolve_encoder_path,
+    sst_task,
+    tokenize_task,
+)
 from hf_multitask.pal import PalConfig
 
 VARIANTS = ("none", "identity", "attention")

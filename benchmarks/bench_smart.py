@@ -41,11 +41,11 @@ from hf_multitask import (
     MultitaskTrainer,
     MultitaskTrainingArguments,
     load_task_data,
+    resolve_encoder_path,
     sst_task,
     sts_task,
     tokenize_task,
 )
-from hf_multitask.modeling import resolve_encoder_path
 
 VARIANTS = {"plain": None, "adv": {"smart_mu": 0.0}, "adv_breg": {"smart_mu": 1.0}}
 LIMITS = {"adv": 3.0, "adv_breg": 3.4}  # the bounds on the measured ratios

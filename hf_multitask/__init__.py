@@ -10,13 +10,14 @@ from .inference import MultitaskPipeline, normalize_ptb, predict
 from .losses import ordinal_log_loss, symmetric_kl, task_loss
 from .metrics import compute_task_metrics, overall_score
 from .model_card import render_model_card, write_model_card
-from .modeling import MultitaskModel, MultitaskModelOutput, resolve_encoder_path
+from .modeling import MultitaskModel, MultitaskModelOutput
 from .pal import PalConfig, PalModel
 from .sampling import MultitaskBatchSampler, annealed_alpha
 from .smart import EmaTeacher, SmartRegularizer
 from .tasks import TaskSpec, cs224n_tasks, get_task, quora_task, sst_task, sts_task
 from .trainer import MultitaskTrainer, NonFiniteLossError
 from .training_args import MultitaskTrainingArguments
+from .utils import resolve_encoder_path
 
 AutoConfig.register(MultitaskConfig.model_type, MultitaskConfig, exist_ok=True)
 AutoModel.register(MultitaskConfig, MultitaskModel, exist_ok=True)

@@ -1,7 +1,8 @@
-"""`hf-multitask train | evaluate | predict`.
+"""`hf-multitask train | evaluate | predict | export | report`: parsing arguments and printing results.
 
 `train` takes a YAML/JSON config whose keys are fields of [`ModelArguments`], [`DataArguments`] and
-[`MultitaskTrainingArguments`], and `--key value` flags that override it (trl's config-plus-flags pattern).
+[`MultitaskTrainingArguments`], and `--key value` flags that override it (trl's config-plus-flags pattern). What
+the commands build (specs, models, tokenizers, data) comes from the library: hf_multitask.build, .data, .inference.
 """
 
 from __future__ import annotations
@@ -12,71 +13,31 @@ import dataclasses
 import json
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
-from transformers import AutoTokenizer, HfArgumentParser, set_seed
-from transformers.utils import logging
+from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
 
-from .configuration import MultitaskConfig
-from .data import load_task_data, read_delimited, tokenize_task
+from .build import DataArguments, ModelArguments, build_model, build_task_specs, build_tokenizer
+from .data import DataValidationError, load_task_data, load_task_split, load_tokenized, tokenize_task
 from .export import export_task, max_logit_difference
-from .inference import NORMALIZERS, worst_examples
-from .inference import predict as predict_texts
-from .modeling import MultitaskModel, resolve_encoder_path
-from .pal import PalConfig
-from .report import report
-from .tasks import TaskSpec, did_you_mean, get_task
+from .inference import NORMALIZERS, predict_logits, task_logits, worst_examples
+from .metrics import metric_key, overall_key
+from .modeling import MultitaskModel
+from .report import write_report
 from .trainer import MultitaskTrainer
 from .training_args import MultitaskTrainingArguments
-
-logger = logging.get_logger(__name__)
-
-
-@dataclass
-class ModelArguments:
-    model_name_or_path: str = field(
-        default="minilm",
-        metadata={"help": "Encoder checkpoint (hub id, local dir, or 'minilm' for the bundled all-MiniLM-L6-v2), "
-                          "or a saved multitask model to continue from."},
-    )
-    tasks: list[str] = field(default_factory=lambda: ["sst", "quora", "sts"], metadata={"help": "Task presets."})
-    task_overrides: str | None = field(
-        default=None,
-        metadata={"help": 'JSON {task: {TaskSpec field: value}}, e.g. {"sst": {"loss": "ordinal"}}; '
-                          "a YAML mapping in a config file."},
-    )
-    pair_encoding: str = field(default="cross", metadata={"help": "Pair encoding of every pair task: cross | bi."})
-    pooling: str = field(default="mean", metadata={"help": "Sentence representation: cls | mean."})
-    classifier_dropout: float = field(default=0.1, metadata={"help": "Dropout before each head."})
-    max_length: int = field(default=128, metadata={"help": "Truncation length in tokens."})
-    freeze_encoder: bool = field(default=False, metadata={"help": "Train the heads only (the frozen baseline)."})
-    init_heads_from: str | None = field(
-        default=None, metadata={"help": "A saved multitask model whose heads start this run (baseline transfer)."}
-    )
-    pal_rank: int | None = field(
-        default=None, metadata={"help": "Add Projected Attention Layers of rank r (102 suits MiniLM); None: no PALs."}
-    )
-    pal_g: str = field(default="identity", metadata={"help": "PAL function in r dims: identity | attention."})
-    pal_placement: str = field(default="layer", metadata={"help": "LayerNorm the PAL term enters: layer | attention."})
-
-
-@dataclass
-class DataArguments:
-    data_dir: str = field(default="../shared/data", metadata={"help": "Directory of <task>-<split>.tsv files."})
-    train_split: str = field(default="train", metadata={"help": "Split name of the training files."})
-    eval_split: str = field(default="dev", metadata={"help": "Split name of the evaluation files."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N rows of each task."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N eval rows per task."})
-
+from .utils import did_you_mean
 
 TRAIN_DATACLASSES = (ModelArguments, DataArguments, MultitaskTrainingArguments)
 
 
 def parse_train_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, MultitaskTrainingArguments]:
     """`CONFIG.yaml [--key value ...]` or flags alone -> the three argument dataclasses."""
+    if "-h" in argv or "--help" in argv:
+        print(train_help())
+        raise SystemExit(0)
     parser = HfArgumentParser(TRAIN_DATACLASSES)
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
         config = load_config_file(argv[0])
@@ -88,6 +49,25 @@ def parse_train_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, Mu
     if rest:
         raise SystemExit(f"hf-multitask train: unknown argument(s) {rest}")
     return model_args, data_args, training_args
+
+
+def train_help() -> str:
+    """`train --help`: our arguments (model, data, multitask training) first, then transformers' TrainingArguments."""
+    inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
+    ours = [dataclasses.field(default=f.default, default_factory=f.default_factory, metadata=f.metadata)
+            for f in dataclasses.fields(MultitaskTrainingArguments) if f.name not in inherited]
+    names = [f.name for f in dataclasses.fields(MultitaskTrainingArguments) if f.name not in inherited]
+    types = {f.name: f.type for f in dataclasses.fields(MultitaskTrainingArguments)}
+    multitask = dataclasses.make_dataclass("MultitaskArguments", [(n, types[n], f) for n, f in zip(names, ours)])
+    groups = {ModelArguments: "model", DataArguments: "data", multitask: "multitask training"}
+    shown = [type(cls.__name__, (cls,), {"_argument_group_name": f"{title} arguments"})  # HfArgumentParser's groups
+             for cls, title in groups.items()]
+    parser = HfArgumentParser(shown, prog="hf-multitask train", usage="hf-multitask train [CONFIG.yaml] "
+                              "[--key value ...]", description="Train one encoder on several tasks; every key of a "
+                              "config file can be given as a flag, and flags override the file.")
+    plain = HfArgumentParser(TrainingArguments, add_help=False).format_help().split("\n", 2)[-1]
+    return (parser.format_help() + "\nEvery transformers.TrainingArguments option works as well "
+            f"(https://huggingface.co/docs/transformers/main_classes/trainer#transformers.TrainingArguments):\n{plain}")
 
 
 def load_config_file(path: str) -> dict:
@@ -114,90 +94,10 @@ def load_config_file(path: str) -> dict:
     return config
 
 
-def build_task_specs(model_args: ModelArguments) -> list[TaskSpec]:
-    try:
-        overrides = json.loads(model_args.task_overrides) if model_args.task_overrides else {}
-    except json.JSONDecodeError as err:
-        raise ValueError(f"task_overrides is not valid JSON ({err}): {model_args.task_overrides!r}") from None
-    if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
-        raise ValueError(f"task_overrides must map task names to {{field: value}}, got {model_args.task_overrides!r}")
-    unknown = sorted(set(overrides) - set(model_args.tasks))
-    if unknown:
-        raise ValueError(f"task_overrides names task(s) {unknown} that are not in tasks={model_args.tasks}")
-    return [get_task(name, **{"pair_encoding": model_args.pair_encoding, "max_length": model_args.max_length,
-                               **overrides.get(name, {})}) for name in model_args.tasks]
-
-
-def build_model(model_args: ModelArguments, specs: list[TaskSpec]) -> MultitaskModel:
-    path = resolve_encoder_path(model_args.model_name_or_path)
-    if _is_multitask_checkpoint(path):
-        model = MultitaskModel.from_pretrained(path)
-        saved, wanted = model.config.task_names, [s.name for s in specs]
-        if saved != wanted:
-            raise ValueError(f"{path} has heads for tasks {saved}, but the config asks for tasks {wanted}")
-        _check_saved_specs(path, model.specs, specs)
-    else:
-        model = MultitaskModel.from_encoder(path, specs, pooling=model_args.pooling,
-                                            classifier_dropout=model_args.classifier_dropout)
-    if model_args.init_heads_from:
-        model.load_heads_from(model_args.init_heads_from)
-    if model_args.pal_rank is not None:
-        pal = PalConfig(rank=model_args.pal_rank, g=model_args.pal_g, placement=model_args.pal_placement)
-        if model.pal is None:
-            model.add_pal(pal)
-        elif (model.pal.pal_config.rank, model.pal.pal_config.g, model.pal.pal_config.placement) != (
-                pal.rank, pal.g, pal.placement):
-            raise ValueError(f"{path} has PALs {model.config.pal}, but the config asks for pal_rank={pal.rank}, "
-                             f"pal_g={pal.g!r}, pal_placement={pal.placement!r}")
-    model.freeze_encoder(model_args.freeze_encoder)
-    return model
-
-
-def _check_saved_specs(path: str, saved: dict[str, TaskSpec], wanted: list[TaskSpec]) -> None:
-    """The model trains with its saved specs and the data is tokenised with the config's: they must agree
-    (pair_encoding only matters for pair tasks)."""
-    differ = []
-    for spec in wanted:
-        fields = [f.name for f in dataclasses.fields(TaskSpec) if f.name != "pair_encoding" or spec.is_pair]
-        differ += [f"task {spec.name!r}: {name}={getattr(spec, name)!r} (saved: {getattr(saved[spec.name], name)!r})"
-                   for name in fields if getattr(spec, name) != getattr(saved[spec.name], name)]
-    if differ:
-        raise ValueError(f"{path} was saved with other task settings than the config asks for: {'; '.join(differ)}. "
-                         "Make the config (task_overrides, pair_encoding, max_length) match.")
-
-
-def _is_multitask_checkpoint(path: str) -> bool:
-    config_file = Path(path) / "config.json"
-    if not config_file.is_file():
-        return False
-    return json.loads(config_file.read_text()).get("model_type") == MultitaskConfig.model_type
-
-
-def fit_tokenizer_to_model(tokenizer, model: MultitaskModel) -> None:
-    """Lower the tokenizer's `model_max_length` to the longest sequence the encoder's position embeddings cover,
-    where the tokenizer has no limit or a larger one (tokenizers saved without one report a huge number), so that
-    [`tokenize_task`] truncates to what the model can read and says so when `max_length` is longer."""
-    limit = model.max_sequence_length
-    current = getattr(tokenizer, "model_max_length", None)
-    if limit is not None and (current is None or current > limit):
-        logger.info(f"tokenizer model_max_length set to {limit}, the encoder's position limit (was {current})")
-        tokenizer.model_max_length = limit
-
-
-def load_tokenized(specs, tokenizer, data_dir: str, split: str, limit: int | None) -> dict:
-    out = {}
-    for spec in specs:
-        dataset = load_task_data(spec, data_dir, splits=(split,))[split]
-        if limit is not None:
-            dataset = dataset.select(range(min(limit, len(dataset))))
-        out[spec.name] = tokenize_task(dataset, spec, tokenizer)
-    return out
-
-
 def print_metrics_table(metrics: dict[str, float], specs, prefix: str = "eval") -> None:
-    rows = [(spec.name, spec.metric, metrics[f"{prefix}_{spec.metric_key}"]) for spec in specs
-            if f"{prefix}_{spec.metric_key}" in metrics]
-    rows.append(("overall", "mean of [0,1] scores", metrics[f"{prefix}_overall"]))
+    rows = [(spec.name, spec.metric, metrics[metric_key(prefix, spec.name, spec.metric)]) for spec in specs
+            if metric_key(prefix, spec.name, spec.metric) in metrics]
+    rows.append(("overall", "mean of [0,1] scores", metrics[overall_key(prefix)]))
     width = max(len(r[0]) for r in rows)
     print(f"\n{'task'.ljust(width)}  {'metric'.ljust(20)}  value")
     for name, metric, value in rows:
@@ -208,9 +108,8 @@ def train(argv: list[str]) -> dict:
     model_args, data_args, training_args = parse_train_args(argv)
     set_seed(training_args.seed)
     specs = build_task_specs(model_args)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_encoder_path(model_args.model_name_or_path))
     model = build_model(model_args, specs)
-    fit_tokenizer_to_model(tokenizer, model)
+    tokenizer = build_tokenizer(model_args, model)
     train_data = load_tokenized(specs, tokenizer, data_args.data_dir, data_args.train_split,
                                 data_args.max_train_samples)
     eval_data = load_tokenized(specs, tokenizer, data_args.data_dir, data_args.eval_split,
@@ -280,7 +179,8 @@ def evaluate(argv: list[str]) -> dict:
     _write_json(Path(args.output or Path(args.model_dir) / f"{args.split}_results.json"), metrics)
     if args.errors:
         records = [record for spec in specs for record in worst_examples(
-            spec, raw[spec.name], trainer.predict_task(spec.name, eval_data[spec.name]), args.errors)]
+            spec, raw[spec.name], task_logits(model, spec.name, eval_data[spec.name], tokenizer, args.batch_size),
+            args.errors)]
         path = Path(args.errors_output or Path(args.model_dir) / f"{args.split}_errors.jsonl")
         _write_records(path, records)
         print(f"the {args.errors} worst examples of each task written to {path}")
@@ -320,13 +220,9 @@ def predict(argv: list[str]) -> list[dict]:
     dataset = _prediction_inputs(spec, args)
     if torch.cuda.is_available():
         model.to("cuda")
-    inputs, kwargs = _texts_of(spec, dataset), {"batch_size": args.batch_size, "normalize": args.normalize}
-    if spec.kind == "classification":
-        labels, probabilities = predict_texts(model, spec.name, inputs, tokenizer, return_probabilities=True, **kwargs)
-        outputs = [{"label": label, "label_id": spec.label_names.index(label), "probability": float(p.max())}
-                   for label, p in zip(labels, probabilities)]
-    else:
-        outputs = [{"score": score} for score in predict_texts(model, spec.name, inputs, tokenizer, **kwargs)]
+    logits = predict_logits(model, spec.name, _texts_of(spec, dataset), tokenizer, batch_size=args.batch_size,
+                            normalize=args.normalize)
+    outputs = spec.task_kind.prediction_records(spec, logits)
     records = [{**{c: dataset[i][c] for c in spec.text_columns}, **output} for i, output in enumerate(outputs)]
     lines = "\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n"
     if args.output:
@@ -336,7 +232,7 @@ def predict(argv: list[str]) -> list[dict]:
     return records
 
 
-def _texts_of(spec: TaskSpec, dataset) -> list:
+def _texts_of(spec, dataset) -> list:
     """A dataset's text columns as `predict`'s inputs: strings, or `(a, b)` pairs."""
     columns = [dataset[c] for c in spec.text_columns]
     return list(columns[0]) if len(columns) == 1 else list(zip(*columns))
@@ -370,11 +266,16 @@ def export(argv: list[str]) -> None:
         print(f"largest |logit difference| on {len(inputs)} {args.split} examples: {difference:.2e}")
 
 
-def _prediction_inputs(spec: TaskSpec, args):
+def _prediction_inputs(spec, args):
     from datasets import Dataset
 
     if args.file:
-        return _load_texts(spec, args.file)
+        if not Path(args.file).is_file():
+            raise SystemExit(f"{args.file}: no such file")
+        try:
+            return load_task_split(spec, args.file, labels=False)
+        except DataValidationError as err:
+            raise SystemExit(str(err)) from None
     if not args.texts:
         raise SystemExit("hf-multitask predict: give texts or --file")
     rows = [t.split(" ||| ") for t in args.texts]
@@ -387,38 +288,57 @@ def _prediction_inputs(spec: TaskSpec, args):
     return Dataset.from_dict({c: [r[j] for r in rows] for j, c in enumerate(spec.text_columns)})
 
 
-def _load_texts(spec: TaskSpec, path: str):
-    """The task's text columns of a file (labels not needed); empty texts are an error naming the row."""
-    from datasets import Dataset, load_dataset
+def report(argv: list[str]) -> list[Path]:
+    """`hf-multitask report RUN_DIR [--data DIR] [--split dev] [--output DIR]`: writes and lists the PNGs."""
+    parser = argparse.ArgumentParser(prog="hf-multitask report", description="Plot a training run.")
+    parser.add_argument("run_dir", help="A run's output directory (saved model + trainer_state.json, or checkpoints).")
+    parser.add_argument("--data", help="Data directory for the confusion matrices and scatters (default: skip them).")
+    parser.add_argument("--split", default="dev", help="Split of --data to predict on.")
+    parser.add_argument("--output", help="Directory for the PNGs (default: RUN_DIR/report).")
+    parser.add_argument("--smoothing", type=float, default=0.0, help="EMA weight in [0, 1) for training curves.")
+    parser.add_argument("--max_samples", type=int, help="Predict on the first N rows of each task.")
+    parser.add_argument("--batch_size", type=int, default=64)
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.smoothing < 1.0:
+        parser.error(f"--smoothing must be in [0, 1), got {args.smoothing}")
+    try:
+        paths = write_report(args.run_dir, args.output, args.data, args.split, args.smoothing, args.max_samples,
+                             args.batch_size)
+    except FileNotFoundError as err:  # no run, no trainer_state.json, no data file: a message, not a traceback
+        raise SystemExit(f"hf-multitask report: {err}") from None
+    print(f"report: wrote {len(paths)} file(s)")
+    for path in paths:
+        print(f"  {path}")
+    return paths
 
-    if not Path(path).is_file():
-        raise SystemExit(f"{path}: no such file")
-    if path.endswith((".tsv", ".csv")):
-        columns, rows = read_delimited(path)
-    else:
-        rows = load_dataset("parquet" if path.endswith(".parquet") else "json", data_files=path, split="train")
-        columns = rows.column_names
-    missing = [c for c in spec.text_columns if c not in columns]
-    if missing:
-        raise SystemExit(f"{path}: task {spec.name!r} needs column(s) {missing}, the file has {columns}")
-    for i, row in enumerate(rows, start=1):
-        for c in spec.text_columns:
-            if not isinstance(row[c], str) or not row[c].strip():
-                raise SystemExit(f"{path}: row {i}, column {c!r}: empty text")
-    return Dataset.from_dict({c: [r[c] for r in rows] for c in spec.text_columns})
+
+COMMANDS = {
+    "train": (train, "train CONFIG.yaml [--key value ...]", "fine-tune one encoder on several tasks, then evaluate"),
+    "evaluate": (evaluate, "evaluate MODEL_DIR --data DIR", "per-task metrics and the overall score of a saved model"),
+    "predict": (predict, "predict MODEL_DIR --task TASK TEXT...", "predictions for texts or a file, as JSON lines"),
+    "export": (export, "export MODEL_DIR --task TASK --output DIR",
+               "one task as a plain AutoModelForSequenceClassification"),
+    "report": (report, "report RUN_DIR [--data DIR] [--output DIR]", "PNG plots of a training run"),
+}
 
 
-COMMANDS = {"train": train, "evaluate": evaluate, "predict": predict, "export": export, "report": report}
+def usage() -> str:
+    lines = ["usage: hf-multitask COMMAND [ARGS ...]   (hf-multitask COMMAND --help for a command's arguments)",
+             "", "commands:"]
+    lines += [f"  {line:<46} {what}" for _, line, what in COMMANDS.values()]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage())
+        return
     if not argv or argv[0] not in COMMANDS:
-        print("usage: hf-multitask {train CONFIG.yaml [--key value ...] | evaluate MODEL_DIR --data DIR | "
-              "predict MODEL_DIR --task TASK TEXT... | export MODEL_DIR --task TASK --output DIR | "
-              "report RUN_DIR [--data DIR] [--output DIR]}", file=sys.stderr)
+        unknown = f"hf-multitask: unknown command {argv[0]!r}{did_you_mean(argv[0], COMMANDS)}\n" if argv else ""
+        print(unknown + usage(), file=sys.stderr)
         raise SystemExit(2)
-    COMMANDS[argv[0]](argv[1:])
+    COMMANDS[argv[0]][0](argv[1:])
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -17,17 +16,14 @@ import torch
 from datasets import Dataset, DatasetDict, IterableDataset, load_dataset
 from transformers.utils import logging
 
-from .tasks import TaskSpec, did_you_mean
+from .kinds import PAIR_SUFFIX, DataValidationError, TaskKind
+from .tasks import TaskSpec
+from .utils import did_you_mean
 
 logger = logging.get_logger(__name__)
 
 DATA_EXTENSIONS = ("tsv", "csv", "jsonl", "json", "parquet")
-PAIR_SUFFIX = "_b"
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-class DataValidationError(ValueError):
-    """A data file or dataset does not match its task spec; the message names file, row and column."""
+_SENTENCE_KIND = TaskKind()  # collation and lengths of batches whose task has no spec at hand
 
 
 # ---- loading and validation ----
@@ -94,40 +90,44 @@ def _row_dict(path: Path, row: int, columns: list[str], record: list[str], delim
     return dict(zip(columns, record))
 
 
-def validate_rows(spec: TaskSpec, columns: list[str], rows: Iterable[Mapping[str, Any]], source: str) -> dict:
+def validate_rows(spec: TaskSpec, columns: list[str], rows: Iterable[Mapping[str, Any]], source: str,
+                  labels: bool = True) -> dict:
     """Check every row against `spec` and return the columns `{text columns..., "labels", ["id"]}`.
 
-    Raises [`DataValidationError`] naming `source`, the 1-based row (header excluded) and the column.
+    Raises [`DataValidationError`] naming `source`, the 1-based row (header excluded) and the column. Labels are
+    parsed and checked by the task's kind; `labels=False` reads the text columns alone (inputs to predict on).
     """
-    missing = [c for c in (*spec.text_columns, spec.label_column) if c not in columns]
+    needed = (*spec.text_columns, spec.label_column) if labels else spec.text_columns
+    missing = [c for c in needed if c not in columns]
     if missing:
         unused = [c for c in columns if c not in (*spec.text_columns, spec.label_column, "id")]
         raise DataValidationError(
             f"{source}: task {spec.name!r} needs column(s) {missing}{did_you_mean(missing[0], unused)}, "
             f"but the data has {list(columns)}"
         )
-    ignored = [c for c in columns if c not in (*spec.text_columns, spec.label_column, "id")]
-    if ignored:
+    ignored = [c for c in columns if c not in (*needed, "id")]
+    if ignored and labels:
         logger.warning(f"{source}: task {spec.name!r} ignores column(s) {ignored}")
     out = {c: [] for c in spec.text_columns}
-    out["labels"] = []
+    if labels:
+        out["labels"] = []
     keep_id = "id" in columns
     if keep_id:
         out["id"] = []
-    for i, row in enumerate(rows, start=1):
+    kind = spec.task_kind
+    count = 0
+    for count, row in enumerate(rows, start=1):
         for column in spec.text_columns:
-            out[column].append(_check_text(row[column], f"{source}: row {i}, column {column!r}"))
-        out["labels"].append(_parse_label(spec, row[spec.label_column], f"{source}: row {i}, column "
-                                                                              f"{spec.label_column!r}"))
+            out[column].append(_check_text(row[column], f"{source}: row {count}, column {column!r}"))
+        if labels:
+            where = f"{source}: row {count}, column {spec.label_column!r}"
+            out["labels"].append(kind.parse_label(spec, row[spec.label_column], where))
         if keep_id:
             out["id"].append(str(row["id"]))
-    if not out["labels"]:
+    if not count:
         raise DataValidationError(f"{source}: no rows for task {spec.name!r}")
-    if spec.kind == "classification":
-        absent = [name for k, name in enumerate(spec.label_names) if k not in set(out["labels"])]
-        if absent:
-            logger.warning(f"{source}: task {spec.name!r} has {spec.num_labels} classes, but class(es) {absent} "
-                           f"never occur in its {len(out['labels'])} rows")
+    if labels:
+        kind.check_labels(spec, out["labels"], source)
     return out
 
 
@@ -137,33 +137,6 @@ def _check_text(text: Any, where: str) -> str:
     if not isinstance(text, str):
         raise DataValidationError(f"{where}: expected text, got {type(text).__name__} {text!r}")
     return text
-
-
-def _parse_label(spec: TaskSpec, value: Any, where: str) -> int | float:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise DataValidationError(f"{where}: empty label")
-    if isinstance(value, bool):  # float(True) == 1.0 would silently pick class 1
-        raise DataValidationError(f"{where}: label {value!r} is a boolean; write the class id or name")
-    if spec.kind == "classification":
-        if isinstance(value, str) and value.strip() in spec.label_names:
-            return spec.label_names.index(value.strip())
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise DataValidationError(
-                f"{where}: label {value!r} is neither a class id nor one of {spec.label_names}"
-            ) from None
-        if not number.is_integer() or not 0 <= number < spec.num_labels:
-            raise DataValidationError(f"{where}: label {value!r} is not a class id in 0..{spec.num_labels - 1}")
-        return int(number)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise DataValidationError(f"{where}: score {value!r} is not a number") from None
-    low, high = spec.score_range
-    if not math.isfinite(number) or not low <= number <= high:
-        raise DataValidationError(f"{where}: score {value!r} is outside the task's range [{low}, {high}]")
-    return number
 
 
 def find_data_file(spec: TaskSpec, data_dir: str | os.PathLike, split: str) -> Path:
@@ -178,8 +151,14 @@ def find_data_file(spec: TaskSpec, data_dir: str | os.PathLike, split: str) -> P
     )
 
 
-def load_task_split(spec: TaskSpec, path: str | os.PathLike) -> Dataset:
-    """Load and validate one file (TSV/CSV in the CS224N format, JSON lines, JSON or parquet)."""
+def load_task_split(spec: TaskSpec, path: str | os.PathLike, labels: bool = True) -> Dataset:
+    """Load and validate one file (TSV/CSV in the CS224N format, JSON lines, JSON or parquet).
+
+    Args:
+        spec: The task.
+        path: The file.
+        labels: `False` reads the text columns (and `id`) alone, e.g. inputs to predict on.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Task {spec.name!r}: data file {path} does not exist")
@@ -196,7 +175,7 @@ def load_task_split(spec: TaskSpec, path: str | os.PathLike) -> Dataset:
         except Exception as err:  # datasets wraps parser errors in several types
             raise DataValidationError(f"{path}: could not be read as {builder}: {err!r}") from err
         columns, rows = loaded.column_names, loaded
-    return Dataset.from_dict(validate_rows(spec, columns, rows, str(path)))
+    return Dataset.from_dict(validate_rows(spec, columns, rows, str(path), labels=labels))
 
 
 def load_task_data(
@@ -226,6 +205,19 @@ def load_task_data(
             raise DataValidationError(f"{source} [{split}]: a streaming IterableDataset has no length; load it whole")
         result[split] = Dataset.from_dict(validate_rows(spec, loaded.column_names, loaded, f"{source} [{split}]"))
     return DatasetDict(result)
+
+
+def load_tokenized(specs: Iterable[TaskSpec], tokenizer, data_dir: str | os.PathLike, split: str,
+                   limit: int | None = None) -> dict[str, Dataset]:
+    """`{task_name: tokenised Dataset}` of one split of every task in `data_dir`, each validated and cut to its first
+    `limit` rows when given (what `hf-multitask train`, `evaluate` and `report` read)."""
+    out = {}
+    for spec in specs:
+        dataset = load_task_data(spec, data_dir, splits=(split,))[split]
+        if limit is not None:
+            dataset = dataset.select(range(min(limit, len(dataset))))
+        out[spec.name] = tokenize_task(dataset, spec, tokenizer)
+    return out
 
 
 # ---- tokenisation ----
@@ -331,28 +323,29 @@ class MultitaskDataset(torch.utils.data.Dataset):
     def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
         return [self[i] for i in indices]
 
-    def lengths(self) -> dict[str, list[int]]:
-        """Token count of each example (both sentences of a bi-encoded pair), per task."""
-        out = {}
-        for name, ds in self.datasets.items():
-            ids = ds["input_ids"]
-            ids_b = ds[f"input_ids{PAIR_SUFFIX}"] if f"input_ids{PAIR_SUFFIX}" in ds.column_names else None
-            out[name] = [len(a) + (len(ids_b[i]) if ids_b is not None else 0) for i, a in enumerate(ids)]
-        return out
+    def lengths(self, specs: Mapping[str, TaskSpec] | None = None) -> dict[str, list[int]]:
+        """Token count of each example, per task, as the task's kind counts it (both sentences of a bi-encoded
+        pair for the built-in kinds); `specs` maps task names to specs."""
+        kinds = {name: specs[name].task_kind if specs and name in specs else _SENTENCE_KIND for name in self.datasets}
+        return {name: kinds[name].example_lengths(ds) for name, ds in self.datasets.items()}
 
 
 class MultitaskCollator:
     """Pads a batch of one task's examples and adds `task_name`; a batch of several tasks (the sampler's
     grouped mode) becomes `{task_name: batch}`, one padded batch per task, in order of first appearance.
 
+    Each task's batch is built by its kind ([`TaskKind.collate`]) when `specs` has the task.
+
     Args:
         tokenizer: Supplies the pad token and the padding side.
         pad_to_multiple_of: Optional padding multiple (8 helps tensor cores on GPUs).
+        specs: `{task_name: TaskSpec}`; the Trainer passes its model's.
     """
 
-    def __init__(self, tokenizer, pad_to_multiple_of: int | None = None):
+    def __init__(self, tokenizer, pad_to_multiple_of: int | None = None, specs: Mapping[str, TaskSpec] | None = None):
         self.tokenizer = tokenizer
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.specs = dict(specs or {})
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         by_task: dict[str, list[dict[str, Any]]] = {}
@@ -364,15 +357,9 @@ class MultitaskCollator:
         return {name: self.collate_one(name, group) for name, group in by_task.items()}
 
     def collate_one(self, task_name: str, features: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = self._pad([{k: f[k] for k in MODEL_INPUTS if k in f} for f in features])
-        if f"input_ids{PAIR_SUFFIX}" in features[0]:
-            second = self._pad([{k: f[f"{k}{PAIR_SUFFIX}"] for k in MODEL_INPUTS if f"{k}{PAIR_SUFFIX}" in f}
-                                for f in features])
-            batch.update({f"{k}{PAIR_SUFFIX}": v for k, v in second.items()})
-        if "labels" in features[0]:
-            batch["labels"] = torch.tensor([f["labels"] for f in features])
-        batch["task_name"] = task_name
-        return batch
+        spec = self.specs.get(task_name)
+        kind = spec.task_kind if spec is not None else _SENTENCE_KIND
+        return {**kind.collate(features, self._pad), "task_name": task_name}
 
     def _pad(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         return dict(self.tokenizer.pad(features, padding=True, pad_to_multiple_of=self.pad_to_multiple_of,

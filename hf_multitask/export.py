@@ -16,7 +16,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 from transformers.utils import logging
 
-from .inference import default_tokenizer, task_spec
+from .inference import batches, check_input, default_tokenizer, encode_rows, task_spec
+from .kinds import MODEL_INPUTS
 from .tasks import TaskSpec
 
 logger = logging.get_logger(__name__)
@@ -71,7 +72,8 @@ def export_task(
     pre_tanh, classifier = _check_exportable(model, spec)
     if not 0 < scale <= 0.1:
         raise ValueError(f"scale must be in (0, 0.1], got {scale}")
-    exported = AutoModelForSequenceClassification.from_config(_plain_config(model, spec)).float()
+    config = _plain_config(model, spec)  # first: a kind without an equivalent says so
+    exported = AutoModelForSequenceClassification.from_config(config).float()
     base = getattr(exported, exported.base_model_prefix)
     missing, unexpected = base.load_state_dict(model.encoder.state_dict(), strict=False)
     if unexpected or any(not key.startswith("pooler.") for key in missing):
@@ -118,14 +120,7 @@ def _plain_config(model, spec: TaskSpec):
     config = copy.deepcopy(model.config.encoder)
     config.architectures = None
     config.classifier_dropout = model.config.classifier_dropout
-    if spec.kind == "classification":
-        config.num_labels = spec.num_labels
-        config.id2label, config.label2id = spec.id2label, {name: i for i, name in spec.id2label.items()}
-        config.problem_type = "single_label_classification"
-    else:
-        config.num_labels = 1
-        config.id2label, config.label2id = {0: spec.label_column}, {spec.label_column: 0}
-        config.problem_type = "regression"
+    spec.task_kind.export_config(spec, config)
     return config
 
 
@@ -142,24 +137,15 @@ def _save_tokenizer(model, tokenizer, output_dir) -> None:
 def max_logit_difference(model, task_name: str, exported: PreTrainedModel, inputs: list, tokenizer,
                          batch_size: int = 32) -> float:
     """The largest |logit difference| between `model`'s task head and the exported model on `inputs` (strings,
-    or `(a, b)` pairs), both in fp32 and tokenised alike (the task's `max_length`)."""
-    from .inference import check_input
-
+    or `(a, b)` pairs), both in fp32, on the same batches (tokenised and collated as [`predict_logits`] does)."""
     spec = task_spec(model, task_name)
     rows = [check_input(spec, item, f"input {i}") for i, item in enumerate(inputs)]
+    features = encode_rows(spec, tokenizer, rows)
     largest = 0.0
-    was_training = model.training
-    model.eval()
     exported.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, len(rows), batch_size):
-                columns = list(zip(*rows[start:start + batch_size]))
-                batch = tokenizer(*[list(c) for c in columns], truncation=True, max_length=spec.max_length,
-                                  padding=True, return_tensors="pt")
-                ours = model(task_name=task_name, **batch.to(model.device)).logits.float()
-                theirs = exported(**batch.to(exported.device)).logits.float()
-                largest = max(largest, (ours - theirs.to(ours.device)).abs().max().item())
-    finally:
-        model.train(was_training)
+    for batch in batches(model, task_name, features, tokenizer, batch_size):
+        ours = model(**batch).logits.float()
+        plain = {k: v.to(exported.device) for k, v in batch.items() if k in MODEL_INPUTS}
+        theirs = exported(**plain).logits.float()
+        largest = max(largest, (ours - theirs.to(ours.device)).abs().max().item())
     return largest

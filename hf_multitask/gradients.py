@@ -6,8 +6,6 @@ gradients of each task into one preallocated row, calls one of these, and writes
 
 from __future__ import annotations
 
-import re
-
 import torch
 
 EPS = 1e-12
@@ -148,18 +146,6 @@ def gradvac(
 
 
 SURGERY_METHODS = ("none", "pcgrad", "gradvac")
-TASK_SPECIFIC_MODULES = ("heads", "pal")  # parameters under these belong to one task: never projected
-
-
-def is_shared_parameter(name: str) -> bool:
-    """Whether a parameter (by its qualified name) is shared by all tasks (not a head's, not a PAL's)."""
-    return not any(part in TASK_SPECIFIC_MODULES for part in name.split("."))
-
-
-def layer_group(name: str) -> str:
-    """GradVac's per-layer segment of a parameter: `layer.<i>` for encoder layers, else its top-level module."""
-    match = re.search(r"\blayer\.(\d+)\.", name)
-    return f"layer.{match.group(1)}" if match else name.split(".")[1] if name.count(".") > 1 else name
 
 
 class GradientSurgery:
@@ -176,7 +162,7 @@ class GradientSurgery:
         seed: Seeds the generator of the visiting orders.
         gradvac_beta: EMA rate of GradVac's targets.
         gradvac_per_layer: One GradVac target per parameter tensor group (`segment_ids`) instead of one overall.
-        segment_ids: Group id (e.g. `layer_group(name)`) of every parameter, for `gradvac_per_layer`.
+        segment_ids: Group id (`MultitaskModel.parameter_group(name)`) of every parameter, for `gradvac_per_layer`.
     """
 
     def __init__(self, method: str, params: list[torch.nn.Parameter], num_tasks: int, seed: int = 0,

@@ -1,11 +1,13 @@
-"""Per-task heads: dropout + linear on one sentence representation, or on a bi-encoded pair."""
+"""Head modules: dropout + linear on one sentence representation, or on a bi-encoded pair.
+
+Plain torch modules (they travel with a saved model); which head a task gets is its kind's choice
+(`TaskKind.build_head` in hf_multitask/kinds/).
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-from .tasks import TaskSpec
 
 
 class SentenceHead(nn.Module):
@@ -52,11 +54,3 @@ class CosineRegressionHead(nn.Module):
         cos = nn.functional.cosine_similarity(pooled.float(), pooled_b.float(), dim=-1)  # (batch,)
         return (self.low + cos * (self.high - self.low)).unsqueeze(-1)  # (batch, 1)
 
-
-def build_head(spec: TaskSpec, hidden_size: int, dropout: float) -> nn.Module:
-    """The head that `spec` asks for."""
-    if not spec.is_bi_encoded:
-        return SentenceHead(hidden_size, spec.num_labels, dropout)
-    if spec.kind == "classification":
-        return PairClassificationHead(hidden_size, spec.num_labels, dropout)
-    return CosineRegressionHead(spec.score_range)

@@ -5,8 +5,8 @@ and the worst-predicted examples of an evaluation.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,11 +16,7 @@ from transformers import AutoModel, AutoTokenizer, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .data import MultitaskCollator, effective_max_length, encode_texts, tokenize_task
-from .metrics import predictions_from_logits
 from .tasks import TaskSpec
-
-if TYPE_CHECKING:
-    from .modeling import MultitaskModel
 
 PIPELINE_TASK = "multitask-text-classification"
 
@@ -122,7 +118,7 @@ def check_input(spec: TaskSpec, item: Any, where: str) -> tuple[str, ...]:
     return texts
 
 
-def task_spec(model: MultitaskModel, task_name: str) -> TaskSpec:
+def task_spec(model, task_name: str) -> TaskSpec:
     """`model`'s spec of `task_name`; an unknown task is an error naming the model's tasks."""
     if task_name not in model.specs:
         raise ValueError(f"Unknown task_name {task_name!r}; this model has heads for {list(model.specs)}")
@@ -130,7 +126,7 @@ def task_spec(model: MultitaskModel, task_name: str) -> TaskSpec:
 
 
 def predict_logits(
-    model: MultitaskModel,
+    model,
     task_name: str,
     inputs: Sequence[str] | Sequence[tuple[str, str]],
     tokenizer,
@@ -159,22 +155,38 @@ def predict_logits(
     normalizer = get_normalizer(normalize)
     if normalizer is not None:
         rows = [tuple(normalizer(text) for text in row) for row in rows]
-    features = _tokenize(spec, tokenizer, rows)
-    collator, outputs = MultitaskCollator(tokenizer), []
+    return task_logits(model, task_name, encode_rows(spec, tokenizer, rows), tokenizer, batch_size)
+
+
+def batches(model, task_name: str, features, tokenizer, batch_size: int = 32) -> Iterator[dict]:
+    """Padded batches of tokenised `features` (a list of dicts or a tokenised `Dataset`), collated as in training and
+    moved to the model's device, with `torch.no_grad()` and the model in eval mode while they are consumed (put back
+    in training mode afterwards if it was in it). The one way hf-multitask feeds a model outside the Trainer."""
+    collator = MultitaskCollator(tokenizer, specs=model.specs)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             for start in range(0, len(features), batch_size):
-                batch = collator.collate_one(task_name, features[start:start + batch_size])
-                batch = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                outputs.append(model(**batch).logits.float().cpu())
+                chunk = features[start:start + batch_size]  # a Dataset's slice is a dict of columns
+                rows = chunk if isinstance(chunk, list) else [dict(zip(chunk, row)) for row in zip(*chunk.values())]
+                batch = collator.collate_one(task_name, rows)
+                yield {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     finally:
         model.train(was_training)
-    return torch.cat(outputs).numpy()
 
 
-def _tokenize(spec: TaskSpec, tokenizer, rows: list[tuple[str, ...]]) -> list[dict[str, Any]]:
+def task_logits(model, task_name: str, features, tokenizer, batch_size: int = 32) -> np.ndarray:
+    """Raw head outputs `(n, num_labels)` of `task_name` on tokenised `features` (see [`batches`])."""
+    spec = task_spec(model, task_name)
+    outputs = [model(**batch).logits.float().cpu() for batch in batches(model, task_name, features, tokenizer,
+                                                                        batch_size)]
+    return torch.cat(outputs).numpy() if outputs else np.zeros((0, spec.num_labels), dtype=np.float32)
+
+
+def encode_rows(spec: TaskSpec, tokenizer, rows: list[tuple[str, ...]]) -> list[dict[str, Any]]:
+    """Tokenised features of checked inputs (tuples of texts, see [`check_input`]), exactly as [`tokenize_task`]
+    tokenises a training split."""
     dataset = Dataset.from_dict({column: [row[j] for row in rows] for j, column in enumerate(spec.text_columns)})
     bars = is_progress_bar_enabled()
     disable_progress_bar()  # one bar per call is noise in a library function
@@ -186,7 +198,7 @@ def _tokenize(spec: TaskSpec, tokenizer, rows: list[tuple[str, ...]]) -> list[di
 
 
 def predict(
-    model: MultitaskModel,
+    model,
     task_name: str,
     inputs: Sequence[str] | Sequence[tuple[str, str]],
     tokenizer,
@@ -221,23 +233,15 @@ def predict(
     ```
     """
     spec = task_spec(model, task_name)
-    if return_probabilities and spec.kind != "classification":
-        raise ValueError(f"return_probabilities: task {task_name!r} is a regression task; it has no probabilities")
+    kind = spec.task_kind
+    if return_probabilities:
+        kind.probabilities(spec, np.zeros((0, spec.num_labels)))  # a kind without probabilities says so first
     logits = predict_logits(model, task_name, inputs, tokenizer, batch_size, normalize)
-    values = predictions_from_logits(spec, logits).tolist()
-    if spec.kind != "classification":
-        return [float(v) for v in values]
-    labels = [spec.label_names[v] for v in values]
-    return (labels, softmax(logits)) if return_probabilities else labels
+    decoded = kind.decode(spec, logits)
+    return (decoded, kind.probabilities(spec, logits)) if return_probabilities else decoded
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of `(n, num_labels)` logits."""
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
-
-
-def default_tokenizer(model: MultitaskModel):
+def default_tokenizer(model):
     """The tokenizer saved beside `model` (its `name_or_path`, else its encoder's), loaded once and cached."""
     path = model.name_or_path or model.encoder.name_or_path
     if not path:
@@ -278,22 +282,14 @@ def worst_examples(spec: TaskSpec, dataset: Dataset, logits: np.ndarray, n: int)
     if len(logits) != len(dataset):
         raise ValueError(f"Task {spec.name!r}: {len(logits)} predictions for {len(dataset)} examples")
     gold = np.asarray(dataset["labels"])
-    predictions = predictions_from_logits(spec, logits)
-    if spec.kind == "classification":
-        badness = -softmax(logits)[np.arange(len(gold)), gold]  # minus the gold label's probability
-    else:
-        badness = np.abs(predictions - gold)
+    badness = spec.task_kind.error_scores(spec, logits, gold)
     records = []
     order = np.lexsort((np.arange(len(gold)), -badness))[:n]  # worst first, then dataset order
     for i in order.tolist():
         row = dataset[i]
         record = {"task": spec.name, **({"id": row["id"]} if "id" in row else {})}
         record.update({column: row[column] for column in spec.text_columns})
-        if spec.kind == "classification":
-            record.update(gold=spec.label_names[int(gold[i])], prediction=spec.label_names[int(predictions[i])],
-                          gold_probability=float(-badness[i]))
-        else:
-            record.update(gold=float(gold[i]), prediction=float(predictions[i]), abs_error=float(badness[i]))
+        record.update(spec.task_kind.error_fields(spec, logits[i], gold[i], float(badness[i])))
         records.append(record)
     return records
 
@@ -377,12 +373,7 @@ class MultitaskPipeline(Pipeline):
 
     def postprocess(self, model_outputs: dict, task_name: str | None = None) -> dict:
         spec = self._spec(task_name)
-        logits = model_outputs["logits"][0].float().numpy()  # (num_labels,)
-        if spec.kind != "classification":
-            return {"score": float(logits[0])}
-        probabilities = softmax(logits[None])[0]
-        best = int(probabilities.argmax())
-        return {"label": spec.label_names[best], "score": float(probabilities[best])}
+        return spec.task_kind.pipeline_output(spec, model_outputs["logits"][0].float().numpy())  # (num_labels,)
 
 
 PIPELINE_REGISTRY.register_pipeline(PIPELINE_TASK, pipeline_class=MultitaskPipeline, pt_model=AutoModel,

@@ -1,11 +1,9 @@
-"""Task losses (cross-entropy, MSE, the ordinal log loss), chosen by a [`TaskSpec`]'s `loss`; symmetric KL."""
+"""Loss functions on tensors: the ordinal log loss and the symmetric KL; [`task_loss`] asks the task's kind."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from .tasks import TaskSpec
 
 
 def ordinal_log_loss(logits: torch.Tensor, labels: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
@@ -51,15 +49,7 @@ def symmetric_kl(logits_p: torch.Tensor, logits_q: torch.Tensor, reduction: str 
     return per_example.mean() if reduction == "mean" else per_example.sum()
 
 
-def task_loss(spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The loss named by `spec.loss` for a head's `logits` (`(batch, num_labels)`) and gold `labels`."""
-    if spec.kind == "regression":
-        return F.mse_loss(logits.float().view(-1), labels.float().view(-1))
-    labels = labels.long().view(-1)
-    if spec.loss == "cross_entropy":
-        return F.cross_entropy(logits.float(), labels)
-    if spec.loss == "ordinal":
-        return ordinal_log_loss(logits, labels, spec.ordinal_alpha)
-    if spec.loss == "cross_entropy+ordinal":
-        return F.cross_entropy(logits.float(), labels) + ordinal_log_loss(logits, labels, spec.ordinal_alpha)
-    raise ValueError(f"Task {spec.name!r}: unknown loss {spec.loss!r}")
+def task_loss(spec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The loss named by `spec.loss` for a head's `logits` (`(batch, num_labels)`) and gold `labels`, as the task's
+    kind computes it."""
+    return spec.task_kind.loss(spec, logits, labels)

@@ -1,15 +1,13 @@
-"""Per-task metrics through `evaluate` (modules shipped in this package) and the overall score."""
+"""Per-task metrics through `evaluate` (modules shipped in this package), their keys, and the overall score."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import evaluate
 import numpy as np
-
-from .tasks import TaskSpec
 
 MODULES_DIR = Path(__file__).parent / "evaluate_modules"
 
@@ -23,25 +21,43 @@ def load_metric(name: str) -> evaluate.EvaluationModule:
     return evaluate.load(str(MODULES_DIR / name), keep_in_memory=True)
 
 
-def predictions_from_logits(spec: TaskSpec, logits: np.ndarray) -> np.ndarray:
-    """Class ids (classification) or scores (regression) from a head's `(n, num_labels)` outputs."""
-    logits = np.asarray(logits)
-    if spec.kind == "classification":
-        return logits.argmax(-1)
-    return logits.reshape(-1)
+def metric_key(prefix: str | None, task_name: str, name: str) -> str:
+    """The one spelling of a per-task metric's key: `<prefix>_<task>_<name>`, or `<task>_<name>` without a prefix.
+
+    Example:
+
+    ```python
+    >>> metric_key("eval", "sst", "accuracy")
+    'eval_sst_accuracy'
+    ```
+    """
+    return f"{prefix}_{task_name}_{name}" if prefix else f"{task_name}_{name}"
 
 
-def compute_task_metrics(spec: TaskSpec, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def overall_key(prefix: str | None) -> str:
+    """The key of the overall score: `<prefix>_overall`."""
+    return f"{prefix}_overall" if prefix else "overall"
+
+
+def predictions_from_logits(spec, logits: np.ndarray) -> np.ndarray:
+    """Predicted labels (class ids, scores) from a head's `(n, num_labels)` outputs, as the task's kind reads them."""
+    return spec.task_kind.predictions(spec, logits)
+
+
+def compute_task_metrics(spec, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """`{<metric>: value}` for one task, from raw head outputs and gold labels."""
-    predictions = predictions_from_logits(spec, logits)
-    references = np.asarray(labels).reshape(-1)
-    return load_metric(spec.metric).compute(predictions=predictions, references=references)
+    return spec.task_kind.compute_metrics(spec, logits, labels)
 
 
-def overall_score(specs: Mapping[str, TaskSpec], metrics: Mapping[str, float], prefix: str = "") -> float:
+def overall_score(specs: Iterable, metrics: Mapping[str, float], prefix: str | None = None) -> float:
     """Mean over tasks of each task's metric mapped to [0, 1].
 
     For the CS224N tasks this is (sst_acc + para_acc + (sts_pearson + 1) / 2) / 3.
-    `metrics` holds `<prefix><task>_<metric>` keys.
+
+    Args:
+        specs: The tasks' specs (or a `{task_name: spec}` mapping).
+        metrics: Holds [`metric_key`]`(prefix, task, metric)` for every task.
+        prefix: The keys' prefix (`"eval"`, `"test"`, a split name), or `None`.
     """
-    return float(np.mean([spec.metric_to_unit(metrics[f"{prefix}{spec.metric_key}"]) for spec in specs.values()]))
+    specs = specs.values() if isinstance(specs, Mapping) else specs
+    return float(np.mean([spec.metric_to_unit(metrics[metric_key(prefix, spec.name, spec.metric)]) for spec in specs]))

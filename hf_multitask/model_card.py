@@ -8,9 +8,11 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from huggingface_hub import EvalResult, ModelCardData
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub.errors import EntryNotFoundError
 
 from .configuration import MultitaskConfig
+from .metrics import metric_key, overall_key
 from .tasks import TaskSpec
 
 MODEL_CARD_NAME = "README.md"
@@ -134,12 +136,12 @@ def is_replaceable_card(path: str | os.PathLike) -> bool:
     return any(mark in text for mark in REPLACEABLE_CARDS)
 
 
-def task_metrics(specs: Mapping[str, TaskSpec], metrics: Mapping[str, float], prefix: str = "eval_") -> dict:
-    """`{task: value of its metric, "overall": ...}` from `<prefix><task>_<metric>` or `<task>_<metric>` keys."""
+def task_metrics(specs: Mapping[str, TaskSpec], metrics: Mapping[str, float], prefix: str | None = "eval") -> dict:
+    """`{task: value of its metric, "overall": ...}` from [`metric_key`] keys with `prefix`, or without one."""
     out = {}
     for key in [*specs, "overall"]:
-        metric_key = specs[key].metric_key if key in specs else key
-        for candidate in (f"{prefix}{metric_key}", metric_key):
+        names = [metric_key(p, key, specs[key].metric) if key in specs else overall_key(p) for p in (prefix, None)]
+        for candidate in names:
             if metrics.get(candidate) is not None:
                 out[key] = float(metrics[candidate])
                 break
@@ -147,16 +149,47 @@ def task_metrics(specs: Mapping[str, TaskSpec], metrics: Mapping[str, float], pr
 
 
 def latest_eval_metrics(log_history: Sequence[Mapping[str, Any]], specs: Mapping[str, TaskSpec],
-                        prefix: str = "eval_") -> tuple[dict[str, float], int | None]:
+                        prefix: str = "eval") -> tuple[dict[str, float], int | None]:
     """The latest evaluation in a Trainer's `state.log_history` that reports any task's metric, and its step.
 
     Returns `({}, None)` when no evaluation ran.
     """
-    keys = {f"{prefix}{spec.metric_key}" for spec in specs.values()} | {f"{prefix}overall"}
+    keys = {metric_key(prefix, name, spec.metric) for name, spec in specs.items()} | {overall_key(prefix)}
     for entry in reversed(log_history):
         if keys & set(entry):
-            return {k: v for k, v in entry.items() if k.startswith(prefix)}, entry.get("step")
+            return {k: v for k, v in entry.items() if k.startswith(f"{prefix}_")}, entry.get("step")
     return {}, None
+
+
+def push_folder(model, folder: str | os.PathLike, repo_id: str, commit_message: str | None = None,
+                private: bool | None = None, token: str | bool | None = None, create_pr: bool = False,
+                revision: str | None = None, commit_description: str | None = None, tags: Sequence[str] | None = None,
+                card: Mapping[str, Any] | None = None):
+    """Upload a saved model's `folder` to the Hub repo `repo_id` as one commit (`HfApi.upload_folder`), with
+    hf-multitask's card in it, unless the repo's README.md on the Hub is the user's own: that one is kept.
+
+    Args:
+        model: The [`MultitaskModel`] saved in `folder`.
+        folder: Its directory.
+        repo_id: The Hub repo (created when missing).
+        commit_message, private, token, create_pr, revision, commit_description: As in `push_to_hub`.
+        tags: Extra Hub tags for the card.
+        card: More [`render_model_card`] arguments (metrics, training arguments).
+    """
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    try:
+        remote = str(ModelCard.load(repo_id, token=token))
+    except EntryNotFoundError:
+        remote = None
+    if remote is not None and not any(mark in remote for mark in REPLACEABLE_CARDS):
+        with open(os.path.join(folder, MODEL_CARD_NAME), "w", encoding="utf-8") as f:
+            f.write(remote)  # the user's own card on the Hub stays
+    else:
+        card = {**(card or {}), **({"tags": list(tags)} if tags else {})}
+        write_model_card(folder, model, overwrite=True, model_name=repo_id.split("/")[-1], model_id=repo_id, **card)
+    return api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message or "Upload model",
+                             commit_description=commit_description, create_pr=create_pr, revision=revision)
 
 
 def base_model_id(config: MultitaskConfig) -> str | None:
@@ -196,8 +229,7 @@ def _tags(config, specs, args, extra) -> list[str]:
         tags.append(surgery)
     if getattr(args, "smart_tasks", None):
         tags.append("smart")
-    if any("ordinal" in spec.loss for spec in specs.values()):
-        tags.append("ordinal-regression")
+    tags += [tag for spec in specs.values() for tag in spec.task_kind.card_tags(spec)]
     return list(dict.fromkeys([*tags, *(extra or [])]))
 
 
@@ -223,10 +255,7 @@ def _summary(config, specs, base) -> str:
 def _tasks_section(specs) -> str:
     rows = ["## Tasks\n", "| task | kind | outputs | inputs | loss | metric |", "|---|---|---|---|---|---|"]
     for task, spec in specs.items():
-        if spec.kind == "classification":
-            outputs = ", ".join(f"{i} = {label}" for i, label in enumerate(spec.label_names))
-        else:
-            outputs = f"a score in [{spec.score_range[0]:g}, {spec.score_range[1]:g}]"
+        outputs = spec.task_kind.card_outputs(spec)
         inputs = " + ".join(f"`{c}`" for c in spec.text_columns)
         if spec.is_pair:
             inputs += f" ({spec.pair_encoding}-encoded)"

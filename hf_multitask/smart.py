@@ -18,24 +18,21 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
-from .losses import symmetric_kl
-from .tasks import TaskSpec
+from .kinds import TaskKind, get_kind
 
 PAIRS = (("input_ids", "inputs_embeds"), ("input_ids_b", "inputs_embeds_b"))  # ids -> where the embeddings go
 
 
-def smart_divergence(kind: str, a: torch.Tensor, b: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """SMART's l_s between two head outputs: symmetric KL (`classification`) or squared error (`regression`).
+def smart_divergence(kind: str | TaskKind, a: torch.Tensor, b: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """SMART's l_s between two head outputs, as the task's kind defines it (`TaskKind.divergence`): symmetric KL
+    for classification, squared error for regression.
 
     Args:
-        kind: The task's kind.
+        kind: The task's kind, or its registered name.
         a, b: `(batch, num_labels)` logits, or `(batch, 1)` scores.
         reduction: `"mean"` or `"sum"` over the batch.
     """
-    if kind == "classification":
-        return symmetric_kl(a, b, reduction)
-    per_example = (a.float() - b.float()).pow(2).flatten(1).sum(-1)  # (batch,)
-    return per_example.mean() if reduction == "mean" else per_example.sum()
+    return (get_kind(kind) if isinstance(kind, str) else kind).divergence(a, b, reduction)
 
 
 def init_noise(embeds: torch.Tensor, noise_var: float, radius: float | None = None) -> torch.Tensor:
@@ -194,7 +191,7 @@ class SmartRegularizer:
                    epsilon=args.smart_epsilon, radius=args.smart_radius, steps=args.smart_steps,
                    lambda_s=args.smart_lambda, mu=args.smart_mu, momentum=args.smart_momentum)
 
-    def adversarial_noise(self, forward, embeds: list[torch.Tensor], clean_logits: torch.Tensor, kind: str,
+    def adversarial_noise(self, forward, embeds: list[torch.Tensor], clean_logits: torch.Tensor, kind: str | TaskKind,
                           noises: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """ν after `steps` ascent steps on l_s(forward(x + ν), clean), from `noises` or fresh N(0, σ²) draws.
 
@@ -202,7 +199,7 @@ class SmartRegularizer:
             forward: `forward(noises, detach)` -> logits at x + ν (see [`embedding_forward`]).
             embeds: The clean embeddings x, one `(batch, seq, hidden)` tensor per encoded input.
             clean_logits: f(x; θ), treated as a constant here.
-            kind: The task's kind (picks l_s).
+            kind: The task's kind, or its name (picks l_s).
             noises: Starting ν_0 (float32), e.g. to inspect a step; `None` draws them.
         """
         if noises is None:
@@ -216,26 +213,28 @@ class SmartRegularizer:
                       for n, g in zip(noises, grads)]
         return [n.detach() for n in noises]
 
-    def adversarial_loss(self, model: nn.Module, inputs: dict, clean_logits: torch.Tensor, kind: str) -> torch.Tensor:
+    def adversarial_loss(self, model: nn.Module, inputs: dict, clean_logits: torch.Tensor,
+                         kind: str | TaskKind) -> torch.Tensor:
         """R_s: l_s between the outputs at x + ν (ν found by `steps` ascent steps) and the clean outputs."""
         embeds, forward = embedding_forward(extract_model_from_parallel(model), inputs)
         noises = self.adversarial_noise(forward, embeds, clean_logits, kind)
         return smart_divergence(kind, forward(noises, False), clean_logits)
 
-    def bregman_loss(self, model: nn.Module, inputs: dict, clean_logits: torch.Tensor, kind: str) -> torch.Tensor:
+    def bregman_loss(self, model: nn.Module, inputs: dict, clean_logits: torch.Tensor,
+                     kind: str | TaskKind) -> torch.Tensor:
         """D_Breg: l_s between the clean outputs and the EMA teacher's."""
         model = extract_model_from_parallel(model)
         return smart_divergence(kind, clean_logits, self.teacher.logits(model, inputs))
 
-    def loss(self, model: nn.Module, inputs: dict, outputs, spec: TaskSpec) -> torch.Tensor:
+    def loss(self, model: nn.Module, inputs: dict, outputs, spec) -> torch.Tensor:
         """λ_s R_s + μ D_Breg for one batch of `spec`'s task, given the model's clean `outputs` on it."""
         total = outputs.logits.new_zeros((), dtype=torch.float32)
         self.last = {}
         if self.lambda_s > 0:
-            self.last["smart_adv"] = self.adversarial_loss(model, inputs, outputs.logits, spec.kind)
+            self.last["smart_adv"] = self.adversarial_loss(model, inputs, outputs.logits, spec.task_kind)
             total = total + self.lambda_s * self.last["smart_adv"]
         if self.teacher is not None:
-            self.last["smart_breg"] = self.bregman_loss(model, inputs, outputs.logits, spec.kind)
+            self.last["smart_breg"] = self.bregman_loss(model, inputs, outputs.logits, spec.task_kind)
             total = total + self.mu * self.last["smart_breg"]
         return total
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-TASK_KINDS = ("classification", "regression")
-LOSSES = ("cross_entropy", "mse", "ordinal", "cross_entropy+ordinal")
-METRICS = ("accuracy", "pearson", "spearman", "f1")
+from .kinds import KINDS, TaskKind, get_kind
+from .metrics import metric_key
+from .utils import did_you_mean
+
 PAIR_ENCODINGS = ("cross", "bi")
 
 
@@ -20,7 +19,7 @@ class TaskSpec:
 
     Args:
         name: The task's name: key of its head, value of the batch's `task_name`, prefix of its metrics.
-        kind: `"classification"` or `"regression"`.
+        kind: A registered task kind (hf_multitask/kinds/): `"classification"` or `"regression"` built in.
         text_columns: One column (single sentence) or two (a sentence pair).
         label_column: The column holding the gold label.
         label_names: Class names, index = class id (classification only).
@@ -32,6 +31,7 @@ class TaskSpec:
         loss_weight: Multiplies the task's loss in the Trainer.
         max_length: Truncation length in tokens (pairs together for `cross`, each sentence for `bi`).
         file_stem: Data files are `<file_stem>-<split>.<ext>`; defaults to `name`.
+        extra: Options for the task's kind, for kinds that take any; the built-in kinds take none.
 
     Example:
 
@@ -63,33 +63,17 @@ class TaskSpec:
         self.text_columns = tuple(self.text_columns)
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"TaskSpec.name must be a non-empty identifier, got {self.name!r}")
-        if self.kind not in TASK_KINDS:
-            raise ValueError(f"TaskSpec {self.name!r}: kind must be one of {TASK_KINDS}, got {self.kind!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"TaskSpec {self.name!r}: kind must be one of {sorted(KINDS)}, got {self.kind!r}"
+                             f"{did_you_mean(self.kind, KINDS)}")
+        kind = self.task_kind
         if len(self.text_columns) not in (1, 2):
             raise ValueError(f"TaskSpec {self.name!r}: text_columns must name 1 or 2 columns, got {self.text_columns}")
         columns = (*self.text_columns, self.label_column)
         if len(set(columns)) != len(columns):
             raise ValueError(f"TaskSpec {self.name!r}: text_columns and label_column must be distinct, got "
                              f"{self.text_columns} and {self.label_column!r}")
-        if self.kind == "classification":
-            if not self.label_names or len(self.label_names) < 2:
-                raise ValueError(f"TaskSpec {self.name!r}: classification needs label_names with >= 2 entries")
-            if len(set(self.label_names)) != len(self.label_names):
-                raise ValueError(f"TaskSpec {self.name!r}: label_names has duplicates: {self.label_names}")
-            self.loss = self.loss or "cross_entropy"
-            self.metric = self.metric or "accuracy"
-            allowed_losses, allowed_metrics = ("cross_entropy", "ordinal", "cross_entropy+ordinal"), ("accuracy", "f1")
-        else:
-            if self.score_range is None or len(self.score_range) != 2 or self.score_range[0] >= self.score_range[1]:
-                raise ValueError(f"TaskSpec {self.name!r}: regression needs score_range=(low, high) with low < high")
-            self.score_range = (float(self.score_range[0]), float(self.score_range[1]))
-            self.loss = self.loss or "mse"
-            self.metric = self.metric or "pearson"
-            allowed_losses, allowed_metrics = ("mse",), ("pearson", "spearman")
-        if self.loss not in allowed_losses:
-            raise ValueError(f"TaskSpec {self.name!r}: loss {self.loss!r} not valid for {self.kind}: {allowed_losses}")
-        if self.metric not in allowed_metrics:
-            raise ValueError(f"TaskSpec {self.name!r}: metric {self.metric!r} not valid for {self.kind}")
+        kind.check_spec(self)
         if self.pair_encoding not in PAIR_ENCODINGS:
             raise ValueError(f"TaskSpec {self.name!r}: pair_encoding must be one of {PAIR_ENCODINGS}")
         if self.loss_weight < 0:
@@ -106,9 +90,14 @@ class TaskSpec:
         return self.is_pair and self.pair_encoding == "bi"
 
     @property
+    def task_kind(self) -> TaskKind:
+        """The registered [`TaskKind`] named by `kind`: everything kind-specific is asked of it."""
+        return get_kind(self.kind)
+
+    @property
     def num_labels(self) -> int:
-        """Output size of the head: number of classes, or 1 for regression."""
-        return len(self.label_names) if self.kind == "classification" else 1
+        """Output size of the head (number of classes; 1 for regression)."""
+        return self.task_kind.num_labels(self)
 
     @property
     def id2label(self) -> dict[int, str] | None:
@@ -116,12 +105,12 @@ class TaskSpec:
 
     @property
     def metric_key(self) -> str:
-        """The metric's key in evaluation results: `<task>_<metric>`."""
-        return f"{self.name}_{self.metric}"
+        """The metric's key in evaluation results without a prefix: `<task>_<metric>` ([`metric_key`])."""
+        return metric_key(None, self.name, self.metric)
 
     def metric_to_unit(self, value: float) -> float:
-        """Map the task's metric to [0, 1] for the overall score (correlations r -> (r + 1) / 2)."""
-        return (value + 1.0) / 2.0 if self.metric in ("pearson", "spearman") else value
+        """The task's metric mapped to [0, 1] for the overall score (correlations r -> (r + 1) / 2)."""
+        return self.task_kind.metric_to_unit(self, value)
 
     def replace(self, **changes) -> TaskSpec:
         return dataclasses.replace(self, **changes)
@@ -192,20 +181,6 @@ def sts_task(**overrides) -> TaskSpec:
 
 
 PRESETS = {"sst": sst_task, "quora": quora_task, "sts": sts_task}
-
-
-def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    """`" (did you mean 'x'?)"` for the closest of `choices` to a misspelled `name`, or `""` when none is close.
-
-    Example:
-
-    ```python
-    >>> did_you_mean("sentense", ["id", "sentence", "sentiment"])
-    " (did you mean 'sentence'?)"
-    ```
-    """
-    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def get_task(name: str, **overrides) -> TaskSpec:

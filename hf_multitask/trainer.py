@@ -9,10 +9,11 @@ from collections.abc import Mapping
 
 import torch
 from torch.utils.data import DataLoader
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints, speed_metrics
 from transformers.utils import logging
 
+from .callbacks import NonFiniteGuard, NonFiniteLossError, SamplerEpochCallback, SmartTeacherCallback, TaskMetrics
 from .checkpointing import (
     CheckpointError,
     last_complete_checkpoint,
@@ -21,106 +22,12 @@ from .checkpointing import (
     verify_checkpoint,
 )
 from .data import MultitaskCollator, MultitaskDataset
-from .gradients import GradientSurgery, is_shared_parameter, layer_group
-from .metrics import compute_task_metrics, overall_score
+from .gradients import GradientSurgery
+from .metrics import compute_task_metrics, metric_key, overall_key, overall_score
 from .sampling import MultitaskBatchSampler
 from .smart import SmartRegularizer
 
 logger = logging.get_logger(__name__)
-
-class _SamplerEpochCallback(TrainerCallback):
-    """Sets the sampler's epoch before each epoch, whatever wrappers accelerate put around it."""
-
-    def __init__(self, trainer: MultitaskTrainer):
-        self.trainer = trainer
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        sampler = self.trainer.train_sampler
-        if sampler is not None:
-            sampler.set_epoch(int((state.epoch or 0.0) + 1e-9))
-
-
-class _SmartTeacherCallback(TrainerCallback):
-    """Starts SMART's EMA teacher from the wrapped model's weights and updates it after every optimizer step.
-
-    Both hooks run on every rank, after DDP has synchronised the weights, so the teacher is the same everywhere.
-    """
-
-    def __init__(self, trainer: MultitaskTrainer):
-        self.trainer = trainer
-
-    def _model(self):
-        return self.trainer.accelerator.unwrap_model(self.trainer.model)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        teacher = self.trainer.smart.teacher
-        if not teacher.restored:  # a resumed run continues the checkpoint's teacher
-            teacher.initialize(self._model())
-        teacher.restored = False
-
-    def on_optimizer_step(self, args, state, control, **kwargs):
-        if not (self.trainer.accelerator.optimizer_step_was_skipped or self.trainer._nonfinite.skipping):
-            self.trainer.smart.teacher.update(self._model())
-
-
-class _TaskMetrics:
-    """Per-task training metrics (`loss_<task>`, `smart_adv_<task>`, ...) summed on device between two logs."""
-
-    def __init__(self):
-        self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, int] = {}
-
-    def add(self, key: str, value: torch.Tensor) -> None:
-        self.sums[key] = self.sums.get(key, 0.0) + value.detach().float()
-        self.counts[key] = self.counts.get(key, 0) + 1
-
-    def drain(self, keys: list[str], accelerator, device) -> dict[str, float]:
-        """Means since the last drain, averaged over all ranks (`keys`: the same list, in order, on every rank)."""
-        sums = torch.stack([torch.as_tensor(self.sums.get(k, 0.0), device=device, dtype=torch.float32) for k in keys])
-        counts = torch.tensor([self.counts.get(k, 0) for k in keys], device=device, dtype=torch.float32)
-        totals = accelerator.reduce(torch.stack([sums, counts]), reduction="sum")
-        self.sums, self.counts = {}, {}
-        return {k: float(f"{s / c:.4g}") for k, s, c in zip(keys, *totals.tolist()) if c > 0}
-
-
-class NonFiniteLossError(RuntimeError):
-    """Raised after `nonfinite_loss_limit` optimizer steps in a row were skipped for NaN or inf losses."""
-
-
-class _NonFiniteGuard:
-    """Decides, the same way on every rank, whether an optimizer step must be skipped for a NaN or inf loss.
-
-    Losses are flagged per task on device (no host sync per micro-batch); at each optimizer step the flags are
-    summed across ranks in one small all-reduce, and the step is skipped everywhere when any is set.
-    """
-
-    def __init__(self, task_names: list[str], limit: int):
-        self.task_names, self.limit = list(task_names), limit
-        self.flags: torch.Tensor | None = None
-        self.in_a_row = 0  # skipped steps since the last good one
-        self.skipped = 0  # skipped steps in the whole run
-        self.unlogged = 0  # skipped steps since the last log
-        self.skipping = False  # the current optimizer step is skipped
-
-    def record(self, task_name: str, loss: torch.Tensor) -> None:
-        if self.flags is None or self.flags.device != loss.device:
-            self.flags = torch.zeros(len(self.task_names), device=loss.device)
-        self.flags[self.task_names.index(task_name)] += (~torch.isfinite(loss.detach())).float().sum()
-
-    def bad_tasks(self, accelerator) -> list[str]:
-        """Tasks with a non-finite loss on any rank since the last call (call at every optimizer step)."""
-        if self.flags is None:
-            return []
-        flags = accelerator.reduce(self.flags, reduction="sum") if accelerator.num_processes > 1 else self.flags
-        self.flags = None
-        return [name for name, flag in zip(self.task_names, flags.tolist()) if flag > 0]
-
-    def state_dict(self) -> dict:
-        return {"in_a_row": self.in_a_row, "skipped": self.skipped}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.in_a_row, self.skipped = int(state.get("in_a_row", 0)), int(state.get("skipped", 0))
-
 
 class MultitaskTrainer(Trainer):
     """Trains a [`MultitaskModel`] on several tasks at once.
@@ -152,17 +59,17 @@ class MultitaskTrainer(Trainer):
         if eval_dataset is not None and not isinstance(eval_dataset, Mapping):
             raise TypeError("MultitaskTrainer needs eval_dataset as {task_name: Dataset}")
         if data_collator is None and processing_class is not None:
-            data_collator = MultitaskCollator(processing_class)
+            data_collator = MultitaskCollator(processing_class, specs=multitask_base(model).specs)
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
         self._check_tasks()
         self.train_sampler: MultitaskBatchSampler | None = None
-        self._task_metrics = _TaskMetrics()
+        self._task_metrics = TaskMetrics()
         self._task_metric_names = ["loss"]
         # Extra training state saved with every checkpoint and restored on resume: {name: has state_dict()}
         self._stateful: dict[str, object] = {}
-        self.add_callback(_SamplerEpochCallback(self))
-        self._nonfinite = _NonFiniteGuard(list(self.specs), getattr(self.args, "nonfinite_loss_limit", 10))
+        self.add_callback(SamplerEpochCallback(self))
+        self._nonfinite = NonFiniteGuard(list(self.specs), getattr(self.args, "nonfinite_loss_limit", 10))
         self._stateful["nonfinite"] = self._nonfinite
         self.smart = self._build_smart()
         self.surgery = self._build_surgery()
@@ -170,7 +77,13 @@ class MultitaskTrainer(Trainer):
 
     @property
     def specs(self):
-        return self.accelerator.unwrap_model(self.model).specs if hasattr(self, "accelerator") else self.model.specs
+        return self.multitask_model.specs
+
+    @property
+    def multitask_model(self):
+        """The [`MultitaskModel`] inside whatever wraps it (accelerate, DDP, peft)."""
+        wrapped = self.accelerator.unwrap_model(self.model) if hasattr(self, "accelerator") else self.model
+        return multitask_base(wrapped)
 
     def _check_tasks(self) -> None:
         heads = set(self.specs)
@@ -193,14 +106,14 @@ class MultitaskTrainer(Trainer):
                                                           ("smart_breg", smart.teacher is not None)) if on]
         if smart.teacher is not None:
             self._stateful["smart"] = smart
-            self.add_callback(_SmartTeacherCallback(self))
+            self.add_callback(SmartTeacherCallback(self))
         return smart
 
     def _build_surgery(self) -> GradientSurgery | None:
         if not getattr(self.args, "task_sampling_grouped", False):
             return None
-        model = self.accelerator.unwrap_model(self.model)
-        shared = [(n, p) for n, p in model.named_parameters() if p.requires_grad and is_shared_parameter(n)]
+        model = self.multitask_model
+        shared = model.named_shared_parameters(root=self.accelerator.unwrap_model(self.model))
         if not shared:
             logger.warning("Grouped batches with no shared trainable parameters (frozen encoder?): gradient surgery "
                            "has nothing to project, so each step is the plain sum of the task losses.")
@@ -208,7 +121,7 @@ class MultitaskTrainer(Trainer):
         surgery = GradientSurgery(
             method, [p for _, p in shared], num_tasks=len(self.specs), seed=self.args.seed,
             gradvac_beta=self.args.gradvac_beta, gradvac_per_layer=self.args.gradvac_per_layer,
-            segment_ids=[layer_group(n) for n, _ in shared],
+            segment_ids=[model.parameter_group(n) for n, _ in shared],
         )
         self._stateful["gradient_surgery"] = surgery
         return surgery
@@ -239,7 +152,7 @@ class MultitaskTrainer(Trainer):
             dataset.task_sizes, batch_size=self._train_batch_size,
             strategy=getattr(args, "task_sampling", "annealed"), seed=args.data_seed or args.seed,
             num_processes=args.world_size, process_index=args.process_index,
-            lengths=dataset.lengths() if group else None, group_by_length=group,
+            lengths=dataset.lengths(self.specs) if group else None, group_by_length=group,
             grouped=getattr(args, "task_sampling_grouped", False),
         )
         if args.max_steps > 0:
@@ -430,10 +343,11 @@ class MultitaskTrainer(Trainer):
     def _head_lr_param_groups(self, model, head_lr: float) -> list[dict]:
         """Trainable parameters in up to four groups: (encoder and PALs | heads) x (weight decay | none)."""
         decay = set(self.get_decay_parameter_names(model))
+        owners = self.multitask_model.task_parameter_owners()
         groups = {(is_head, decays): [] for is_head in (False, True) for decays in (True, False)}
         for name, param in model.named_parameters():
             if param.requires_grad:
-                groups["heads" in name.split("."), name in decay].append(param)
+                groups[owners.get(id(param), (None, None))[1] == "heads", name in decay].append(param)
         return [  # the encoder's decay group first: the Trainer logs param_groups[0]'s rate as `learning_rate`
             {"params": params, "weight_decay": self.args.weight_decay if decays else 0.0,
              **({"lr": head_lr} if is_head else {})}
@@ -459,32 +373,37 @@ class MultitaskTrainer(Trainer):
             tags = [tags] if isinstance(tags, str) else tags
             datasets = [dataset_tags] if isinstance(dataset_tags, str) else dataset_tags
             self._write_model_card(self.args.output_dir, language=language, license=license, tags=tags,
-                                   model_name=model_name, base_model=finetuned_from, datasets=datasets)
+                                   model_name=model_name, base_model=finetuned_from, datasets=datasets,
+                                   **self._card_kwargs())
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """The parent's save, then the model card with the latest evaluation's metrics and the training arguments."""
-        super().save_model(output_dir, _internal_call=True)  # the push, if any, comes after the card below
-        if self.args.should_save:
-            self._write_model_card(output_dir or self.args.output_dir)
+        """The parent's save, with the model card (latest evaluation's metrics, training arguments) written once:
+        by the model's `save_pretrained`, or after the save for a peft-wrapped model, whose save writes no card."""
+        output_dir = output_dir or self.args.output_dir
+        wrapped, model = self.accelerator.unwrap_model(self.model), self.multitask_model
+        card = self._card_kwargs() if self.args.should_save else None
+        model.card_context = card if wrapped is model else None
+        try:
+            super().save_model(output_dir, _internal_call=True)  # the push, if any, comes after the card
+        finally:
+            model.card_context = None
+        if card is not None and wrapped is not model:
+            self._write_model_card(output_dir, **card)
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
-    def _write_model_card(self, output_dir: str, **kwargs) -> None:
-        from .model_card import latest_eval_metrics, write_model_card
-        from .modeling import MultitaskModel
+    def _card_kwargs(self) -> dict:
+        from .model_card import latest_eval_metrics
 
-        model = self.accelerator.unwrap_model(self.model)
-        if not isinstance(model, MultitaskModel) and hasattr(model, "get_base_model"):  # peft
-            model = model.get_base_model()
-        if not isinstance(model, MultitaskModel):
-            return
-        metrics, step = latest_eval_metrics(self.state.log_history, model.specs)
-        written = write_model_card(
-            output_dir, model, metrics=metrics, training_args=self.args, trained_steps=self.state.global_step,
-            results_source=f"the Trainer's latest evaluation (step {step})" if metrics else None,
-            model_id=self.hub_model_id or self.args.hub_model_id, **kwargs,
-        )
-        if not written:
+        metrics, step = latest_eval_metrics(self.state.log_history, self.specs)
+        return {"metrics": metrics, "training_args": self.args, "trained_steps": self.state.global_step,
+                "results_source": f"the Trainer's latest evaluation (step {step})" if metrics else None,
+                "model_id": self.hub_model_id or self.args.hub_model_id}
+
+    def _write_model_card(self, output_dir: str, **kwargs) -> None:
+        from .model_card import write_model_card
+
+        if not write_model_card(output_dir, self.multitask_model, **kwargs):
             logger.warning_once(f"{output_dir}/README.md was not written by hf-multitask: kept, no model card written")
 
     # ---- evaluation ----
@@ -494,7 +413,7 @@ class MultitaskTrainer(Trainer):
         datasets = eval_dataset if eval_dataset is not None else self.eval_dataset
         if not isinstance(datasets, Mapping) or not datasets:
             raise TypeError("MultitaskTrainer.evaluate needs eval_dataset as a non-empty {task_name: Dataset}")
-        self._memory_tracker.start()
+        self._memory_tracker.start()  # the parent's evaluate does this too; transformers has no public API for it
         start_time, num_samples, metrics = time.time(), 0, {}
         specs = self.specs
         for task_name, dataset in datasets.items():
@@ -507,10 +426,10 @@ class MultitaskTrainer(Trainer):
             )
             metrics.update(output.metrics)
             task_metrics = compute_task_metrics(specs[task_name], output.predictions, output.label_ids)
-            metrics.update({f"{metric_key_prefix}_{task_name}_{k}": v for k, v in task_metrics.items()})
+            metrics.update({metric_key(metric_key_prefix, task_name, k): v for k, v in task_metrics.items()})
             num_samples += output.num_samples
         evaluated = {name: specs[name] for name in datasets}
-        metrics[f"{metric_key_prefix}_overall"] = overall_score(evaluated, metrics, prefix=f"{metric_key_prefix}_")
+        metrics[overall_key(metric_key_prefix)] = overall_score(evaluated, metrics, prefix=metric_key_prefix)
         total_batch_size = self.args.eval_batch_size * self.args.world_size
         metrics.update(speed_metrics(metric_key_prefix, start_time, num_samples=num_samples,
                                      num_steps=math.ceil(num_samples / total_batch_size)))
@@ -519,9 +438,9 @@ class MultitaskTrainer(Trainer):
         self._memory_tracker.stop_and_update_metrics(metrics)
         return metrics
 
-    def predict_task(self, task_name: str, dataset) -> torch.Tensor:
-        """Raw head outputs `(n, num_labels)` for one task's tokenised dataset."""
-        output = self.evaluation_loop(self.get_eval_dataloader(MultitaskDataset({task_name: dataset})),
-                                      description=f"Prediction [{task_name}]", prediction_loss_only=False,
-                                      metric_key_prefix=f"test_{task_name}")
-        return output.predictions
+
+def multitask_base(model):
+    """`model` itself, or the model a peft wrapper holds (`get_base_model()`): the one with `specs`."""
+    if not hasattr(model, "specs") and hasattr(model, "get_base_model"):
+        return model.get_base_model()
+    return model

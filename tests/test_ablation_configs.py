@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hf_multitask.cli import build_task_specs, parse_train_args
+from hf_multitask.build import build_task_specs
+from hf_multitask.cli import parse_train_args
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "examples" / "cs224n" / "ablation"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))

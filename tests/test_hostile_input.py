@@ -28,16 +28,9 @@ from hf_multitask import (
     load_task_split,
     tokenize_task,
 )
-from hf_multitask.cli import (
-    ModelArguments,
-    build_model,
-    build_task_specs,
-    fit_tokenizer_to_model,
-    load_config_file,
-    load_tokenized,
-    main,
-)
-from hf_multitask.data import DataValidationError
+from hf_multitask.build import ModelArguments, build_model, build_task_specs, fit_tokenizer_to_model
+from hf_multitask.cli import load_config_file, main
+from hf_multitask.data import DataValidationError, load_tokenized
 
 from .conftest import SST_ROWS, STS_ROWS, write_tsv
 

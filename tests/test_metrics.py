@@ -21,4 +21,4 @@ def test_f1_and_spearman():
 def test_overall_score_is_the_cs224n_formula():
     specs = {t.name: t for t in cs224n_tasks()}
     metrics = {"eval_sst_accuracy": 0.5, "eval_quora_accuracy": 0.8, "eval_sts_pearson": 0.6}
-    assert overall_score(specs, metrics, prefix="eval_") == pytest.approx((0.5 + 0.8 + (0.6 + 1) / 2) / 3)
+    assert overall_score(specs, metrics, prefix="eval") == pytest.approx((0.5 + 0.8 + (0.6 + 1) / 2) / 3)

@@ -10,6 +10,7 @@ from huggingface_hub import ModelCard
 from huggingface_hub.errors import EntryNotFoundError
 from transformers import Trainer
 
+import hf_multitask.model_card
 from hf_multitask import (
     MultitaskConfig,
     MultitaskModel,
@@ -50,7 +51,7 @@ class FakeHub:
     def create_repo(self, repo_id, **kwargs):
         return SimpleNamespace(repo_id=repo_id)
 
-    def upload_folder(self, folder_path, **kwargs):  # Trainer.push_to_hub
+    def upload_folder(self, folder_path, **kwargs):  # Trainer.push_to_hub, MultitaskModel.push_to_hub
         self.readmes.append(Path(folder_path, "README.md").read_text(encoding="utf-8"))
 
     def create_commit(self, repo_id, operations, **kwargs):  # PreTrainedModel.push_to_hub
@@ -63,6 +64,7 @@ def hub(monkeypatch):
     fake = FakeHub()
     for module in (transformers.trainer, transformers.modeling_utils, transformers.utils.hub):
         monkeypatch.setattr(module, "hf_api", lambda: fake)
+    monkeypatch.setattr(hf_multitask.model_card, "HfApi", lambda **kwargs: fake)  # MultitaskModel.push_to_hub
     return fake
 
 

@@ -17,7 +17,7 @@ from hf_multitask import (
     load_task_data,
     tokenize_task,
 )
-from hf_multitask.cli import ModelArguments, build_model
+from hf_multitask.build import ModelArguments, build_model
 from hf_multitask.pal import PalConfig, ProjectedAttention
 
 TASKS = ("sst", "quora", "sts")

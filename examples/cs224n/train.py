@@ -17,9 +17,9 @@ from hf_multitask import (  # hf-multitask
     MultitaskTrainingArguments,
     cs224n_tasks,
     load_task_data,
+    resolve_encoder_path,
     tokenize_task,
 )
-from hf_multitask.modeling import resolve_encoder_path
 
 
 def main():

@@ -48,8 +48,6 @@ class TaskPal(nn.Module):
         layers: Indices of the layers that get the term.
     """
 
-    adapter_layer_names = ("V_E", "V_D", "attention")  # as in peft's layers: the modules that hold adapter weights
-
     def __init__(self, config: PalConfig, hidden_size: int, layers: list[int]):
         super().__init__()
         self.shared = config.shared_across_layers

@@ -141,9 +141,15 @@ class PalModel(nn.ModuleDict):
 
 
 def adapter_state_dict(model, include_heads: bool = True) -> dict[str, torch.Tensor]:
-    """The PAL parameters (and the PAL tasks' heads) of `model`, under their names in the model."""
-    prefixes = ("pal.", *(f"heads.{t}." for t in model.pal.pal_config.tasks if include_heads))
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k.startswith(prefixes)}
+    """The PAL parameters (and the PAL tasks' heads) of `model`, under their names in the model; which parameters
+    those are is the model's answer (`MultitaskModel.task_parameter_owners`)."""
+    owners, tasks = model.task_parameter_owners(), set(model.pal.pal_config.tasks)
+
+    def wanted(param) -> bool:
+        task, attribute = owners.get(id(param), (None, None))
+        return attribute == "pal" or (include_heads and attribute == "heads" and task in tasks)
+
+    return {k: p.detach().cpu().contiguous() for k, p in model.named_parameters() if wanted(p)}
 
 
 def save_adapter(model, directory: str | os.PathLike, include_heads: bool = True) -> None:

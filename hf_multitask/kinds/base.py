@@ -1,0 +1,208 @@
+"""[`TaskKind`]: everything that differs between kinds of task, behind one interface, and the kinds registry.
+
+A [`TaskSpec`](../tasks.py) names its kind (`spec.kind`); `spec.task_kind` is the registered `TaskKind`, and every
+other module asks it instead of testing the kind's name. A kind is one module: a `TaskKind` subclass and a
+`register_kind(...)` line (see docs/architecture.md, "Adding a task kind").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..utils import did_you_mean
+
+PAIR_SUFFIX = "_b"  # the second sentence of a bi-encoded pair: input_ids_b, attention_mask_b, token_type_ids_b
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class DataValidationError(ValueError):
+    """A data file or dataset does not match its task spec; the message names file, row and column."""
+
+
+class TaskKind:
+    """The behaviour of one kind of task. Subclasses set the class attributes and implement the methods that raise
+    `NotImplementedError`; the others have defaults that suit sentence-level tasks.
+
+    Every method takes the task's spec: a kind holds no per-task state, so one instance serves every task of the kind.
+
+    Attributes:
+        name: The value of `TaskSpec.kind` that selects this kind.
+        losses: Allowed values of `TaskSpec.loss`; the first is the default.
+        metrics: Allowed values of `TaskSpec.metric`; the first is the default.
+        options: Keys the kind reads from `TaskSpec.extra` (none for the built-in kinds).
+    """
+
+    name: ClassVar[str] = ""
+    losses: ClassVar[tuple[str, ...]] = ()
+    metrics: ClassVar[tuple[str, ...]] = ()
+    options: ClassVar[tuple[str, ...]] = ()
+
+    # ---- the spec ----
+
+    def check_spec(self, spec) -> None:
+        """Fill the spec's kind-dependent defaults (`loss`, `metric`) and reject what makes no sense for the kind,
+        with a `ValueError` naming the task and the field. Called by `TaskSpec.__post_init__`."""
+        spec.loss = spec.loss or self.losses[0]
+        spec.metric = spec.metric or self.metrics[0]
+        if spec.loss not in self.losses:
+            raise ValueError(f"TaskSpec {spec.name!r}: loss {spec.loss!r} not valid for {self.name}: {self.losses}")
+        if spec.metric not in self.metrics:
+            raise ValueError(f"TaskSpec {spec.name!r}: metric {spec.metric!r} not valid for {self.name}")
+        unknown = sorted(set(spec.extra) - set(self.options))
+        if unknown:
+            raise ValueError(f"TaskSpec {spec.name!r}: extra has option(s) {unknown} that {self.name} tasks do not "
+                             f"take{did_you_mean(unknown[0], self.options)}; they take {list(self.options)}")
+
+    def num_labels(self, spec) -> int:
+        """The head's output size."""
+        raise NotImplementedError
+
+    # ---- the model ----
+
+    def build_head(self, spec, hidden_size: int, dropout: float) -> nn.Module:
+        """The task's head: `forward(pooled, pooled_b)` -> `(batch, num_labels)`."""
+        raise NotImplementedError
+
+    def loss(self, spec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss named by `spec.loss`, a mean over the batch."""
+        raise NotImplementedError
+
+    def divergence(self, a: torch.Tensor, b: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """SMART's l_s between two head outputs of the same inputs (`"mean"` or `"sum"` over the batch)."""
+        raise NotImplementedError
+
+    # ---- data ----
+
+    def parse_label(self, spec, value: Any, where: str) -> Any:
+        """One gold label from a file or dataset; an empty, boolean or invalid value is a [`DataValidationError`]
+        that starts with `where` (file, row, column)."""
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise DataValidationError(f"{where}: empty label")
+        if isinstance(value, bool):  # float(True) == 1.0 would silently pick class 1
+            raise DataValidationError(f"{where}: label {value!r} is a boolean; write the class id or name")
+        return self.parse_value(spec, value, where)
+
+    def parse_value(self, spec, value: Any, where: str) -> Any:
+        """[`parse_label`] after the checks every kind shares."""
+        raise NotImplementedError
+
+    def check_labels(self, spec, labels: list, source: str) -> None:
+        """A look at all of a split's parsed labels at once (e.g. a warning for classes that never occur)."""
+
+    def example_lengths(self, dataset) -> list[int]:
+        """Token count of each example of a tokenised dataset, for length grouping (both sentences of a
+        bi-encoded pair)."""
+        ids = dataset["input_ids"]
+        ids_b = dataset[f"input_ids{PAIR_SUFFIX}"] if f"input_ids{PAIR_SUFFIX}" in dataset.column_names else None
+        return [len(a) + (len(ids_b[i]) if ids_b is not None else 0) for i, a in enumerate(ids)]
+
+    def collate(self, features: list[dict], pad: Callable[[list[dict]], dict]) -> dict:
+        """One padded batch of this kind's tokenised examples; `pad` pads a list of tokenizer features."""
+        batch = pad([{k: f[k] for k in MODEL_INPUTS if k in f} for f in features])
+        if f"input_ids{PAIR_SUFFIX}" in features[0]:
+            second = pad([{k: f[f"{k}{PAIR_SUFFIX}"] for k in MODEL_INPUTS if f"{k}{PAIR_SUFFIX}" in f}
+                          for f in features])
+            batch.update({f"{k}{PAIR_SUFFIX}": v for k, v in second.items()})
+        if "labels" in features[0]:
+            batch["labels"] = torch.tensor([f["labels"] for f in features])
+        return batch
+
+    # ---- predictions and metrics ----
+
+    def predictions(self, spec, logits: np.ndarray) -> np.ndarray:
+        """Predicted labels (ids or values) from the head's `(n, num_labels)` outputs."""
+        raise NotImplementedError
+
+    def compute_metrics(self, spec, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """`{metric name: value}` from raw head outputs and gold labels (`spec.metric` through `evaluate`)."""
+        from ..metrics import load_metric
+
+        references = np.asarray(labels).reshape(-1)
+        return load_metric(spec.metric).compute(predictions=self.predictions(spec, logits), references=references)
+
+    def metric_to_unit(self, spec, value: float) -> float:
+        """The task's metric mapped to [0, 1] for the overall score."""
+        return value
+
+    def decode(self, spec, logits: np.ndarray) -> list:
+        """Human-readable predictions, one per example (label names, scores)."""
+        raise NotImplementedError
+
+    def probabilities(self, spec, logits: np.ndarray) -> np.ndarray:
+        """Per-label probabilities `(n, num_labels)`; a `ValueError` for kinds that have none."""
+        raise ValueError(f"return_probabilities: task {spec.name!r} is a {self.name} task; it has no probabilities")
+
+    def pipeline_output(self, spec, logits: np.ndarray) -> dict:
+        """The pipeline's answer for one example from its `(num_labels,)` outputs."""
+        raise NotImplementedError
+
+    def prediction_records(self, spec, logits: np.ndarray) -> list[dict]:
+        """`hf-multitask predict`'s fields for each example."""
+        raise NotImplementedError
+
+    def error_scores(self, spec, logits: np.ndarray, gold: np.ndarray) -> np.ndarray:
+        """How wrong each prediction is (larger is worse), to rank the worst examples."""
+        raise NotImplementedError
+
+    def error_fields(self, spec, logits: np.ndarray, gold: Any, score: float) -> dict:
+        """`gold`, `prediction` and the error measure of one example, for the worst-examples listing."""
+        raise NotImplementedError
+
+    # ---- export, model card, report ----
+
+    def export_config(self, spec, config) -> None:
+        """Set `num_labels`, `id2label` / `label2id` and `problem_type` of an exported
+        `AutoModelForSequenceClassification` config; a `ValueError` where the kind has no such equivalent."""
+        raise ValueError(f"Task {spec.name!r}: {self.name} tasks have no AutoModelForSequenceClassification "
+                         "equivalent; serve the model with hf-multitask")
+
+    def card_outputs(self, spec) -> str:
+        """What the head outputs, for the model card's task table."""
+        raise NotImplementedError
+
+    def card_tags(self, spec) -> list[str]:
+        """Hub tags this task adds to the model card."""
+        return []
+
+    def plot_predictions(self, spec, gold: np.ndarray, predicted: np.ndarray, output_dir, split: str):
+        """A PNG in `output_dir` (a `Path`) comparing predictions on `split` with gold labels (`hf-multitask
+        report`); returns its path."""
+        raise NotImplementedError
+
+
+# ---- the registry ----
+
+KINDS: dict[str, TaskKind] = {}
+
+
+def register_kind(kind: TaskKind) -> TaskKind:
+    """Register `kind` under `kind.name` (a new name, or the same class again); returns it.
+
+    Example:
+
+    ```python
+    >>> from hf_multitask.kinds import ClassificationKind, register_kind
+    >>> class Binary(ClassificationKind):  # doctest: +SKIP
+    ...     name = "binary"
+    >>> register_kind(Binary())  # doctest: +SKIP
+    ```
+    """
+    if not kind.name:
+        raise ValueError(f"{type(kind).__name__}.name is empty: a kind needs a name")
+    known = KINDS.get(kind.name)
+    if known is not None and type(known) is not type(kind):
+        raise ValueError(f"Task kind {kind.name!r} is registered already (by {type(known).__name__})")
+    KINDS[kind.name] = kind
+    return kind
+
+
+def get_kind(name: str) -> TaskKind:
+    """The registered kind called `name`; an unknown name is an error listing the known ones."""
+    if name not in KINDS:
+        raise ValueError(f"Unknown task kind {name!r}{did_you_mean(name, KINDS)}; known kinds: {sorted(KINDS)}")
+    return KINDS[name]

@@ -1,0 +1,105 @@
+"""`regression`: one score in `score_range` per example (STS-B); mean squared error, Pearson or Spearman r."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..heads import CosineRegressionHead, SentenceHead
+from .base import DataValidationError, TaskKind, register_kind
+
+
+class RegressionKind(TaskKind):
+    """A real-valued score in `spec.score_range`; MSE loss; Pearson or Spearman correlation, mapped to [0, 1] for
+    the overall score as (r + 1) / 2.
+
+    The head is dropout + linear to one output on the pooled sentence (or cross-encoded pair); for a bi-encoded
+    pair it is the cosine of the two sentence vectors scaled onto the range (sentence-transformers' convention).
+    """
+
+    name = "regression"
+    losses = ("mse",)
+    metrics = ("pearson", "spearman")
+
+    def check_spec(self, spec) -> None:
+        if spec.score_range is None or len(spec.score_range) != 2 or spec.score_range[0] >= spec.score_range[1]:
+            raise ValueError(f"TaskSpec {spec.name!r}: regression needs score_range=(low, high) with low < high")
+        if spec.label_names is not None:
+            raise ValueError(f"TaskSpec {spec.name!r}: label_names are for classification tasks; a regression task "
+                             "has a score_range")
+        spec.score_range = (float(spec.score_range[0]), float(spec.score_range[1]))
+        super().check_spec(spec)
+
+    def num_labels(self, spec) -> int:
+        return 1
+
+    # ---- the model ----
+
+    def build_head(self, spec, hidden_size: int, dropout: float):
+        return CosineRegressionHead(spec.score_range) if spec.is_bi_encoded else SentenceHead(hidden_size, 1, dropout)
+
+    def loss(self, spec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(logits.float().view(-1), labels.float().view(-1))
+
+    def divergence(self, a: torch.Tensor, b: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        per_example = (a.float() - b.float()).pow(2).flatten(1).sum(-1)  # (batch,)
+        return per_example.mean() if reduction == "mean" else per_example.sum()
+
+    # ---- data ----
+
+    def parse_value(self, spec, value: Any, where: str) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise DataValidationError(f"{where}: score {value!r} is not a number") from None
+        low, high = spec.score_range
+        if not math.isfinite(number) or not low <= number <= high:
+            raise DataValidationError(f"{where}: score {value!r} is outside the task's range [{low}, {high}]")
+        return number
+
+    # ---- predictions and metrics ----
+
+    def predictions(self, spec, logits: np.ndarray) -> np.ndarray:
+        return np.asarray(logits).reshape(-1)
+
+    def metric_to_unit(self, spec, value: float) -> float:
+        return (value + 1.0) / 2.0  # a correlation r in [-1, 1]
+
+    def decode(self, spec, logits: np.ndarray) -> list[float]:
+        return [float(v) for v in self.predictions(spec, logits).tolist()]
+
+    def pipeline_output(self, spec, logits: np.ndarray) -> dict:
+        return {"score": float(logits[0])}
+
+    def prediction_records(self, spec, logits: np.ndarray) -> list[dict]:
+        return [{"score": score} for score in self.decode(spec, logits)]
+
+    def error_scores(self, spec, logits: np.ndarray, gold: np.ndarray) -> np.ndarray:
+        return np.abs(self.predictions(spec, logits) - gold)
+
+    def error_fields(self, spec, logits: np.ndarray, gold: Any, score: float) -> dict:
+        return {"gold": float(gold), "prediction": float(self.predictions(spec, logits)[0]), "abs_error": float(score)}
+
+    # ---- export, model card, report ----
+
+    def export_config(self, spec, config) -> None:
+        config.num_labels = 1
+        config.id2label, config.label2id = {0: spec.label_column}, {spec.label_column: 0}
+        config.problem_type = "regression"
+
+    def card_outputs(self, spec) -> str:
+        return f"a score in [{spec.score_range[0]:g}, {spec.score_range[1]:g}]"
+
+    def plot_predictions(self, spec, gold: np.ndarray, predicted: np.ndarray, output_dir, split: str):
+        from ..plots import pearson_r, plot_scatter
+
+        r = pearson_r(gold, predicted)
+        title = f"{spec.name}: predicted vs gold on {split} (n={len(gold)}, Pearson r = {r:.3f})"
+        return plot_scatter(gold, predicted, spec.score_range, output_dir / f"scatter_{spec.name}.png", title)
+
+
+register_kind(RegressionKind())
