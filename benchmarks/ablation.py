@@ -45,7 +45,7 @@ MARKERS = ("<!-- ablation-table:start -->", "<!-- ablation-table:end -->")
 SMOKE_DIR = "/tmp/hf-multitask-ablation-smoke"
 SMOKE_FLAGS = ("--max_train_samples", "64", "--max_eval_samples", "64")
 METRICS = ("eval_sst_accuracy", "eval_quora_accuracy", "eval_sts_pearson", "eval_overall")
-BUSY_SECONDS = 60  # a log written to this recently belongs to a run still going (this queue's or the old script's)
+BUSY_SECONDS = 60  # a log written to this recently belongs to a run still going
 
 
 @dataclass(frozen=True)
@@ -152,8 +152,7 @@ def read_json(path: Path) -> dict | None:
 def row_state(row: Row, root: Path) -> tuple[str, dict | None, dict | None]:
     """`(state, record, metrics)`: state is `done`, `failed` or `not run`.
 
-    Done: `eval_results.json` and a `row.json` saying done, or (rows of the old shell queue) `eval_results.json`
-    and a log whose `/usr/bin/time -v` footer says exit status 0.
+    Done: `eval_results.json` and a `row.json` saying done.
     """
     out = root / row.output_dir
     record, metrics = read_json(out / "row.json"), read_json(out / "eval_results.json")
@@ -162,10 +161,6 @@ def row_state(row: Row, root: Path) -> tuple[str, dict | None, dict | None]:
             return "done", record, metrics
         if record.get("status") == "failed":
             return "failed", record, None
-    if metrics is not None:
-        legacy = legacy_record(row.log_path(root))
-        if legacy is not None:
-            return "done", legacy, metrics
     return "not run", record, None
 
 
@@ -181,22 +176,6 @@ def stale_reason(row: Row, record: dict | None, root: Path) -> str | None:
             return (f"row {name!r} was run again after this row started ({needed_record['end']} > "
                     f"{record['start']}): its heads changed")
     return None
-
-
-def legacy_record(log: Path) -> dict | None:
-    """Command, wall time and peak RSS from a `/usr/bin/time -v` footer (benchmarks/ablation_queue.sh's logs)."""
-    if not log.is_file():
-        return None
-    text = log.read_text(encoding="utf-8", errors="replace")
-    fields = dict(re.findall(r"^\s*(Command being timed|Elapsed \(wall clock\) time.*?|Maximum resident set size "
-                             r"\(kbytes\)|Exit status): (.*)$", text, flags=re.MULTILINE))
-    if fields.get("Exit status") != "0":
-        return None
-    elapsed = next(v for k, v in fields.items() if k.startswith("Elapsed"))
-    seconds = sum(float(part) * 60**i for i, part in enumerate(reversed(elapsed.split(":"))))
-    return {"status": "done", "command": fields["Command being timed"].strip('"'), "wall_seconds": seconds,
-            "peak_rss_mb": int(fields["Maximum resident set size (kbytes)"]) / 1024, "log": str(log),
-            "source": "/usr/bin/time -v footer of the log (benchmarks/ablation_queue.sh)"}
 
 
 # ---- running a row ----

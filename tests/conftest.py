@@ -97,3 +97,44 @@ def tokenized(data_dir, tokenizer):
         for split in out:
             out[split][spec.name] = tokenize_task(data[split], spec, tokenizer)
     return out
+
+
+# ---- helpers shared by the test files (import them: `from .conftest import make_trainer`) ----
+
+
+def make_model(bert_config, tasks=None):
+    """A fresh tiny model (seed 0) without classifier dropout, on the CS224N tasks unless `tasks` are given."""
+    from hf_multitask import MultitaskConfig, MultitaskModel, cs224n_tasks
+
+    torch.manual_seed(0)
+    return MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=tasks or cs224n_tasks(), classifier_dropout=0.0))
+
+
+_DEV = object()
+
+
+def make_trainer(model, tokenized, tokenizer, output_dir, *, train=None, eval=_DEV, trainer_class=None, **overrides):
+    """A small CPU `MultitaskTrainer` on `tokenized["train"]`, evaluating on `tokenized["dev"]`.
+
+    `overrides` replace or add to the default `MultitaskTrainingArguments` below. `train=` replaces the training
+    datasets, `eval=` the evaluation ones (`eval=None`: no eval_dataset); `trainer_class=` a MultitaskTrainer
+    subclass to build instead.
+    """
+    from hf_multitask import MultitaskTrainer, MultitaskTrainingArguments
+
+    defaults = dict(per_device_train_batch_size=4, max_steps=6, learning_rate=1e-3, logging_steps=3, report_to=[],
+                    save_strategy="no", use_cpu=True, seed=0)
+    args = MultitaskTrainingArguments(output_dir=str(output_dir), **{**defaults, **overrides})
+    return (trainer_class or MultitaskTrainer)(
+        model=model, args=args, train_dataset=tokenized["train"] if train is None else train,
+        eval_dataset=tokenized["dev"] if eval is _DEV else eval, processing_class=tokenizer)
+
+
+def snapshot(module):
+    """`{name: a detached copy}` of every parameter of `module`."""
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def batch(tokenizer, *texts):
+    """The padded tokenizer output for `texts`, as a plain dict of tensors."""
+    return dict(tokenizer(list(texts), padding=True, return_tensors="pt"))

@@ -60,21 +60,13 @@ def test_row_state_failed_record_is_failed_even_with_stale_results(tmp_path):
     assert ablation.row_state(row, tmp_path)[0] == "failed"
 
 
-def test_row_state_reads_the_old_queues_time_footer(tmp_path):
+@pytest.mark.parametrize("exit_status", [0, 1])
+def test_row_state_ignores_the_removed_shell_queues_log(tmp_path, exit_status):
+    """benchmarks/ablation_queue.sh (removed) left results and a `/usr/bin/time -v` log but no row.json."""
     row = fake_row("a")
     write_result(tmp_path, row, status=None)
-    row.log_path(tmp_path).write_text("training...\n" + LEGACY_FOOTER.format(status=0))
-    state, record, _ = ablation.row_state(row, tmp_path)
-    assert state == "done"
-    assert record["wall_seconds"] == pytest.approx(370.6) and record["peak_rss_mb"] == pytest.approx(3271.7, abs=0.1)
-    assert record["command"].startswith("hf-multitask train examples/cs224n/main.yaml --max_steps 400")
-
-
-def test_row_state_old_queue_log_with_nonzero_exit_is_not_done(tmp_path):
-    row = fake_row("a")
-    write_result(tmp_path, row, status=None)
-    row.log_path(tmp_path).write_text(LEGACY_FOOTER.format(status=1))
-    assert ablation.row_state(row, tmp_path)[0] == "not run"
+    row.log_path(tmp_path).write_text("training...\n" + LEGACY_FOOTER.format(status=exit_status))
+    assert ablation.row_state(row, tmp_path) == ("not run", None, None)
 
 
 def test_render_table_fills_done_rows_and_marks_the_others(tmp_path):

@@ -14,6 +14,8 @@ from hf_multitask import (
     tokenize_task,
 )
 
+from .conftest import snapshot
+
 # A new task on the SST files: positive vs negative, a 2-class head next to the 5-class one.
 POLARITY = sst_task(name="polarity", file_stem="sst", label_names=["negative", "positive"])
 
@@ -29,10 +31,6 @@ def train(model, train_dataset, tokenizer, tmp_path, steps):
                                       learning_rate=1e-2, weight_decay=0.1, report_to=[], save_strategy="no",
                                       use_cpu=True, seed=0)
     MultitaskTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer).train()
-
-
-def snapshot(model):
-    return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
 def inputs(tokenizer):

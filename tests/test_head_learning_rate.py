@@ -1,14 +1,12 @@
 import pytest
 import torch
 
-from hf_multitask import MultitaskTrainer, MultitaskTrainingArguments, PalConfig
+from hf_multitask import MultitaskTrainingArguments, PalConfig
 
+from .conftest import make_trainer, snapshot
 
-def make_trainer(model, tokenized, tokenizer, tmp_path, **overrides):
-    defaults = dict(per_device_train_batch_size=4, max_steps=3, learning_rate=1e-2, weight_decay=0.1, report_to=[],
-                    save_strategy="no", use_cpu=True, seed=0)
-    args = MultitaskTrainingArguments(output_dir=str(tmp_path / "out"), **{**defaults, **overrides})
-    return MultitaskTrainer(model=model, args=args, train_dataset=tokenized["train"], processing_class=tokenizer)
+# What these tests always ran with, beside make_trainer's defaults (logging_steps=500: the Trainer's own)
+TRAINER_ARGS = dict(eval=None, max_steps=3, learning_rate=1e-2, weight_decay=0.1, logging_steps=500)
 
 
 def group_of(optimizer) -> dict[int, dict]:
@@ -24,7 +22,7 @@ def group_of(optimizer) -> dict[int, dict]:
 def test_head_parameters_get_their_own_groups(tiny_model, tokenized, tokenizer, tmp_path):
     tiny_model.add_pal(PalConfig(rank=8))
     tiny_model.encoder.embeddings.requires_grad_(False)
-    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path, head_learning_rate=3e-2)
+    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path / "out", **TRAINER_ARGS, head_learning_rate=3e-2)
     groups = group_of(trainer.create_optimizer())
     decay = set(trainer.get_decay_parameter_names(tiny_model))
     for name, param in tiny_model.named_parameters():
@@ -39,14 +37,15 @@ def test_head_parameters_get_their_own_groups(tiny_model, tokenized, tokenizer, 
 
 
 def test_without_head_learning_rate_the_parent_optimizer_is_used(tiny_model, tokenized, tokenizer, tmp_path):
-    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path)
+    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path / "out", **TRAINER_ARGS)
     optimizer = trainer.create_optimizer()
     assert len(optimizer.param_groups) == 2 and {g["lr"] for g in optimizer.param_groups} == {1e-2}
     assert len(group_of(optimizer)) == sum(1 for _ in tiny_model.parameters())
 
 
 def test_the_schedule_scales_both_rates_alike(tiny_model, tokenized, tokenizer, tmp_path):
-    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path, head_learning_rate=4e-2, warmup_steps=2)
+    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path / "out", **TRAINER_ARGS, head_learning_rate=4e-2,
+                           warmup_steps=2)
     trainer.create_optimizer_and_scheduler(num_training_steps=10)
     for _ in range(5):
         trainer.optimizer.step()
@@ -56,8 +55,8 @@ def test_the_schedule_scales_both_rates_alike(tiny_model, tokenized, tokenizer, 
 
 
 def test_head_learning_rate_zero_keeps_the_heads_fixed(tiny_model, tokenized, tokenizer, tmp_path):
-    before = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
-    make_trainer(tiny_model, tokenized, tokenizer, tmp_path, head_learning_rate=0.0).train()
+    before = snapshot(tiny_model)
+    make_trainer(tiny_model, tokenized, tokenizer, tmp_path / "out", **TRAINER_ARGS, head_learning_rate=0.0).train()
     for name, param in tiny_model.named_parameters():
         if name.startswith("heads."):
             assert torch.equal(param, before[name]), name

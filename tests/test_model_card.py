@@ -14,7 +14,6 @@ import hf_multitask.model_card
 from hf_multitask import (
     MultitaskConfig,
     MultitaskModel,
-    MultitaskTrainer,
     MultitaskTrainingArguments,
     PalConfig,
     TaskSpec,
@@ -23,6 +22,8 @@ from hf_multitask import (
     write_model_card,
 )
 from hf_multitask.model_card import MARKER, MINILM_HUB_ID, base_model_id, latest_eval_metrics
+
+from .conftest import make_trainer
 
 METRICS = {"eval_sst_accuracy": 0.4712, "eval_quora_accuracy": 0.8345, "eval_sts_pearson": 0.8481,
            "eval_overall": 0.7433, "eval_sst_loss": 1.2}
@@ -34,12 +35,8 @@ def front_matter(card: str) -> dict:
     return yaml.safe_load(card.split("---\n")[1])
 
 
-def make_trainer(model, tokenized, tokenizer, tmp_path, **overrides):
-    defaults = dict(per_device_train_batch_size=4, max_steps=2, learning_rate=1e-3, report_to=[], save_strategy="no",
-                    use_cpu=True, seed=0)
-    args = MultitaskTrainingArguments(output_dir=str(tmp_path / "out"), **{**defaults, **overrides})
-    return MultitaskTrainer(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=tokenized["dev"],
-                            processing_class=tokenizer)
+# What these tests always ran with, beside make_trainer's defaults (logging_steps=500: the Trainer's own)
+TRAINER_ARGS = dict(max_steps=2, logging_steps=500)
 
 
 class FakeHub:
@@ -180,7 +177,7 @@ def test_save_pretrained_keeps_a_user_readme_and_replaces_its_own(tiny_model, tm
 
 
 def test_trainer_save_model_card_has_the_evaluation_and_arguments(tiny_model, tokenized, tokenizer, tmp_path):
-    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path, head_learning_rate=5e-3)
+    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path / "out", **TRAINER_ARGS, head_learning_rate=5e-3)
     trainer.train()
     metrics = trainer.evaluate()
     trainer.save_model(str(tmp_path / "saved"))
@@ -193,7 +190,7 @@ def test_trainer_save_model_card_has_the_evaluation_and_arguments(tiny_model, to
 
 
 def test_create_model_card_replaces_the_parent_card(tiny_model, tokenized, tokenizer, tmp_path):
-    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path)
+    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path / "out", **TRAINER_ARGS)
     trainer.evaluate()
     Trainer.create_model_card(trainer, model_name="tiny")  # the parent's TrainingSummary draft
     readme = Path(trainer.args.output_dir, "README.md")
@@ -207,7 +204,7 @@ def test_create_model_card_replaces_the_parent_card(tiny_model, tokenized, token
 
 
 def test_create_model_card_keeps_a_user_readme(tiny_model, tokenized, tokenizer, tmp_path):
-    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path)
+    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path / "out", **TRAINER_ARGS)
     readme = Path(trainer.args.output_dir, "README.md")
     readme.parent.mkdir(parents=True, exist_ok=True)
     readme.write_text(USER_CARD, encoding="utf-8")
@@ -217,7 +214,8 @@ def test_create_model_card_keeps_a_user_readme(tiny_model, tokenized, tokenizer,
 
 
 def test_trainer_push_to_hub_uploads_our_card(hub, tiny_model, tokenized, tokenizer, tmp_path):
-    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path, hub_model_id="me/tiny-multitask")
+    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path / "out", **TRAINER_ARGS,
+                           hub_model_id="me/tiny-multitask")
     metrics = trainer.evaluate()
     trainer.push_to_hub()
     assert len(hub.readmes) == 1

@@ -4,9 +4,7 @@ from transformers import AutoModel, BertModel, DistilBertConfig, RobertaConfig
 
 from hf_multitask import MultitaskConfig, MultitaskModel, cs224n_tasks, get_task
 
-
-def batch(tokenizer, *texts):
-    return dict(tokenizer(list(texts), padding=True, return_tensors="pt"))
+from .conftest import batch
 
 
 def test_forward_shapes_and_losses(tiny_model, tokenizer):

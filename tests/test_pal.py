@@ -20,11 +20,9 @@ from hf_multitask import (
 from hf_multitask.build import ModelArguments, build_model
 from hf_multitask.pal import PalConfig, ProjectedAttention
 
+from .conftest import batch, snapshot
+
 TASKS = ("sst", "quora", "sts")
-
-
-def batch(tokenizer, *texts):
-    return dict(tokenizer(list(texts), padding=True, return_tensors="pt"))
 
 
 def logits(model, inputs):
@@ -261,7 +259,7 @@ def test_num_parameters_per_task_counts_pal_and_head(tiny_model):
 def test_frozen_encoder_training_changes_only_pals_and_heads(tiny_model, tokenized, tokenizer, tmp_path):
     tiny_model.add_pal(PalConfig(rank=8, g="attention", num_heads=2))
     tiny_model.freeze_encoder()
-    before = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
+    before = snapshot(tiny_model)
     args = MultitaskTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=6,
                                       learning_rate=1e-2, report_to=[], save_strategy="no", use_cpu=True, seed=0,
                                       task_sampling="round_robin")

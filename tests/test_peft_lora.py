@@ -4,7 +4,9 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from hf_multitask import MultitaskModel, MultitaskTrainer, MultitaskTrainingArguments
+from hf_multitask import MultitaskModel
+
+from .conftest import make_trainer, snapshot
 
 TASKS = ("sst", "quora", "sts")
 
@@ -16,12 +18,8 @@ def lora_config(**overrides):
                          "modules_to_save": [f"heads.{t}" for t in TASKS], **overrides})
 
 
-def make_trainer(model, tokenized, tokenizer, tmp_path):
-    args = MultitaskTrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=6,
-                                      learning_rate=1e-2, report_to=[], save_strategy="no", use_cpu=True, seed=0,
-                                      task_sampling="round_robin")
-    return MultitaskTrainer(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=tokenized["dev"],
-                            processing_class=tokenizer)
+# What these tests always ran with, beside make_trainer's defaults (logging_steps=500: the Trainer's own)
+TRAINER_ARGS = dict(learning_rate=1e-2, logging_steps=500, task_sampling="round_robin")
 
 
 def logits(model, tokenizer):
@@ -37,15 +35,16 @@ def test_peft_needs_explicit_targets_and_per_head_modules_to_save(tiny_model):
 
 
 def test_trainer_finds_specs_through_a_peft_model(tiny_model, tokenized, tokenizer, tmp_path):
-    trainer = make_trainer(get_peft_model(tiny_model, lora_config()), tokenized, tokenizer, tmp_path)
+    trainer = make_trainer(get_peft_model(tiny_model, lora_config()), tokenized, tokenizer, tmp_path / "out",
+                           **TRAINER_ARGS)
     assert list(trainer.specs) == list(TASKS)
 
 
 def test_lora_trains_saves_and_reloads(tiny_model, tokenized, tokenizer, tmp_path):
     tiny_model.save_pretrained(tmp_path / "base")
     model = get_peft_model(tiny_model, lora_config())
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = make_trainer(model, tokenized, tokenizer, tmp_path)
+    before = snapshot(model)
+    trainer = make_trainer(model, tokenized, tokenizer, tmp_path / "out", **TRAINER_ARGS)
     trainer.train()
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all(".lora_" in n or ".modules_to_save." in n for n in changed)

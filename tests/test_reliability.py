@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from hf_multitask import MultitaskConfig, MultitaskModel, MultitaskTrainer, MultitaskTrainingArguments, cs224n_tasks
+from hf_multitask import MultitaskConfig, MultitaskModel, MultitaskTrainer, cs224n_tasks
 from hf_multitask.checkpointing import (
     MANIFEST_NAME,
     CheckpointError,
@@ -15,6 +15,8 @@ from hf_multitask.checkpointing import (
     verify_checkpoint,
 )
 from hf_multitask.trainer import NonFiniteLossError
+
+from .conftest import make_trainer
 
 
 class NanTrainer(MultitaskTrainer):
@@ -39,13 +41,12 @@ class Snapshots(TrainerCallback):
         self.lrs[state.global_step] = lr_scheduler.get_last_lr()[0]
 
 
-def make_trainer(bert_config, tokenized, tokenizer, out, nan_steps, **overrides):
+def make_nan_trainer(bert_config, tokenized, tokenizer, out, nan_steps, **overrides):
+    """A `NanTrainer` on a fresh model (seed 0) with a `Snapshots` callback: `(trainer, snapshots)`."""
     torch.manual_seed(0)
     model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=cs224n_tasks()))
-    args = dict(output_dir=str(out), per_device_train_batch_size=4, max_steps=4, learning_rate=1e-2, report_to=[],
-                save_strategy="no", use_cpu=True, seed=0, logging_steps=1)
-    trainer = NanTrainer(model=model, args=MultitaskTrainingArguments(**{**args, **overrides}),
-                         train_dataset=tokenized["train"], processing_class=tokenizer)
+    settings = dict(eval=None, max_steps=4, learning_rate=1e-2, logging_steps=1)  # beside make_trainer's defaults
+    trainer = make_trainer(model, tokenized, tokenizer, out, trainer_class=NanTrainer, **{**settings, **overrides})
     trainer.nan_steps = set(nan_steps)
     snapshots = Snapshots()
     trainer.add_callback(snapshots)
@@ -55,7 +56,7 @@ def make_trainer(bert_config, tokenized, tokenizer, out, nan_steps, **overrides)
 @pytest.mark.parametrize("surgery", ["none-ungrouped", "gradvac"])
 def test_a_nan_loss_skips_the_whole_optimizer_update(surgery, bert_config, tokenized, tokenizer, tmp_path):
     overrides = {} if surgery == "none-ungrouped" else {"gradient_surgery": surgery}
-    trainer, snap = make_trainer(bert_config, tokenized, tokenizer, tmp_path, nan_steps={2}, **overrides)
+    trainer, snap = make_nan_trainer(bert_config, tokenized, tokenizer, tmp_path, nan_steps={2}, **overrides)
     targets = []
     if trainer.surgery is not None:
         trainer.add_callback(type("T", (TrainerCallback,), {"on_step_end": lambda *a, **k: targets.append(
@@ -78,8 +79,8 @@ def test_a_nan_loss_skips_the_whole_optimizer_update(surgery, bert_config, token
 
 def test_too_many_nan_steps_in_a_row_stop_with_the_task_and_step(bert_config, tokenized, tokenizer, tmp_path,
                                                                    caplog):
-    trainer, _ = make_trainer(bert_config, tokenized, tokenizer, tmp_path, nan_steps={2, 3, 4, 5, 6}, max_steps=8,
-                              nonfinite_loss_limit=2, save_strategy="steps", save_steps=1)
+    trainer, _ = make_nan_trainer(bert_config, tokenized, tokenizer, tmp_path, nan_steps={2, 3, 4, 5, 6}, max_steps=8,
+                                  nonfinite_loss_limit=2, save_strategy="steps", save_steps=1)
     with pytest.raises(NonFiniteLossError, match=r"Step 4: non-finite loss in task\(s\) \['(sst|quora|sts)'\] for 3 "
                                                  r"optimizer steps in a row \(nonfinite_loss_limit=2\)"):
         trainer.train()
@@ -90,19 +91,20 @@ def test_too_many_nan_steps_in_a_row_stop_with_the_task_and_step(bert_config, to
 
 
 def test_a_good_step_resets_the_count_in_a_row(bert_config, tokenized, tokenizer, tmp_path):
-    trainer, _ = make_trainer(bert_config, tokenized, tokenizer, tmp_path, nan_steps={1, 3}, nonfinite_loss_limit=0,
-                              max_steps=1)
+    trainer, _ = make_nan_trainer(bert_config, tokenized, tokenizer, tmp_path, nan_steps={1, 3},
+                                  nonfinite_loss_limit=0, max_steps=1)
     with pytest.raises(NonFiniteLossError, match="Step 1"):
         trainer.train()  # limit 0: the first NaN step stops
-    trainer, _ = make_trainer(bert_config, tokenized, tokenizer, tmp_path, nan_steps={1, 3}, nonfinite_loss_limit=1)
+    trainer, _ = make_nan_trainer(bert_config, tokenized, tokenizer, tmp_path, nan_steps={1, 3},
+                                  nonfinite_loss_limit=1)
     trainer.train()
     assert trainer._nonfinite.skipped == 2 and trainer._nonfinite.in_a_row == 0
 
 
 @pytest.fixture
 def checkpoints(bert_config, tokenized, tokenizer, tmp_path):
-    trainer, _ = make_trainer(bert_config, tokenized, tokenizer, tmp_path, nan_steps=(), save_strategy="steps",
-                              save_steps=2)
+    trainer, _ = make_nan_trainer(bert_config, tokenized, tokenizer, tmp_path, nan_steps=(), save_strategy="steps",
+                                  save_steps=2)
     trainer.train()
     return tmp_path, trainer
 
@@ -119,7 +121,7 @@ def test_resume_skips_a_checkpoint_cut_short_while_saving(checkpoints, bert_conf
     out, _ = checkpoints
     (out / "checkpoint-4" / MANIFEST_NAME).unlink()  # what a kill between the Trainer's files and ours leaves
     assert last_complete_checkpoint(str(out)) == str(out / "checkpoint-2")
-    trainer, snap = make_trainer(bert_config, tokenized, tokenizer, out, nan_steps=(), save_strategy="no")
+    trainer, snap = make_nan_trainer(bert_config, tokenized, tokenizer, out, nan_steps=(), save_strategy="no")
     trainer.train(resume_from_checkpoint=True)
     assert sorted(snap.params) == [3, 4]  # resumed after step 2
     with pytest.raises(CheckpointError, match=r"checkpoint-4 is incomplete: it has no multitask_state.json"):
@@ -131,7 +133,7 @@ def test_a_truncated_checkpoint_file_is_named(name, checkpoints, bert_config, to
     out, _ = checkpoints
     path = out / "checkpoint-4" / name
     path.write_bytes(path.read_bytes()[:100])
-    trainer, _ = make_trainer(bert_config, tokenized, tokenizer, out, nan_steps=())
+    trainer, _ = make_nan_trainer(bert_config, tokenized, tokenizer, out, nan_steps=())
     with pytest.raises(CheckpointError, match=re.escape(str(path)) + " has 100 bytes"):
         trainer.train(resume_from_checkpoint=str(out / "checkpoint-4"))
     assert last_complete_checkpoint(str(out)) == str(out / "checkpoint-2")
@@ -143,13 +145,13 @@ def test_a_damaged_file_of_the_right_size_is_named(checkpoints, bert_config, tok
     data = bytearray(path.read_bytes())
     data[8:40] = b"\xff" * 32  # garble the safetensors header, same length
     path.write_bytes(bytes(data))
-    trainer, _ = make_trainer(bert_config, tokenized, tokenizer, out, nan_steps=())
+    trainer, _ = make_nan_trainer(bert_config, tokenized, tokenizer, out, nan_steps=())
     with pytest.raises(CheckpointError, match="checkpoint-4: cannot load the model weights"):
         trainer.train(resume_from_checkpoint=str(out / "checkpoint-4"))
 
 
 def test_resume_without_any_complete_checkpoint_says_so(bert_config, tokenized, tokenizer, tmp_path):
-    trainer, _ = make_trainer(bert_config, tokenized, tokenizer, tmp_path, nan_steps=())
+    trainer, _ = make_nan_trainer(bert_config, tokenized, tokenizer, tmp_path, nan_steps=())
     (tmp_path / "checkpoint-5").mkdir()
     with pytest.raises(CheckpointError, match="No complete checkpoint to resume from"):
         trainer.train(resume_from_checkpoint=True)

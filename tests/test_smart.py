@@ -21,21 +21,13 @@ from hf_multitask import (
 from hf_multitask.smart import ascent_step, ema_update_, embedding_forward, init_noise, smart_divergence
 from hf_multitask.trainer import load_training_state, save_training_state
 
+from .conftest import make_model, make_trainer, snapshot
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_model(bert_config, tasks=None):
-    torch.manual_seed(0)
-    return MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=tasks or cs224n_tasks(), classifier_dropout=0.0))
-
-
-def make_trainer(model, tokenized, tokenizer, tmp_path, train=None, **overrides):
-    defaults = dict(per_device_train_batch_size=4, max_steps=3, learning_rate=1e-3, logging_steps=3, report_to=[],
-                    save_strategy="no", use_cpu=True, seed=0, task_sampling="round_robin",
-                    smart_tasks=["sst", "sts"])
-    args = MultitaskTrainingArguments(output_dir=str(tmp_path / "out"), **{**defaults, **overrides})
-    return MultitaskTrainer(model=model, args=args, train_dataset=train or tokenized["train"],
-                            processing_class=tokenizer)
+# What these tests always ran with, beside make_trainer's defaults
+TRAINER_ARGS = dict(eval=None, max_steps=3, task_sampling="round_robin", smart_tasks=["sst", "sts"])
 
 
 def batch_of(trainer, task, size=4):
@@ -43,10 +35,6 @@ def batch_of(trainer, task, size=4):
     start = dataset.task_names.index(task)
     offset = sum(dataset.task_sizes[name] for name in dataset.task_names[:start])
     return trainer.data_collator(dataset.__getitems__(list(range(offset, offset + size))))
-
-
-def snapshot(model):
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
 # ---- pure functions ----
@@ -100,7 +88,7 @@ def test_ema_update_follows_the_momentum_formula():
 
 def test_adversarial_loss_is_zero_without_noise_or_steps(bert_config, tokenized, tokenizer, tmp_path):
     model = make_model(bert_config)
-    trainer = make_trainer(model, tokenized, tokenizer, tmp_path)
+    trainer = make_trainer(model, tokenized, tokenizer, tmp_path / "out", **TRAINER_ARGS)
     smart = SmartRegularizer(["sst"], noise_var=0.0, steps=0)
     for task in ("sst", "sts"):
         batch = batch_of(trainer, task)
@@ -111,14 +99,14 @@ def test_adversarial_loss_is_zero_without_noise_or_steps(bert_config, tokenized,
 @pytest.mark.parametrize("task", ["sst", "sts"])
 def test_adversarial_loss_is_positive_with_the_defaults(bert_config, tokenized, tokenizer, tmp_path, task):
     model = make_model(bert_config)
-    batch = batch_of(make_trainer(model, tokenized, tokenizer, tmp_path), task)
+    batch = batch_of(make_trainer(model, tokenized, tokenizer, tmp_path / "out", **TRAINER_ARGS), task)
     clean = model(**batch).logits
     assert SmartRegularizer([task]).adversarial_loss(model, batch, clean, model.specs[task].kind).item() > 0
 
 
 def test_adversarial_ascent_beats_random_noise(bert_config, tokenized, tokenizer, tmp_path):
     model = make_model(bert_config)
-    batch = batch_of(make_trainer(model, tokenized, tokenizer, tmp_path), "sst")
+    batch = batch_of(make_trainer(model, tokenized, tokenizer, tmp_path / "out", **TRAINER_ARGS), "sst")
     clean = model(**batch).logits
     embeds, forward = embedding_forward(model, batch)
     start = [init_noise(x, 1e-5) for x in embeds]
@@ -132,7 +120,7 @@ def test_adversarial_ascent_beats_random_noise(bert_config, tokenized, tokenizer
 
 def test_perturbation_step_stays_float32_under_bf16_autocast(bert_config, tokenized, tokenizer, tmp_path):
     model = make_model(bert_config)
-    batch = batch_of(make_trainer(model, tokenized, tokenizer, tmp_path), "sst")
+    batch = batch_of(make_trainer(model, tokenized, tokenizer, tmp_path / "out", **TRAINER_ARGS), "sst")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         clean = model(**batch).logits
         embeds, forward = embedding_forward(model, batch)
@@ -148,7 +136,7 @@ def test_perturbation_step_stays_float32_under_bf16_autocast(bert_config, tokeni
 
 def test_radius_bounds_the_adversarial_noise_on_a_model(bert_config, tokenized, tokenizer, tmp_path):
     model = make_model(bert_config)
-    batch = batch_of(make_trainer(model, tokenized, tokenizer, tmp_path), "sst")
+    batch = batch_of(make_trainer(model, tokenized, tokenizer, tmp_path / "out", **TRAINER_ARGS), "sst")
     clean = model(**batch).logits
     embeds, forward = embedding_forward(model, batch)
     smart = SmartRegularizer(["sst"], noise_var=1.0, step_size=0.1, steps=2, radius=1e-3)
@@ -171,7 +159,7 @@ def test_bi_encoded_pairs_perturb_both_sentences(bert_config):
 
 def test_teacher_starts_equal_to_the_model_and_leaves_it_untouched(bert_config, tokenized, tokenizer, tmp_path):
     model = make_model(bert_config)
-    batch = batch_of(make_trainer(model, tokenized, tokenizer, tmp_path), "sst")
+    batch = batch_of(make_trainer(model, tokenized, tokenizer, tmp_path / "out", **TRAINER_ARGS), "sst")
     teacher = EmaTeacher(momentum=0.9)
     teacher.initialize(model)
     before = snapshot(model)
@@ -184,7 +172,7 @@ def test_teacher_starts_equal_to_the_model_and_leaves_it_untouched(bert_config, 
 def test_teacher_runs_without_dropout_and_restores_training_mode(bert_config, tokenized, tokenizer, tmp_path):
     torch.manual_seed(0)
     model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=cs224n_tasks(), classifier_dropout=0.5)).train()
-    batch = batch_of(make_trainer(model, tokenized, tokenizer, tmp_path), "sst")
+    batch = batch_of(make_trainer(model, tokenized, tokenizer, tmp_path / "out", **TRAINER_ARGS), "sst")
     teacher = EmaTeacher()
     teacher.initialize(model)
     first, second = teacher.logits(model, batch), teacher.logits(model, batch)
@@ -196,7 +184,7 @@ def test_teacher_runs_without_dropout_and_restores_training_mode(bert_config, to
 def test_ascent_reaches_the_noise_with_a_frozen_encoder(bert_config, tokenized, tokenizer, tmp_path):
     model = make_model(bert_config)
     model.freeze_encoder()
-    batch = batch_of(make_trainer(model, tokenized, tokenizer, tmp_path), "sst")
+    batch = batch_of(make_trainer(model, tokenized, tokenizer, tmp_path / "out", **TRAINER_ARGS), "sst")
     embeds, forward = embedding_forward(model, batch)
     assert not embeds[0].requires_grad  # the embedding table gets no gradient
     start = [init_noise(x, 1e-5) for x in embeds]
@@ -219,7 +207,7 @@ def test_teacher_copies_only_trainable_parameters(bert_config):
 
 def test_bregman_term_is_zero_at_the_start(bert_config, tokenized, tokenizer, tmp_path):
     model = make_model(bert_config)
-    batch = batch_of(make_trainer(model, tokenized, tokenizer, tmp_path), "sst")
+    batch = batch_of(make_trainer(model, tokenized, tokenizer, tmp_path / "out", **TRAINER_ARGS), "sst")
     smart = SmartRegularizer(["sst"])
     assert smart.bregman_loss(model, batch, model(**batch).logits, "classification").item() == pytest.approx(0.0)
 
@@ -251,11 +239,12 @@ def test_invalid_smart_arguments_are_rejected(tmp_path, field, value):
 
 def test_unknown_smart_tasks_are_rejected(bert_config, tokenized, tokenizer, tmp_path):
     with pytest.raises(ValueError, match=r"smart_tasks has task\(s\) \['nli'\] with no head"):
-        make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path, smart_tasks=["sst", "nli"])
+        make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path / "out",
+                     **(TRAINER_ARGS | dict(smart_tasks=["sst", "nli"])))
 
 
 def test_smart_terms_are_logged_per_task(bert_config, tokenized, tokenizer, tmp_path):
-    trainer = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path)
+    trainer = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path / "out", **TRAINER_ARGS)
     trainer.train()
     logged = next(entry for entry in trainer.state.log_history if "loss" in entry)
     assert {"smart_adv_sst", "smart_breg_sst", "smart_adv_sts", "smart_breg_sts", "loss_quora"} <= set(logged)
@@ -266,7 +255,8 @@ def test_smart_terms_are_logged_per_task(bert_config, tokenized, tokenizer, tmp_
 def test_teacher_follows_the_momentum_formula_after_a_step(bert_config, tokenized, tokenizer, tmp_path):
     model = make_model(bert_config)
     before = snapshot(model)
-    trainer = make_trainer(model, tokenized, tokenizer, tmp_path, max_steps=1, smart_momentum=0.9)
+    trainer = make_trainer(model, tokenized, tokenizer, tmp_path / "out", **(TRAINER_ARGS | dict(max_steps=1)),
+                           smart_momentum=0.9)
     trainer.train()
     teacher = trainer.smart.teacher
     assert teacher.num_updates == 1
@@ -288,7 +278,7 @@ OPTIONS = {
 def test_each_smart_option_trains_a_tiny_model(bert_config, tokenized, tokenizer, tmp_path, option):
     model = make_model(bert_config)
     before = snapshot(model)
-    trainer = make_trainer(model, tokenized, tokenizer, tmp_path, **OPTIONS[option])
+    trainer = make_trainer(model, tokenized, tokenizer, tmp_path / "out", **TRAINER_ARGS, **OPTIONS[option])
     trainer.train()
     assert torch.isfinite(torch.tensor(trainer.state.log_history[-1]["train_loss"]))
     assert not torch.equal(before["encoder.encoder.layer.0.attention.self.query.weight"],
@@ -301,7 +291,7 @@ def test_ordinal_losses_train_a_tiny_model(bert_config, tokenized, tokenizer, tm
     tasks = [get_task("sst", loss=loss, ordinal_alpha=1.5), *cs224n_tasks()[1:]]
     model = make_model(bert_config, tasks)
     before = snapshot(model)
-    trainer = make_trainer(model, tokenized, tokenizer, tmp_path)
+    trainer = make_trainer(model, tokenized, tokenizer, tmp_path / "out", **TRAINER_ARGS)
     trainer.train()
     assert "loss_sst" in trainer.state.log_history[0]
     assert not torch.equal(before["heads.sst.out_proj.weight"], model.heads.sst.out_proj.weight)
@@ -311,7 +301,7 @@ def test_smart_with_a_frozen_encoder_trains_the_heads_only(bert_config, tokenize
     model = make_model(bert_config)
     model.freeze_encoder()
     before = snapshot(model)
-    trainer = make_trainer(model, tokenized, tokenizer, tmp_path)
+    trainer = make_trainer(model, tokenized, tokenizer, tmp_path / "out", **TRAINER_ARGS)
     trainer.train()
     logged = next(entry for entry in trainer.state.log_history if "loss" in entry)
     assert logged["smart_adv_sst"] > 0  # ν got a gradient although the embedding table has none
@@ -326,7 +316,8 @@ def test_bi_encoded_tasks_train_with_smart(bert_config, data_dir, tokenizer, tmp
     train = {t.name: tokenize_task(load_task_data(t, data_dir, splits=("train",))["train"], t, tokenizer)
              for t in tasks}
     model = make_model(bert_config, tasks)
-    trainer = make_trainer(model, None, tokenizer, tmp_path, train=train, smart_tasks=["quora", "sts"])
+    trainer = make_trainer(model, None, tokenizer, tmp_path / "out", train=train,
+                           **(TRAINER_ARGS | dict(smart_tasks=["quora", "sts"])))
     trainer.train()
     logged = next(entry for entry in trainer.state.log_history if "loss" in entry)
     assert logged["smart_adv_quora"] > 0 and logged["smart_adv_sts"] > 0
@@ -335,7 +326,7 @@ def test_bi_encoded_tasks_train_with_smart(bert_config, data_dir, tokenizer, tmp
 def test_teacher_is_not_saved_with_the_model(bert_config, tokenized, tokenizer, tmp_path):
     model = make_model(bert_config)
     expected = set(model.state_dict())
-    trainer = make_trainer(model, tokenized, tokenizer, tmp_path)
+    trainer = make_trainer(model, tokenized, tokenizer, tmp_path / "out", **TRAINER_ARGS)
     trainer.train()
     trainer.save_model(str(tmp_path / "saved"))
     assert set(load_file(tmp_path / "saved" / "model.safetensors")) == expected
@@ -344,13 +335,14 @@ def test_teacher_is_not_saved_with_the_model(bert_config, tokenized, tokenizer, 
 
 def test_resumed_run_continues_the_teacher(bert_config, tokenized, tokenizer, tmp_path):
     options = dict(max_steps=4, save_strategy="steps", save_steps=2, logging_steps=2)
-    full = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path, **options)
+    full = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path / "out", **(TRAINER_ARGS | options))
     full.train()
     checkpoint = tmp_path / "out" / "checkpoint-2"
     assert json.loads((checkpoint / "multitask_state.json").read_text())["scalars"]["smart"]["num_updates"] == 2
     assert "smart/heads.sst.out_proj.weight" in load_file(checkpoint / "multitask_state.safetensors")
 
-    resumed = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path / "again", **options)
+    resumed = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path / "again" / "out",
+                           **(TRAINER_ARGS | options))
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert resumed.smart.teacher.num_updates == 4
     for name, tensor in full.smart.teacher.shadow.items():

@@ -3,22 +3,12 @@ import torch
 
 from hf_multitask import MultitaskTrainer, MultitaskTrainingArguments
 
-
-def make_trainer(model, tokenized, tokenizer, tmp_path, **overrides):
-    defaults = dict(per_device_train_batch_size=4, max_steps=6, learning_rate=1e-3, logging_steps=3, report_to=[],
-                    save_strategy="no", use_cpu=True, seed=0)
-    args = MultitaskTrainingArguments(output_dir=str(tmp_path / "out"), **{**defaults, **overrides})
-    return MultitaskTrainer(model=model, args=args, train_dataset=tokenized["train"],
-                            eval_dataset=tokenized["dev"], processing_class=tokenizer)
-
-
-def snapshot(module):
-    return {n: p.detach().clone() for n, p in module.named_parameters()}
+from .conftest import make_trainer, snapshot
 
 
 def test_training_changes_encoder_and_heads(tiny_model, tokenized, tokenizer, tmp_path):
     before = snapshot(tiny_model)
-    make_trainer(tiny_model, tokenized, tokenizer, tmp_path).train()
+    make_trainer(tiny_model, tokenized, tokenizer, tmp_path / "out").train()
     after = snapshot(tiny_model)
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert any(n.startswith("encoder.encoder.layer.0") for n in changed)
@@ -28,14 +18,14 @@ def test_training_changes_encoder_and_heads(tiny_model, tokenized, tokenizer, tm
 def test_frozen_encoder_trains_heads_only(tiny_model, tokenized, tokenizer, tmp_path):
     tiny_model.freeze_encoder()
     before = snapshot(tiny_model)
-    make_trainer(tiny_model, tokenized, tokenizer, tmp_path).train()
+    make_trainer(tiny_model, tokenized, tokenizer, tmp_path / "out").train()
     after = snapshot(tiny_model)
     for name in before:
         assert torch.equal(before[name], after[name]) == name.startswith("encoder."), name
 
 
 def test_evaluate_reports_every_task_and_the_overall_score(tiny_model, tokenized, tokenizer, tmp_path):
-    metrics = make_trainer(tiny_model, tokenized, tokenizer, tmp_path).evaluate()
+    metrics = make_trainer(tiny_model, tokenized, tokenizer, tmp_path / "out").evaluate()
     for key in ("eval_sst_accuracy", "eval_quora_accuracy", "eval_sts_pearson", "eval_sst_loss", "eval_overall"):
         assert key in metrics
     expected = (metrics["eval_sst_accuracy"] + metrics["eval_quora_accuracy"] + (metrics["eval_sts_pearson"] + 1) / 2)
@@ -43,14 +33,14 @@ def test_evaluate_reports_every_task_and_the_overall_score(tiny_model, tokenized
 
 
 def test_per_task_training_losses_are_logged(tiny_model, tokenized, tokenizer, tmp_path):
-    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path, task_sampling="round_robin")
+    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path / "out", task_sampling="round_robin")
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert {"loss_sst", "loss_quora", "loss_sts"} <= set(logged[0])
 
 
 def test_overall_works_as_metric_for_best_model(tiny_model, tokenized, tokenizer, tmp_path):
-    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path, eval_strategy="steps", eval_steps=3,
+    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path / "out", eval_strategy="steps", eval_steps=3,
                            save_strategy="steps", save_steps=3, metric_for_best_model="overall",
                            load_best_model_at_end=True)
     trainer.train()
@@ -59,7 +49,7 @@ def test_overall_works_as_metric_for_best_model(tiny_model, tokenized, tokenizer
 
 
 def test_sampler_epoch_follows_the_trainer(tiny_model, tokenized, tokenizer, tmp_path):
-    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path, max_steps=-1, num_train_epochs=2)
+    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path / "out", max_steps=-1, num_train_epochs=2)
     trainer.train()
     assert trainer.train_sampler.epoch == 1
     assert trainer.train_sampler.total_batches == 2 * len(trainer.train_sampler)
@@ -71,7 +61,7 @@ def test_loss_weight_scales_the_task_loss(bert_config, tokenized, tokenizer, tmp
 
     tasks = [t.replace(loss_weight=0.0) if t.name == "sst" else t for t in cs224n_tasks()]
     model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=tasks))
-    trainer = make_trainer(model, tokenized, tokenizer, tmp_path)
+    trainer = make_trainer(model, tokenized, tokenizer, tmp_path / "out")
     batch = trainer.data_collator(trainer.train_dataset.__getitems__([0, 1]))
     assert trainer.compute_loss(model, batch).item() == 0.0
 

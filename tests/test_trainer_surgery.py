@@ -1,19 +1,12 @@
 import pytest
 import torch
 
-from hf_multitask import MultitaskConfig, MultitaskModel, MultitaskTrainer, MultitaskTrainingArguments, cs224n_tasks
+from hf_multitask import MultitaskTrainingArguments
 
+from .conftest import make_model, make_trainer
 
-def make_model(bert_config):
-    torch.manual_seed(0)
-    return MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=cs224n_tasks(), classifier_dropout=0.0))
-
-
-def make_trainer(model, tokenized, tokenizer, out, **overrides):
-    defaults = dict(per_device_train_batch_size=2, max_steps=4, learning_rate=1e-2, logging_steps=2, report_to=[],
-                    save_strategy="no", use_cpu=True, seed=0, gradient_surgery="pcgrad")
-    args = MultitaskTrainingArguments(output_dir=str(out), **{**defaults, **overrides})
-    return MultitaskTrainer(model=model, args=args, train_dataset=tokenized["train"], processing_class=tokenizer)
+# What these tests always ran with, beside make_trainer's defaults; each test names its gradient_surgery
+TRAINER_ARGS = dict(eval=None, per_device_train_batch_size=2, max_steps=4, learning_rate=1e-2, logging_steps=2)
 
 
 def test_surgery_turns_on_grouped_batches(tmp_path):
@@ -25,8 +18,8 @@ def test_surgery_turns_on_grouped_batches(tmp_path):
 
 @pytest.mark.parametrize("method", ["none", "pcgrad", "gradvac"])
 def test_grouped_training_logs_task_cosines(method, bert_config, tokenized, tokenizer, tmp_path):
-    trainer = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path, gradient_surgery=method,
-                           task_sampling_grouped=True)
+    trainer = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path, **TRAINER_ARGS,
+                           gradient_surgery=method, task_sampling_grouped=True)
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "loss" in entry][0]
     assert {"grad_cos_sst_quora", "grad_cos_sst_sts", "grad_cos_quora_sts", "surgery_adjustments_per_step",
@@ -36,7 +29,8 @@ def test_grouped_training_logs_task_cosines(method, bert_config, tokenized, toke
 
 
 def test_grouped_step_leaves_heads_out_of_the_surgery(bert_config, tokenized, tokenizer, tmp_path):
-    trainer = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path)
+    trainer = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path, **TRAINER_ARGS,
+                           gradient_surgery="pcgrad")
     names = {id(p): n for n, p in trainer.model.named_parameters()}
     assert all(names[id(p)].startswith("encoder.") for p in trainer.surgery.params)
     assert len(trainer.surgery.params) == sum(1 for n in names.values() if n.startswith("encoder."))
@@ -45,7 +39,7 @@ def test_grouped_step_leaves_heads_out_of_the_surgery(bert_config, tokenized, to
 def test_frozen_encoder_has_nothing_to_project(bert_config, tokenized, tokenizer, tmp_path):
     model = make_model(bert_config)
     model.freeze_encoder()
-    trainer = make_trainer(model, tokenized, tokenizer, tmp_path, gradient_surgery="gradvac")
+    trainer = make_trainer(model, tokenized, tokenizer, tmp_path, **TRAINER_ARGS, gradient_surgery="gradvac")
     assert trainer.surgery.method == "none" and trainer.surgery.params == []
     before = {n: p.clone() for n, p in model.named_parameters()}
     trainer.train()
@@ -54,10 +48,10 @@ def test_frozen_encoder_has_nothing_to_project(bert_config, tokenized, tokenizer
 
 @pytest.mark.parametrize("method", ["pcgrad", "gradvac"])
 def test_resume_continues_the_surgery_state(method, bert_config, tokenized, tokenizer, tmp_path):
-    full = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path / "full", gradient_surgery=method,
-                        save_strategy="steps", save_steps=2)
+    full = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path / "full", **TRAINER_ARGS,
+                        gradient_surgery=method, save_strategy="steps", save_steps=2)
     full.train()
-    resumed = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path / "full",
+    resumed = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path / "full", **TRAINER_ARGS,
                            gradient_surgery=method, save_strategy="no")
     resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-2"))
     assert (tmp_path / "full" / "checkpoint-2" / "multitask_state.safetensors").is_file()
@@ -68,8 +62,8 @@ def test_resume_continues_the_surgery_state(method, bert_config, tokenized, toke
 
 def test_gradient_accumulation_sums_the_micro_batches_before_the_surgery(bert_config, tokenized, tokenizer,
                                                                         tmp_path):
-    trainer = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path, gradient_accumulation_steps=2,
-                           max_steps=2)
+    trainer = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path, gradient_surgery="pcgrad",
+                           **(TRAINER_ARGS | dict(max_steps=2)), gradient_accumulation_steps=2)
     surgery, seen = trainer.surgery, []
     accumulate, combine = surgery.accumulate, surgery.combine
 
@@ -101,15 +95,16 @@ def test_gradients_are_clipped_after_the_projection(bert_config, tokenized, toke
             grads = [p.grad.norm() for p in model.parameters() if p.grad is not None]
             norms.append(float(torch.stack(grads).norm()))
 
-    trainer = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path, max_grad_norm=1e-3)
+    trainer = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path, **TRAINER_ARGS,
+                           gradient_surgery="pcgrad", max_grad_norm=1e-3)
     trainer.add_callback(Norms())
     trainer.train()
     assert len(norms) == 4 and all(norm <= 1e-3 * (1 + 1e-4) for norm in norms)
 
 
 def test_surgery_trains_under_bf16_autocast(bert_config, tokenized, tokenizer, tmp_path):
-    trainer = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path, bf16=True, max_steps=2,
-                           gradient_surgery="gradvac")
+    trainer = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path, gradient_surgery="gradvac",
+                           **(TRAINER_ARGS | dict(max_steps=2)), bf16=True)
     before = {n: p.clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     assert trainer.surgery.buffer.dtype == torch.float32
@@ -124,7 +119,7 @@ def test_surgery_leaves_the_pals_out_and_trains_them(method, bert_config, tokeni
 
     model = make_model(bert_config)
     model.add_pal(PalConfig(rank=8))
-    trainer = make_trainer(model, tokenized, tokenizer, tmp_path, gradient_surgery=method)
+    trainer = make_trainer(model, tokenized, tokenizer, tmp_path, **TRAINER_ARGS, gradient_surgery=method)
     names = {id(p): n for n, p in model.named_parameters()}
     assert not any("pal" in names[id(p)] for p in trainer.surgery.params)
     before = {n: p.clone() for n, p in model.named_parameters()}
@@ -134,8 +129,8 @@ def test_surgery_leaves_the_pals_out_and_trains_them(method, bert_config, tokeni
 
 
 def test_smart_works_with_gradient_surgery(bert_config, tokenized, tokenizer, tmp_path):
-    trainer = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path, gradient_surgery="pcgrad",
-                           smart_tasks=["sst", "sts"])
+    trainer = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path, **TRAINER_ARGS,
+                           gradient_surgery="pcgrad", smart_tasks=["sst", "sts"])
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "loss" in entry][0]
     assert {"smart_adv_sst", "smart_breg_sts", "grad_cos_sst_sts"} <= set(logged)
