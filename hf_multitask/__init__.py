@@ -2,13 +2,15 @@
 
 from transformers import AutoConfig, AutoModel
 
+from .build import DataArguments, ModelArguments, build_model, build_task_specs, build_tokenizer
 from .checkpointing import CheckpointError
 from .configuration import MultitaskConfig
-from .data import MultitaskCollator, MultitaskDataset, load_task_data, load_task_split, tokenize_task
+from .data import MultitaskCollator, MultitaskDataset, load_task_data, load_task_split, load_tokenized, tokenize_task
 from .export import export_task
 from .inference import MultitaskPipeline, normalize_ptb, predict
+from .kinds import ClassificationKind, RegressionKind, TaskKind, get_kind, register_kind
 from .losses import ordinal_log_loss, symmetric_kl, task_loss
-from .metrics import compute_task_metrics, overall_score
+from .metrics import compute_task_metrics, metric_key, overall_score
 from .model_card import render_model_card, write_model_card
 from .modeling import MultitaskModel, MultitaskModelOutput
 from .pal import PalConfig, PalModel
@@ -25,6 +27,18 @@ AutoModel.register(MultitaskConfig, MultitaskModel, exist_ok=True)
 __version__ = "0.1.0"
 
 __all__ = [
+    "ClassificationKind",
+    "DataArguments",
+    "ModelArguments",
+    "RegressionKind",
+    "TaskKind",
+    "build_model",
+    "build_task_specs",
+    "build_tokenizer",
+    "get_kind",
+    "load_tokenized",
+    "metric_key",
+    "register_kind",
     "CheckpointError",
     "MultitaskBatchSampler",
     "MultitaskCollator",

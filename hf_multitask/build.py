@@ -24,15 +24,20 @@ from transformers import AutoTokenizer, PreTrainedConfig
 from transformers.utils import logging
 
 from .configuration import MultitaskConfig
-from .modeling import MultitaskModel, resolve_encoder_path
+from .modeling import MultitaskModel
 from .pal import PalConfig
 from .tasks import TaskSpec, get_task
+from .utils import resolve_encoder_path
 
 logger = logging.get_logger(__name__)
 
 
 @dataclass
 class ModelArguments:
+    """What to train: the encoder (or a saved multitask model), the tasks and how they are encoded and pooled, and
+    the CS224N options (frozen baseline, transferred heads, PALs). Each field is a `hf-multitask train` flag and a
+    config-file key."""
+
     model_name_or_path: str = field(
         default="minilm",
         metadata={"help": "Encoder checkpoint (hub id, local dir, or 'minilm' for the bundled all-MiniLM-L6-v2), "
@@ -61,13 +66,13 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
+    """Where the data is: a directory of `<task>-<split>.<ext>` files, the split names, optional row limits."""
+
     data_dir: str = field(default="../shared/data", metadata={"help": "Directory of <task>-<split>.tsv files."})
     train_split: str = field(default="train", metadata={"help": "Split name of the training files."})
     eval_split: str = field(default="dev", metadata={"help": "Split name of the evaluation files."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N rows of each task."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N eval rows per task."})
-
-
 
 
 def build_task_specs(model_args: ModelArguments) -> list[TaskSpec]:

@@ -57,7 +57,7 @@ class MultitaskConfig(PreTrainedConfig):
             TaskSpec.from_dict(task)
 
     @property
-    def task_specs(self) -> dict[str, TaskSpec]:
+    def specs(self) -> dict[str, TaskSpec]:
         """`{task_name: TaskSpec}` in the config's order."""
         return {t["name"]: TaskSpec.from_dict(t) for t in self.tasks}
 

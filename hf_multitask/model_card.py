@@ -90,7 +90,7 @@ def render_model_card(
     ```
     """
     config: MultitaskConfig = getattr(model, "config", model)
-    specs = config.task_specs
+    specs = config.specs
     values = task_metrics(specs, metrics or {})
     name = model_name or "hf-multitask model"
     base = base_model or base_model_id(config)

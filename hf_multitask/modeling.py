@@ -79,7 +79,7 @@ class MultitaskModel(PreTrainedModel):
     def specs(self) -> dict[str, TaskSpec]:
         """`{task_name: TaskSpec}`, cached from the config."""
         if getattr(self, "_specs", None) is None or list(self._specs) != self.config.task_names:
-            self._specs = self.config.task_specs
+            self._specs = self.config.specs
         return self._specs
 
     @classmethod

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -34,14 +33,6 @@ def confusion_matrix(task_name: str, gold: Sequence[int], predicted: Sequence[in
     matrix = np.zeros((num_labels, num_labels), dtype=int)
     np.add.at(matrix, (gold, predicted), 1)
     return matrix
-
-
-def pearson_r(x: Sequence[float], y: Sequence[float]) -> float:
-    """Pearson correlation; NaN when either side is constant."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if len(x) < 2 or x.std() == 0 or y.std() == 0:
-        return math.nan
-    return float(np.corrcoef(x, y)[0, 1])
 
 
 # ---- plots ----

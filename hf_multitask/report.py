@@ -51,7 +51,7 @@ def load_log_history(state_file: str | Path) -> list[dict]:
 
 def load_task_specs(model_dir: str | Path) -> dict[str, TaskSpec]:
     """`{task_name: TaskSpec}` from a saved model's `config.json`."""
-    return MultitaskConfig.from_pretrained(str(model_dir)).task_specs
+    return MultitaskConfig.from_pretrained(str(model_dir)).specs
 
 
 # ---- series from the log history ----

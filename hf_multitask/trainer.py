@@ -435,7 +435,7 @@ class MultitaskTrainer(Trainer):
                                      num_steps=math.ceil(num_samples / total_batch_size)))
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        self._memory_tracker.stop_and_update_metrics(metrics)
+        self._memory_tracker.stop_and_update_metrics(metrics)  # as the parent does: no public API for it
         return metrics
 
 

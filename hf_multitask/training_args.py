@@ -67,7 +67,7 @@ class MultitaskTrainingArguments(TrainingArguments):
     > Parameters that control the optimizer
 
     head_learning_rate (`float` or `None`, defaults to `None`):
-        Learning rate of the task heads (`heads.*`), in their own param groups with the same schedule and weight-decay
+        Learning rate of the task heads' parameters, in their own param groups with the same schedule and weight-decay
         split; `None` uses `learning_rate`. Task-specific heads start from random weights and often want a larger rate
         than the pretrained encoder (0 keeps them fixed).
 

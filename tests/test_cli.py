@@ -78,3 +78,27 @@ def test_predict_rejects_unknown_task_and_bad_pairs(config_file, tmp_path):
         main(["predict", str(tmp_path / "run"), "--task", "nli", "x"])
     with pytest.raises(SystemExit, match="needs 2 text"):
         main(["predict", str(tmp_path / "run"), "--task", "sts", "only one sentence"])
+
+
+def test_help_lists_the_commands_and_exits_0(capsys):
+    main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("train", "evaluate", "predict", "export", "report"):
+        assert f"\n  {command} " in out
+
+
+def test_an_unknown_command_suggests_the_closest(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["trian"])
+    assert exit_info.value.code == 2
+    assert "unknown command 'trian' (did you mean 'train'?)" in capsys.readouterr().err
+
+
+def test_train_help_shows_our_arguments_before_the_training_arguments(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    ours = [out.index(flag) for flag in ("--model_name_or_path", "--data_dir", "--task_sampling ", "--smart_tasks")]
+    assert ours == sorted(ours) and max(ours) < out.index("--per_device_train_batch_size")
+    assert "model arguments:" in out and "multitask training arguments:" in out

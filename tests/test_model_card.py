@@ -240,3 +240,17 @@ def test_model_push_to_hub_keeps_the_users_card_on_the_hub(hub, monkeypatch, tin
     monkeypatch.setattr(ModelCard, "load", lambda *args, **kwargs: ModelCard(USER_CARD))
     tiny_model.save_pretrained(tmp_path, push_to_hub=True, repo_id="me/tiny")
     assert hub.readmes[-1] == USER_CARD
+
+
+def test_trainer_save_writes_the_card_once_with_the_metrics(monkeypatch, tiny_model, tokenized, tokenizer, tmp_path):
+    calls = []
+    original = hf_multitask.model_card.write_model_card
+    monkeypatch.setattr(hf_multitask.model_card, "write_model_card",
+                        lambda *args, **kwargs: calls.append(kwargs) or original(*args, **kwargs))
+    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path)
+    metrics = trainer.evaluate()
+    trainer.save_model(str(tmp_path / "saved"))
+    assert len(calls) == 1 and calls[0]["metrics"]["eval_overall"] == metrics["eval_overall"]
+    assert tiny_model.card_context is None  # only while the Trainer saves
+    card = (tmp_path / "saved" / "README.md").read_text()
+    assert f"(r → (r + 1) / 2) | {metrics['eval_overall']:.4f} |" in card

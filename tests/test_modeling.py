@@ -31,7 +31,7 @@ def test_save_load_gives_identical_logits(tiny_model, tokenizer, tmp_path):
         loaded.eval()
         for task, logits in expected.items():
             torch.testing.assert_close(loaded(task_name=task, **inputs).logits, logits, rtol=0, atol=1e-6)
-        assert loaded.config.task_specs == tiny_model.config.task_specs
+        assert loaded.config.specs == tiny_model.config.specs
 
 
 def test_pooling_cls_and_mean_differ(bert_config, tokenizer):

@@ -8,7 +8,7 @@ from PIL import Image
 from hf_multitask import MultitaskConfig, MultitaskModel, MultitaskTrainer, MultitaskTrainingArguments, cs224n_tasks
 from hf_multitask import report as report_module
 from hf_multitask.cli import main
-from hf_multitask.plots import confusion_matrix, ema_smooth, pearson_r
+from hf_multitask.plots import confusion_matrix, ema_smooth
 from hf_multitask.report import (
     collect_series,
     eval_metrics,
@@ -87,11 +87,6 @@ def test_confusion_matrix_counts_gold_rows_and_predicted_columns():
     np.testing.assert_array_equal(matrix, [[1, 1, 0], [0, 1, 0], [1, 0, 1]])
     with pytest.raises(ValueError, match="Task 'sst': prediction 3 is not a class id in 0..2"):
         confusion_matrix("sst", [0, 1], [0, 3], num_labels=3)
-
-
-def test_pearson_r():
-    assert pearson_r([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
-    assert np.isnan(pearson_r([1, 2, 3], [1, 1, 1]))
 
 
 def test_find_run_files_errors_name_the_run_dir(tmp_path):

@@ -95,10 +95,10 @@ class RegressionKind(TaskKind):
         return f"a score in [{spec.score_range[0]:g}, {spec.score_range[1]:g}]"
 
     def plot_predictions(self, spec, gold: np.ndarray, predicted: np.ndarray, output_dir, split: str):
-        from ..plots import pearson_r, plot_scatter
+        from ..plots import plot_scatter
 
-        r = pearson_r(gold, predicted)
-        title = f"{spec.name}: predicted vs gold on {split} (n={len(gold)}, Pearson r = {r:.3f})"
+        value = self.compute_metrics(spec, np.asarray(predicted)[:, None], gold)[spec.metric]
+        title = f"{spec.name}: predicted vs gold on {split} (n={len(gold)}, {spec.metric} r = {value:.3f})"
         return plot_scatter(gold, predicted, spec.score_range, output_dir / f"scatter_{spec.name}.png", title)
 
 
