@@ -6,5 +6,6 @@ test-slow:
 
 quality:
 	ruff check .
+	python ../shared/tools/structure_check.py .
 
 .PHONY: test test-slow quality
