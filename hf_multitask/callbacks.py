@@ -4,7 +4,7 @@ per-task training metrics and the non-finite-loss guard."""
 from __future__ import annotations
 
 import torch
-from transformers import TrainerCallback
+from transformers import ProgressCallback, TrainerCallback
 
 
 class SamplerEpochCallback(TrainerCallback):
@@ -99,3 +99,12 @@ class NonFiniteGuard:
 
     def load_state_dict(self, state: dict) -> None:
         self.in_a_row, self.skipped = int(state.get("in_a_row", 0)), int(state.get("skipped", 0))
+
+
+def end_prediction_bars(callback_handler) -> None:
+    """Close transformers' evaluation progress bar after one task's loop, so that the next task's bar starts with its
+    own total (`ProgressCallback` keeps a single bar until `on_evaluate`, which comes once after all tasks)."""
+    for callback in callback_handler.callbacks:
+        if isinstance(callback, ProgressCallback) and callback.prediction_bar is not None:
+            callback.prediction_bar.close()
+            callback.prediction_bar = None

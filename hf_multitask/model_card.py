@@ -19,11 +19,13 @@ MODEL_CARD_NAME = "README.md"
 MARKER = ("<!-- hf-multitask model card: written by hf-multitask and rewritten at every save. Delete this line to "
           "keep your edits. -->")
 # A README.md holding one of these may be replaced: ours, the empty card that `PreTrainedModel.push_to_hub` writes,
-# and the draft card of `Trainer.create_model_card`. Anything else is the user's and is kept.
+# the draft card of `Trainer.create_model_card`, and huggingface_hub's template that peft fills in on a save. Anything
+# else is the user's and is kept.
 REPLACEABLE_CARDS = (
     "<!-- hf-multitask model card",
     "This is the model card of a 🤗 transformers model that has been pushed on the Hub",
     "This model card has been generated automatically according to the information the Trainer had access to",
+    "<!-- Provide a quick summary of what the model is/does. -->",
 )
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -122,9 +124,28 @@ def write_model_card(directory: str | os.PathLike, model, overwrite: bool = Fals
         return False
     kwargs.setdefault("model_name", os.path.basename(os.path.normpath(os.path.abspath(directory))))
     os.makedirs(directory, exist_ok=True)
+    text = _with_peft_metadata(render_model_card(model, **kwargs), path)
     with open(path, "w", encoding="utf-8") as f:
-        f.write(render_model_card(model, **kwargs))
+        f.write(text)
     return True
+
+
+def _with_peft_metadata(text: str, path: str) -> str:
+    """`text` with the metadata peft wrote into the README.md at `path` (a LoRA-wrapped save): its `library_name`,
+    tags and `base_model` in the front matter, its framework versions at the end. `text` itself where peft wrote
+    none."""
+    if not os.path.isfile(path):
+        return text
+    old = ModelCard.load(path)
+    if old.data.get("library_name") != "peft":
+        return text
+    card = ModelCard(text)
+    card.data.library_name = "peft"
+    card.data.tags = list(dict.fromkeys([*(card.data.tags or []), *(old.data.get("tags") or [])]))
+    card.data.base_model = old.data.get("base_model") or card.data.base_model
+    versions = [line for line in old.text.splitlines() if line.startswith("- PEFT ")]
+    tail = "\n\n### Framework versions\n\n" + "\n".join(versions) if versions else ""
+    return str(card).rstrip("\n") + tail + "\n"
 
 
 def is_replaceable_card(path: str | os.PathLike) -> bool:

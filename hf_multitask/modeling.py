@@ -10,10 +10,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import AutoConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration import MultitaskConfig
+from .encoders import accepts_pooling_flag, encoder_from_config, load_encoder
 from .pal import PalConfig, PalModel, load_adapter, save_adapter
 from .tasks import TaskSpec
 from .utils import resolve_encoder_path
@@ -62,7 +63,7 @@ class MultitaskModel(PreTrainedModel):
     def __init__(self, config: MultitaskConfig, encoder: PreTrainedModel | None = None):
         super().__init__(config)
         self.card_context: dict | None = None  # model-card arguments while a Trainer saves (metrics, arguments)
-        self.encoder = encoder if encoder is not None else _encoder_from_config(config.encoder)
+        self.encoder = encoder if encoder is not None else encoder_from_config(config.encoder)
         if self.encoder.config._attn_implementation is None:
             # Wrapping a loaded encoder's config in MultitaskConfig resets its attention implementation, and the
             # encoder would then fall back to eager attention with a warning: give it the top-level choice.
@@ -103,9 +104,9 @@ class MultitaskModel(PreTrainedModel):
         """
         path = resolve_encoder_path(encoder_name_or_path)
         encoder_config = AutoConfig.from_pretrained(path)
-        if _accepts_pooling_flag(encoder_config):
+        if accepts_pooling_flag(encoder_config):
             encoder_kwargs.setdefault("add_pooling_layer", False)  # heads pool themselves
-        encoder = AutoModel.from_pretrained(path, **encoder_kwargs)
+        encoder = load_encoder(path, **encoder_kwargs)
         config = MultitaskConfig(
             encoder=encoder.config, tasks=[t.to_dict() for t in tasks], pooling=pooling,
             classifier_dropout=classifier_dropout,
@@ -427,17 +428,6 @@ class MultitaskModel(PreTrainedModel):
         logits = self.heads[task_name](pooled, pooled_b)
         loss = spec.task_kind.loss(spec, logits, labels) if labels is not None else None
         return MultitaskModelOutput(loss=loss, logits=logits)
-
-
-def _accepts_pooling_flag(encoder_config) -> bool:
-    model_class = AutoModel._model_mapping.get(type(encoder_config), None)
-    return model_class is not None and "add_pooling_layer" in inspect.signature(model_class.__init__).parameters
-
-
-def _encoder_from_config(encoder_config) -> PreTrainedModel:
-    kwargs = {"add_pooling_layer": False} if _accepts_pooling_flag(encoder_config) else {}
-    return AutoModel.from_config(encoder_config, **kwargs)
-
 
 
 def _build_head(spec: TaskSpec, hidden_size: int, dropout: float) -> nn.Module:

@@ -13,7 +13,14 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints, speed_metrics
 from transformers.utils import logging
 
-from .callbacks import NonFiniteGuard, NonFiniteLossError, SamplerEpochCallback, SmartTeacherCallback, TaskMetrics
+from .callbacks import (
+    NonFiniteGuard,
+    NonFiniteLossError,
+    SamplerEpochCallback,
+    SmartTeacherCallback,
+    TaskMetrics,
+    end_prediction_bars,
+)
 from .checkpointing import (
     CheckpointError,
     last_complete_checkpoint,
@@ -24,6 +31,7 @@ from .checkpointing import (
 from .data import MultitaskCollator, MultitaskDataset
 from .gradients import GradientSurgery
 from .metrics import compute_task_metrics, metric_key, overall_key, overall_score
+from .optim import build_optimizer, head_lr_param_groups
 from .sampling import MultitaskBatchSampler
 from .smart import SmartRegularizer
 
@@ -331,28 +339,10 @@ class MultitaskTrainer(Trainer):
             return super().create_optimizer(model)
         opt_model = self.model if model is None else model
         chosen = self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-        optimizer_cls, kwargs = chosen[0], dict(chosen[1])
-        is_class = isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)
-        if not is_class or {"params", "model", "optimizer_dict"} & set(kwargs):
-            optim = getattr(self.args.optim, "value", self.args.optim)
-            raise ValueError(f"head_learning_rate needs an optimizer built from param groups; optim={optim!r} builds "
-                             "its own: leave head_learning_rate unset")
-        self.optimizer = optimizer_cls(self._head_lr_param_groups(opt_model, head_lr), **kwargs)
+        groups = head_lr_param_groups(opt_model, self.multitask_model, head_lr, self.args.weight_decay,
+                                      set(self.get_decay_parameter_names(opt_model)))
+        self.optimizer = build_optimizer(chosen, groups, self.args.optim)
         return self.optimizer
-
-    def _head_lr_param_groups(self, model, head_lr: float) -> list[dict]:
-        """Trainable parameters in up to four groups: (encoder and PALs | heads) x (weight decay | none)."""
-        decay = set(self.get_decay_parameter_names(model))
-        owners = self.multitask_model.task_parameter_owners()
-        groups = {(is_head, decays): [] for is_head in (False, True) for decays in (True, False)}
-        for name, param in model.named_parameters():
-            if param.requires_grad:
-                groups[owners.get(id(param), (None, None))[1] == "heads", name in decay].append(param)
-        return [  # the encoder's decay group first: the Trainer logs param_groups[0]'s rate as `learning_rate`
-            {"params": params, "weight_decay": self.args.weight_decay if decays else 0.0,
-             **({"lr": head_lr} if is_head else {})}
-            for (is_head, decays), params in groups.items() if params
-        ]
 
     def create_model_card(self, language: str | None = None, license: str | None = None,
                           tags: str | list[str] | None = None, model_name: str | None = None,
@@ -424,6 +414,7 @@ class MultitaskTrainer(Trainer):
                 description=f"Evaluation [{task_name}]", prediction_loss_only=False, ignore_keys=ignore_keys,
                 metric_key_prefix=f"{metric_key_prefix}_{task_name}",
             )
+            end_prediction_bars(self.callback_handler)
             metrics.update(output.metrics)
             task_metrics = compute_task_metrics(specs[task_name], output.predictions, output.label_ids)
             metrics.update({metric_key(metric_key_prefix, task_name, k): v for k, v in task_metrics.items()})
@@ -440,7 +431,5 @@ class MultitaskTrainer(Trainer):
 
 
 def multitask_base(model):
-    """`model` itself, or the model a peft wrapper holds (`get_base_model()`): the one with `specs`."""
-    if not hasattr(model, "specs") and hasattr(model, "get_base_model"):
-        return model.get_base_model()
-    return model
+    """`model` itself, or the model a peft wrapper holds (`get_base_model()`; a `PeftModel` also forwards `specs`)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from transformers import TrainingArguments
 
 from .gradients import SURGERY_METHODS
@@ -72,7 +73,8 @@ class MultitaskTrainingArguments(TrainingArguments):
         than the pretrained encoder (0 keeps them fixed).
 
     Differences from the parent's defaults: `metric_for_best_model` may be `"overall"` (the mean of every task's
-    metric mapped to [0, 1]), which evaluation reports as `eval_overall`.
+    metric mapped to [0, 1]), which evaluation reports as `eval_overall`; `dataloader_pin_memory` is turned off
+    where there is no accelerator to pin memory for (CPU runs).
     """
 
     task_sampling: str = field(
@@ -111,6 +113,8 @@ class MultitaskTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.dataloader_pin_memory and (self.use_cpu or not _has_accelerator()):
+            self.dataloader_pin_memory = False  # pinning needs an accelerator; torch would warn at every dataloader
         if self.task_sampling not in STRATEGIES:
             raise ValueError(f"task_sampling must be one of {STRATEGIES}, got {self.task_sampling!r}")
         if self.gradient_surgery not in SURGERY_METHODS:
@@ -139,3 +143,8 @@ class MultitaskTrainingArguments(TrainingArguments):
             raise ValueError(f"smart_steps must be >= 0, got {self.smart_steps}")
         if not 0.0 <= self.smart_momentum < 1.0:
             raise ValueError(f"smart_momentum must be in [0, 1), got {self.smart_momentum}")
+
+
+def _has_accelerator() -> bool:
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6; older: CUDA only
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()

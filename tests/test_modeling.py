@@ -134,3 +134,21 @@ def test_max_sequence_length_counts_roberta_padding_offset(bert_config):
     assert model(task_name="sst", input_ids=torch.full((1, 64), 5)).logits.shape == (1, 5)
     with pytest.raises(ValueError, match=r"A batch of 65 tokens .* allow \(64, from max_position_embeddings\)"):
         model(task_name="sst", input_ids=torch.full((1, 65), 5))
+
+
+def test_from_encoder_is_quiet_about_the_pooler_but_reports_other_weights(tmp_path, bert_config, capfd, caplog):
+    from safetensors.torch import load_file, save_file
+    from transformers import BertModel
+
+    from hf_multitask import MultitaskModel, cs224n_tasks
+
+    BertModel(bert_config).save_pretrained(tmp_path / "bert")  # a checkpoint with the pooler we drop
+    MultitaskModel.from_encoder(tmp_path / "bert", cs224n_tasks())
+    assert "LOAD REPORT" not in capfd.readouterr().err
+
+    weights = load_file(tmp_path / "bert" / "model.safetensors")
+    del weights["embeddings.LayerNorm.weight"]
+    save_file(weights, tmp_path / "bert" / "model.safetensors", metadata={"format": "pt"})
+    MultitaskModel.from_encoder(tmp_path / "bert", cs224n_tasks())
+    assert "do not match its checkpoint: missing_keys: ['embeddings.LayerNorm.weight']" in caplog.text
+    assert "pooler" not in caplog.text

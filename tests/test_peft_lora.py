@@ -65,3 +65,20 @@ def test_lora_trains_saves_and_reloads(tiny_model, tokenized, tokenizer, tmp_pat
     again = logits(MultitaskModel.from_pretrained(tmp_path / "merged").eval(), tokenizer)
     for task in TASKS:
         torch.testing.assert_close(again[task], expected[task], rtol=0, atol=1e-5, msg=task)
+
+
+def test_a_lora_wrapped_save_writes_our_card_with_peft_metadata(tiny_model, tokenized, tokenizer, tmp_path):
+    import yaml
+
+    from hf_multitask.model_card import MARKER
+
+    model = get_peft_model(tiny_model, lora_config())
+    trainer = make_trainer(model, tokenized, tokenizer, tmp_path / "out", **TRAINER_ARGS, max_steps=1)
+    metrics = trainer.evaluate()
+    trainer.save_model(str(tmp_path / "adapter"))
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    assert MARKER in card and "[More Information Needed]" not in card
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["library_name"] == "peft" and {"lora", "hf-multitask"} <= set(front["tags"])
+    assert f"| `sst` | accuracy | {metrics['eval_sst_accuracy']:.4f} |" in card
+    assert "### Framework versions\n\n- PEFT " in card

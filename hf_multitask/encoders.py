@@ -1,0 +1,46 @@
+"""Loading the shared encoder: any `AutoModel` of the BERT family, without the pooler the heads replace."""
+
+from __future__ import annotations
+
+import inspect
+import logging as std_logging
+
+from transformers import MODEL_MAPPING, AutoModel, PreTrainedModel
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+
+def accepts_pooling_flag(encoder_config) -> bool:
+    """Whether the encoder's `AutoModel` class takes `add_pooling_layer` (BERT, RoBERTa, ... do)."""
+    model_class = MODEL_MAPPING.get(type(encoder_config), None)
+    return model_class is not None and "add_pooling_layer" in inspect.signature(model_class.__init__).parameters
+
+
+def load_encoder(path: str, **kwargs) -> PreTrainedModel:
+    """`AutoModel.from_pretrained` without transformers' load report about the checkpoint's pooler, which the heads
+    replace (`add_pooling_layer=False`); any other missing, unexpected or resized weight is still reported."""
+    loader = logging.get_logger("transformers.modeling_utils")  # the logger of transformers' load report
+    report_filter = _DropLoadReport()
+    loader.addFilter(report_filter)  # (raising the logger's level would turn on other checks in transformers)
+    try:
+        encoder, info = AutoModel.from_pretrained(path, output_loading_info=True, **kwargs)
+    finally:
+        loader.removeFilter(report_filter)
+    unused = {key: sorted(k for k in info.get(key, ()) if not str(k).startswith("pooler."))
+              for key in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if any(unused.values()):
+        logger.warning(f"{path}: the encoder's weights do not match its checkpoint: "
+                       + "; ".join(f"{key}: {keys}" for key, keys in unused.items() if keys))
+    return encoder
+
+
+def encoder_from_config(encoder_config) -> PreTrainedModel:
+    """A randomly initialised encoder for `encoder_config` (the weights come from the saved model after)."""
+    kwargs = {"add_pooling_layer": False} if accepts_pooling_flag(encoder_config) else {}
+    return AutoModel.from_config(encoder_config, **kwargs)
+
+
+class _DropLoadReport(std_logging.Filter):
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
