@@ -75,3 +75,8 @@ def test_eval_dataset_must_match_the_heads(tiny_model, tokenized, tokenizer, tmp
 def test_unknown_sampling_strategy_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="task_sampling must be one of"):
         MultitaskTrainingArguments(str(tmp_path), task_sampling="random")
+
+
+def test_pin_memory_is_off_without_an_accelerator(tmp_path):
+    args = MultitaskTrainingArguments(str(tmp_path), use_cpu=True, report_to=[])
+    assert args.dataloader_pin_memory is False  # torch warns at every dataloader when it pins without a device
