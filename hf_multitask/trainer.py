@@ -37,9 +37,12 @@ class MultitaskTrainer(Trainer):
     Every argument not listed below is as in `transformers.Trainer`. The default collator is a [`MultitaskCollator`].
 
     Args:
-        train_dataset: `{task_name: tokenized Dataset}` or a [`MultitaskDataset`].
+        train_dataset: `{task_name: tokenized Dataset}` or a [`MultitaskDataset`] (one Dataset for a one-task model);
+            validated against the tasks' specs here (docs/conventions.md).
         eval_dataset: `{task_name: tokenized Dataset}`; evaluation reports `eval_<task>_<metric>` for each task
             and `eval_overall`.
+        compute_metrics: `{task_name: fn}`, a `fn(eval_pred, task_name)`, or a plain `fn(eval_pred)` for a one-task
+            model; results go under `eval_<task>_<name>`.
 
     Example:
 
@@ -417,13 +420,13 @@ class MultitaskTrainer(Trainer):
         ids `None` where a dataset has no labels) and the metrics `evaluate` gives, `test_<task>_<metric>` ...
         `test_overall` (metrics that need labels only where every dataset has them)."""
         datasets = self._task_datasets(test_dataset, "test_dataset", labels_required=False)
-        self._memory_tracker.start()
+        self._memory_tracker.start()  # as the parent's predict: no public API for it
         start_time = time.time()
         outputs, metrics, num_samples = evaluate_tasks(self, datasets, metric_key_prefix, ignore_keys, "Prediction")
         metrics.update(speed_metrics(metric_key_prefix, start_time, num_samples=num_samples, num_steps=math.ceil(
             num_samples / (self.args.eval_batch_size * self.args.world_size))))
         self.control = self.callback_handler.on_predict(self.args, self.state, self.control, metrics)
-        self._memory_tracker.stop_and_update_metrics(metrics)
+        self._memory_tracker.stop_and_update_metrics(metrics)  # no public API for it
         predictions = {name: output.predictions for name, output in outputs.items()}
         label_ids = {name: output.label_ids for name, output in outputs.items()}
         if not isinstance(test_dataset, Mapping):  # one Dataset in, arrays out, as in Trainer.predict
