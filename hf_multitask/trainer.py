@@ -429,14 +429,16 @@ class MultitaskTrainer(Trainer):
         self._memory_tracker.stop_and_update_metrics(metrics)  # no public API for it
         predictions = {name: output.predictions for name, output in outputs.items()}
         label_ids = {name: output.label_ids for name, output in outputs.items()}
-        if not isinstance(test_dataset, Mapping):  # one Dataset in, arrays out, as in Trainer.predict
+        if not isinstance(test_dataset, (Mapping, MultitaskDataset)):  # one Dataset in, arrays out, as Trainer's
             predictions, label_ids = next(iter(predictions.values())), next(iter(label_ids.values()))
         return PredictionOutput(predictions=predictions, label_ids=label_ids, metrics=metrics)
 
     def _task_datasets(self, datasets, argument: str, labels_required: bool = True) -> dict:
         if datasets is None:
             raise TypeError(f"MultitaskTrainer needs {argument} as a non-empty {{task_name: Dataset}}")
+        if datasets is self.eval_dataset:  # normalised and validated at construction
+            return datasets
         datasets = conventions.task_datasets(datasets, self.specs, argument)
-        if datasets is not self.eval_dataset:
-            conventions.validate_datasets(datasets, self.specs, argument, self.processing_class, labels_required)
+        tokenizer = self.processing_class or getattr(self.data_collator, "tokenizer", None)
+        conventions.validate_datasets(datasets, self.specs, argument, tokenizer, labels_required)
         return datasets
