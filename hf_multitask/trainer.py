@@ -10,17 +10,11 @@ from collections.abc import Mapping
 import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints, speed_metrics
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, PredictionOutput, rotate_checkpoints, speed_metrics
 from transformers.utils import logging
 
-from .callbacks import (
-    NonFiniteGuard,
-    NonFiniteLossError,
-    SamplerEpochCallback,
-    SmartTeacherCallback,
-    TaskMetrics,
-    end_prediction_bars,
-)
+from . import conventions
+from .callbacks import NonFiniteGuard, NonFiniteLossError, SamplerEpochCallback, SmartTeacherCallback, TaskMetrics
 from .checkpointing import (
     CheckpointError,
     last_complete_checkpoint,
@@ -28,9 +22,10 @@ from .checkpointing import (
     save_training_state,
     verify_checkpoint,
 )
-from .data import MultitaskCollator, MultitaskDataset
+from .conventions import multitask_base
+from .data import MultitaskDataset
+from .evaluation import evaluate_tasks
 from .gradients import GradientSurgery
-from .metrics import compute_task_metrics, metric_key, overall_key, overall_score
 from .optim import build_optimizer, head_lr_param_groups
 from .sampling import MultitaskBatchSampler
 from .smart import SmartRegularizer
@@ -43,9 +38,12 @@ class MultitaskTrainer(Trainer):
     Every argument not listed below is as in `transformers.Trainer`. The default collator is a [`MultitaskCollator`].
 
     Args:
-        train_dataset: `{task_name: tokenized Dataset}` or a [`MultitaskDataset`].
+        train_dataset: `{task_name: tokenized Dataset}` or a [`MultitaskDataset`] (one Dataset for a one-task model);
+            validated against the tasks' specs here (docs/conventions.md).
         eval_dataset: `{task_name: tokenized Dataset}`; evaluation reports `eval_<task>_<metric>` for each task
             and `eval_overall`.
+        compute_metrics: `{task_name: fn}`, a `fn(eval_pred, task_name)`, or a plain `fn(eval_pred)` for a one-task
+            model; results go under `eval_<task>_<name>`.
 
     Example:
 
@@ -58,19 +56,14 @@ class MultitaskTrainer(Trainer):
     """
 
     def __init__(self, model=None, args=None, data_collator=None, train_dataset=None, eval_dataset=None,
-                 processing_class=None, **kwargs):
-        if isinstance(train_dataset, Mapping):
-            train_dataset = MultitaskDataset(train_dataset)
-        elif train_dataset is not None and not isinstance(train_dataset, MultitaskDataset):
-            raise TypeError("MultitaskTrainer needs train_dataset as {task_name: Dataset} or a MultitaskDataset, "
-                            f"got {type(train_dataset).__name__}")
-        if eval_dataset is not None and not isinstance(eval_dataset, Mapping):
-            raise TypeError("MultitaskTrainer needs eval_dataset as {task_name: Dataset}")
-        if data_collator is None and processing_class is not None:
-            data_collator = MultitaskCollator(processing_class, specs=multitask_base(model).specs)
+                 processing_class=None, compute_metrics=None, **kwargs):
+        train_dataset, eval_dataset, data_collator = conventions.prepare_inputs(
+            model, train_dataset, eval_dataset, data_collator, processing_class)
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
-        self._check_tasks()
+        conventions.check_training_args(self.args)
+        self.task_compute_metrics = conventions.scope_compute_metrics(compute_metrics, self.specs,
+                                                                      self.args.batch_eval_metrics)
         self.train_sampler: MultitaskBatchSampler | None = None
         self._task_metrics = TaskMetrics()
         self._task_metric_names = ["loss"]
@@ -92,15 +85,6 @@ class MultitaskTrainer(Trainer):
         """The [`MultitaskModel`] inside whatever wraps it (accelerate, DDP, peft)."""
         wrapped = self.accelerator.unwrap_model(self.model) if hasattr(self, "accelerator") else self.model
         return multitask_base(wrapped)
-
-    def _check_tasks(self) -> None:
-        heads = set(self.specs)
-        given = {"train_dataset": getattr(self.train_dataset, "task_names", []),
-                 "eval_dataset": list(self.eval_dataset or {})}
-        for where, names in given.items():
-            unknown = [name for name in names if name not in heads]
-            if unknown:
-                raise ValueError(f"{where} has task(s) {unknown} with no head in the model (heads: {sorted(heads)})")
 
     def _build_smart(self) -> SmartRegularizer | None:
         if getattr(self.args, "smart_tasks", None) is None:
@@ -155,7 +139,7 @@ class MultitaskTrainer(Trainer):
 
     def _build_train_sampler(self, dataset: MultitaskDataset) -> MultitaskBatchSampler:
         args = self.args
-        group = getattr(args, "task_sampling_group_by_length", False)
+        group = conventions.groups_by_length(args)
         sampler = MultitaskBatchSampler(
             dataset.task_sizes, batch_size=self._train_batch_size,
             strategy=getattr(args, "task_sampling", "annealed"), seed=args.data_seed or args.seed,
@@ -399,28 +383,12 @@ class MultitaskTrainer(Trainer):
     # ---- evaluation ----
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Evaluate every task; returns `<prefix>_<task>_<metric>`, `<prefix>_<task>_loss` and `<prefix>_overall`."""
-        datasets = eval_dataset if eval_dataset is not None else self.eval_dataset
-        if not isinstance(datasets, Mapping) or not datasets:
-            raise TypeError("MultitaskTrainer.evaluate needs eval_dataset as a non-empty {task_name: Dataset}")
+        """Evaluate every task; returns `<prefix>_<task>_<metric>`, `<prefix>_<task>_loss`, the user's
+        `compute_metrics` per task and `<prefix>_overall`. `eval_dataset` as at construction."""
+        datasets = self._task_datasets(eval_dataset if eval_dataset is not None else self.eval_dataset, "eval_dataset")
         self._memory_tracker.start()  # the parent's evaluate does this too; transformers has no public API for it
-        start_time, num_samples, metrics = time.time(), 0, {}
-        specs = self.specs
-        for task_name, dataset in datasets.items():
-            if task_name not in specs:
-                raise ValueError(f"eval_dataset has task {task_name!r} with no head in the model")
-            output = self.evaluation_loop(
-                self.get_eval_dataloader(MultitaskDataset({task_name: dataset})),
-                description=f"Evaluation [{task_name}]", prediction_loss_only=False, ignore_keys=ignore_keys,
-                metric_key_prefix=f"{metric_key_prefix}_{task_name}",
-            )
-            end_prediction_bars(self.callback_handler)
-            metrics.update(output.metrics)
-            task_metrics = compute_task_metrics(specs[task_name], output.predictions, output.label_ids)
-            metrics.update({metric_key(metric_key_prefix, task_name, k): v for k, v in task_metrics.items()})
-            num_samples += output.num_samples
-        evaluated = {name: specs[name] for name in datasets}
-        metrics[overall_key(metric_key_prefix)] = overall_score(evaluated, metrics, prefix=metric_key_prefix)
+        start_time = time.time()
+        _, metrics, num_samples = evaluate_tasks(self, datasets, metric_key_prefix, ignore_keys)
         total_batch_size = self.args.eval_batch_size * self.args.world_size
         metrics.update(speed_metrics(metric_key_prefix, start_time, num_samples=num_samples,
                                      num_steps=math.ceil(num_samples / total_batch_size)))
@@ -429,7 +397,31 @@ class MultitaskTrainer(Trainer):
         self._memory_tracker.stop_and_update_metrics(metrics)  # as the parent does: no public API for it
         return metrics
 
+    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test") -> PredictionOutput:
+        """Predict every task of `{task_name: Dataset}` (or one Dataset, for a model with one task). Returns
+        `PredictionOutput(predictions, label_ids, metrics)`: `{task: array}` for a dict (arrays for one Dataset; label
+        ids `None` where a dataset has no labels) and the metrics `evaluate` gives, `test_<task>_<metric>` ...
+        `test_overall` (metrics that need labels only where every dataset has them)."""
+        datasets = self._task_datasets(test_dataset, "test_dataset", labels_required=False)
+        self._memory_tracker.start()  # as the parent's predict: no public API for it
+        start_time = time.time()
+        outputs, metrics, num_samples = evaluate_tasks(self, datasets, metric_key_prefix, ignore_keys, "Prediction")
+        metrics.update(speed_metrics(metric_key_prefix, start_time, num_samples=num_samples, num_steps=math.ceil(
+            num_samples / (self.args.eval_batch_size * self.args.world_size))))
+        self.control = self.callback_handler.on_predict(self.args, self.state, self.control, metrics)
+        self._memory_tracker.stop_and_update_metrics(metrics)  # no public API for it
+        predictions = {name: output.predictions for name, output in outputs.items()}
+        label_ids = {name: output.label_ids for name, output in outputs.items()}
+        if not isinstance(test_dataset, (Mapping, MultitaskDataset)):  # one Dataset in, arrays out, as Trainer's
+            predictions, label_ids = next(iter(predictions.values())), next(iter(label_ids.values()))
+        return PredictionOutput(predictions=predictions, label_ids=label_ids, metrics=metrics)
 
-def multitask_base(model):
-    """`model` itself, or the model a peft wrapper holds (`get_base_model()`; a `PeftModel` also forwards `specs`)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+    def _task_datasets(self, datasets, argument: str, labels_required: bool = True) -> dict:
+        if datasets is None:
+            raise TypeError(f"MultitaskTrainer needs {argument} as a non-empty {{task_name: Dataset}}")
+        if datasets is self.eval_dataset:  # normalised and validated at construction
+            return datasets
+        datasets = conventions.task_datasets(datasets, self.specs, argument)
+        tokenizer = self.processing_class or getattr(self.data_collator, "tokenizer", None)
+        conventions.validate_datasets(datasets, self.specs, argument, tokenizer, labels_required)
+        return datasets

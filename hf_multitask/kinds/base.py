@@ -94,6 +94,16 @@ class TaskKind:
     def check_labels(self, spec, labels: list, source: str) -> None:
         """A look at all of a split's parsed labels at once (e.g. a warning for classes that never occur)."""
 
+    def check_label_column(self, spec, labels: np.ndarray, where: str) -> None:
+        """Check a tokenised dataset's whole `labels` column (one value per row, as the Trainer receives it)
+        against the spec, when the Trainer is built; a [`DataValidationError`] names `where` (the argument and
+        task), the first bad row (the dataset index) and the column, with the count of bad rows.
+
+        The default parses every value with [`parse_label`] (a Python loop); the built-in kinds vectorise.
+        """
+        for row, value in enumerate(np.asarray(labels).tolist()):
+            self.parse_label(spec, value, f"{where}: row {row}, column 'labels'")
+
     def example_lengths(self, dataset) -> list[int]:
         """Token count of each example of a tokenised dataset, for length grouping (both sentences of a
         bi-encoded pair)."""
@@ -173,6 +183,31 @@ class TaskKind:
         """A PNG in `output_dir` (a `Path`) comparing predictions on `split` with gold labels (`hf-multitask
         report`); returns its path."""
         raise NotImplementedError
+
+
+def label_column_error(where: str, bad: np.ndarray, values: np.ndarray, problem: str) -> DataValidationError:
+    """The error for the first row flagged in `bad`: `<where>: row <i>, column 'labels': label <v> <problem>`."""
+    rows = np.flatnonzero(bad)
+    row = int(rows[0])
+    value = values[row].item() if hasattr(values[row], "item") else values[row]
+    others = f" ({len(rows)} rows in all)" if len(rows) > 1 else ""
+    return DataValidationError(f"{where}: row {row}, column 'labels': label {value!r} {problem}{others}")
+
+
+def numeric_labels(where: str, labels: np.ndarray, what: str) -> np.ndarray:
+    """`labels` as float64, one per row; strings, booleans and nested values are a [`DataValidationError`]."""
+    values = np.asarray(labels)
+    if values.ndim != 1:
+        raise DataValidationError(f"{where}: column 'labels' holds {values.ndim}-d values; {what} needs one label "
+                                  "per row")
+    if values.dtype == bool or not (np.issubdtype(values.dtype, np.number) or values.dtype == object):
+        raise DataValidationError(f"{where}: column 'labels' has dtype {values.dtype}; {what} needs numbers "
+                                  f"(first row: {values[0].item()!r})")
+    if values.dtype == object:  # None or mixed values
+        numeric = np.array([isinstance(v, (int, float)) and not isinstance(v, bool) for v in values])
+        if not numeric.all():
+            raise label_column_error(where, ~numeric, values, f"is not a number ({what})")
+    return values.astype(np.float64)
 
 
 # ---- the registry ----

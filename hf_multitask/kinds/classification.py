@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ..heads import PairClassificationHead, SentenceHead
 from ..losses import ordinal_log_loss, symmetric_kl
 from ..utils import softmax
-from .base import DataValidationError, TaskKind, register_kind
+from .base import DataValidationError, TaskKind, label_column_error, numeric_labels, register_kind
 
 
 class ClassificationKind(TaskKind):
@@ -70,6 +70,15 @@ class ClassificationKind(TaskKind):
         if not number.is_integer() or not 0 <= number < self.num_labels(spec):
             raise DataValidationError(f"{where}: label {value!r} is not a class id in 0..{self.num_labels(spec) - 1}")
         return int(number)
+
+    def check_label_column(self, spec, labels: np.ndarray, where: str) -> None:
+        count = self.num_labels(spec)
+        values = numeric_labels(where, labels, f"a class id in 0..{count - 1}")
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(values) | (values != np.floor(values)) | (values < 0) | (values >= count)
+        if bad.any():
+            raise label_column_error(where, bad, values, f"is not a class id in 0..{count - 1} "
+                                                         f"(task {spec.name!r}: {spec.label_names})")
 
     def check_labels(self, spec, labels: list, source: str) -> None:
         from transformers.utils import logging

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..heads import CosineRegressionHead, SentenceHead
-from .base import DataValidationError, TaskKind, register_kind
+from .base import DataValidationError, TaskKind, label_column_error, numeric_labels, register_kind
 
 
 class RegressionKind(TaskKind):
@@ -60,6 +60,15 @@ class RegressionKind(TaskKind):
         if not math.isfinite(number) or not low <= number <= high:
             raise DataValidationError(f"{where}: score {value!r} is outside the task's range [{low}, {high}]")
         return number
+
+    def check_label_column(self, spec, labels: np.ndarray, where: str) -> None:
+        low, high = spec.score_range
+        values = numeric_labels(where, labels, f"a score in [{low}, {high}]")
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(values) | (values < low) | (values > high)
+        if bad.any():
+            raise label_column_error(where, bad, values,
+                                     f"is outside task {spec.name!r}'s score_range [{low}, {high}]")
 
     # ---- predictions and metrics ----
 

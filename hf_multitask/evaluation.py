@@ -1,0 +1,40 @@
+"""The per-task loop behind [`MultitaskTrainer`]'s `evaluate` and `predict`: one `evaluation_loop` per task,
+our metrics and the user's `compute_metrics` per task, and the overall score."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from transformers.trainer_utils import EvalLoopOutput, EvalPrediction
+
+from .callbacks import end_prediction_bars
+from .conventions import user_task_metrics
+from .data import MultitaskDataset
+from .metrics import compute_task_metrics, metric_key, overall_key, overall_score
+
+
+def evaluate_tasks(trainer, datasets: Mapping, prefix: str, ignore_keys=None,
+                   description: str = "Evaluation") -> tuple[dict[str, EvalLoopOutput], dict[str, float], int]:
+    """Run `trainer.evaluation_loop` on each task's dataset. Returns (`{task: EvalLoopOutput}`, metrics, number of
+    examples); metrics hold `<prefix>_<task>_loss` and, for tasks with labels, `<prefix>_<task>_<metric>`, the
+    user's metrics ([`user_task_metrics`]) and, when every task has labels, `<prefix>_overall`."""
+    specs, outputs, metrics, num_samples = trainer.specs, {}, {}, 0
+    user_fns = getattr(trainer, "task_compute_metrics", {})
+    for task_name, dataset in datasets.items():
+        output = trainer.evaluation_loop(
+            trainer.get_eval_dataloader(MultitaskDataset({task_name: dataset})),
+            description=f"{description} [{task_name}]", prediction_loss_only=False, ignore_keys=ignore_keys,
+            metric_key_prefix=f"{prefix}_{task_name}",
+        )
+        end_prediction_bars(trainer.callback_handler)  # each task's progress bar with its own total
+        metrics.update(output.metrics)
+        if output.label_ids is not None:
+            ours = compute_task_metrics(specs[task_name], output.predictions, output.label_ids)
+            metrics.update({metric_key(prefix, task_name, k): v for k, v in ours.items()})
+            prediction = EvalPrediction(predictions=output.predictions, label_ids=output.label_ids)
+            metrics.update(user_task_metrics(user_fns.get(task_name), task_name, prediction, ours, prefix))
+        outputs[task_name] = output
+        num_samples += output.num_samples
+    if all(output.label_ids is not None for output in outputs.values()):
+        metrics[overall_key(prefix)] = overall_score([specs[name] for name in outputs], metrics, prefix=prefix)
+    return outputs, metrics, num_samples
