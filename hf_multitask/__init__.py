@@ -4,7 +4,7 @@ from transformers import AutoConfig, AutoModel
 
 from .build import DataArguments, ModelArguments, build_model, build_task_specs, build_tokenizer
 from .checkpointing import CheckpointError
-from .configuration import MultitaskConfig
+from .configuration import MultitaskConfig, is_multitask_model
 from .data import MultitaskCollator, MultitaskDataset, load_task_data, load_task_split, load_tokenized, tokenize_task
 from .export import export_task
 from .inference import MultitaskPipeline, normalize_ptb, predict
@@ -36,6 +36,7 @@ __all__ = [
     "build_task_specs",
     "build_tokenizer",
     "get_kind",
+    "is_multitask_model",
     "load_tokenized",
     "metric_key",
     "register_kind",

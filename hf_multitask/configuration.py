@@ -68,3 +68,10 @@ class MultitaskConfig(PreTrainedConfig):
     @property
     def hidden_size(self) -> int:
         return self.encoder.hidden_size
+
+
+def is_multitask_model(model) -> bool:
+    """Whether `model` is a multitask model: hf-multitask's [`MultitaskModel`], or the class that transformers
+    builds from the code saved with it (`trust_remote_code=True`), which is not an instance of ours. Asks
+    `config.model_type`, never the class."""
+    return getattr(getattr(model, "config", None), "model_type", None) == MultitaskConfig.model_type

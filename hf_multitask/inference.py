@@ -4,6 +4,7 @@ and the worst-predicted examples of an evaluation.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -14,11 +15,14 @@ from datasets import Dataset
 from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
 from transformers import AutoModel, AutoTokenizer, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.utils import logging
 
+from .configuration import is_multitask_model
 from .data import MultitaskCollator, effective_max_length, encode_texts, tokenize_task
 from .tasks import TaskSpec
 
 PIPELINE_TASK = "multitask-text-classification"
+TOKENIZER_CONFIG = "tokenizer_config.json"  # a folder holding it holds a saved tokenizer
 
 # ---- PTB normalisation (the form of the SST sentences, checked on every sentence of ../shared/data) ----
 
@@ -259,6 +263,27 @@ def default_tokenizer(model):
     return tokenizer
 
 
+def add_tokenizer(model, folder: str | os.PathLike, tokenizer=None) -> bool:
+    """Save `tokenizer` into a saved model's `folder`; without one, keep a tokenizer saved there already, or else save
+    the one saved beside the model ([`default_tokenizer`]: its `name_or_path`, or its encoder's).
+
+    Returns:
+        Whether `folder` holds a tokenizer now; when not, a warning (the card then says how to load one).
+    """
+    if tokenizer is None:
+        if os.path.isfile(os.path.join(folder, TOKENIZER_CONFIG)):
+            return True
+        try:
+            tokenizer = default_tokenizer(model)
+        except ValueError as err:
+            logging.get_logger(__name__).warning(f"No tokenizer goes with the model ({err}); its card says to load "
+                                                 "the encoder's")
+            return False
+    tokenizer.save_pretrained(str(folder))
+    return True
+
+
+
 # ---- errors of an evaluation ----
 
 
@@ -331,7 +356,7 @@ class MultitaskPipeline(Pipeline):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if not hasattr(self.model, "specs"):
+        if not is_multitask_model(self.model):
             raise TypeError(f"{PIPELINE_TASK} needs a MultitaskModel, got {type(self.model).__name__}")
 
     def _sanitize_parameters(self, task_name: str | None = None, normalize: str | None = None):

@@ -8,11 +8,11 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
-from huggingface_hub.errors import EntryNotFoundError
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .configuration import MultitaskConfig
 from .metrics import metric_key, overall_key
+from .remote_code import CODE_FILES, untravelled_kinds
 from .tasks import TaskSpec
 
 MODEL_CARD_NAME = "README.md"
@@ -59,6 +59,7 @@ def render_model_card(
     language: str | list[str] | None = None,
     tags: Sequence[str] | None = None,
     datasets: Sequence[str] | None = None,
+    tokenizer_included: bool = True,
 ) -> str:
     """The text of a README.md model card for a [`MultitaskModel`]: YAML front matter in the Hub's format
     (`library_name`, `tags`, `base_model`, `license`, `pipeline_tag`, `model-index` with each task's result), then
@@ -78,6 +79,8 @@ def render_model_card(
         language: Language code(s) for the front matter.
         tags: Extra tags, after `hf-multitask`, `multitask`, the encoder's model type and the techniques used.
         datasets: Hub dataset ids for the front matter.
+        tokenizer_included: Whether the model's tokenizer is saved (uploaded) with it; when not, the usage snippets
+            load the encoder's and say so.
 
     Example:
 
@@ -102,7 +105,7 @@ def render_model_card(
         _tasks_section(specs), _results_section(specs, values, results_source),
         _model_section(config, model), _training_section(training_args, trained_steps),
         _techniques_section(config, specs, training_args), _data_section(specs, license),
-        _usage_section(specs, model_id),
+        _usage_section(config, specs, model_id, base, tokenizer_included),
     ]
     return "\n".join(s.rstrip("\n") + "\n" for s in sections if s)
 
@@ -136,7 +139,8 @@ def _with_peft_metadata(text: str, path: str) -> str:
     none."""
     if not os.path.isfile(path):
         return text
-    old = ModelCard.load(path)
+    with open(path, encoding="utf-8") as f:
+        old = ModelCard(f.read())
     if old.data.get("library_name") != "peft":
         return text
     card = ModelCard(text)
@@ -180,37 +184,6 @@ def latest_eval_metrics(log_history: Sequence[Mapping[str, Any]], specs: Mapping
         if keys & set(entry):
             return {k: v for k, v in entry.items() if k.startswith(f"{prefix}_")}, entry.get("step")
     return {}, None
-
-
-def push_folder(model, folder: str | os.PathLike, repo_id: str, commit_message: str | None = None,
-                private: bool | None = None, token: str | bool | None = None, create_pr: bool = False,
-                revision: str | None = None, commit_description: str | None = None, tags: Sequence[str] | None = None,
-                card: Mapping[str, Any] | None = None):
-    """Upload a saved model's `folder` to the Hub repo `repo_id` as one commit (`HfApi.upload_folder`), with
-    hf-multitask's card in it, unless the repo's README.md on the Hub is the user's own: that one is kept.
-
-    Args:
-        model: The [`MultitaskModel`] saved in `folder`.
-        folder: Its directory.
-        repo_id: The Hub repo (created when missing).
-        commit_message, private, token, create_pr, revision, commit_description: As in `push_to_hub`.
-        tags: Extra Hub tags for the card.
-        card: More [`render_model_card`] arguments (metrics, training arguments).
-    """
-    api = HfApi(token=token)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    try:
-        remote = str(ModelCard.load(repo_id, token=token))
-    except EntryNotFoundError:
-        remote = None
-    if remote is not None and not any(mark in remote for mark in REPLACEABLE_CARDS):
-        with open(os.path.join(folder, MODEL_CARD_NAME), "w", encoding="utf-8") as f:
-            f.write(remote)  # the user's own card on the Hub stays
-    else:
-        card = {**(card or {}), **({"tags": list(tags)} if tags else {})}
-        write_model_card(folder, model, overwrite=True, model_name=repo_id.split("/")[-1], model_id=repo_id, **card)
-    return api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message or "Upload model",
-                             commit_description=commit_description, create_pr=create_pr, revision=revision)
 
 
 def base_model_id(config: MultitaskConfig) -> str | None:
@@ -404,8 +377,9 @@ def _data_section(specs, license) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _usage_section(specs, model_id) -> str:
+def _usage_section(config, specs, model_id, base, tokenizer_included) -> str:
     path, spec = model_id or "path/to/this/model", next(iter(specs.values()))
+    tokenizer_path = path if tokenizer_included else base or "path/to/the/encoder"
     a, b = "A man plays a guitar.", "A person plays guitar."
     forward = f'logits = model(task_name="{spec.name}", **inputs).logits'
     if not spec.is_pair:
@@ -419,13 +393,35 @@ def _usage_section(specs, model_id) -> str:
         call = [f'inputs, b = tokenizer(["{a}"], return_tensors="pt"), tokenizer(["{b}"], return_tensors="pt")',
                 forward.replace("**inputs)", f"**inputs, {second})")]
         texts = f'[("{a}", "{b}")]'
-    return (
-        "## How to use\n\n```python\nimport torch\nfrom transformers import AutoModel, AutoTokenizer\n\n"
-        "import hf_multitask  # registers the model type with the Auto classes (no trust_remote_code)\n\n"
-        f'model = AutoModel.from_pretrained("{path}").eval()  # or hf_multitask.MultitaskModel.from_pretrained\n'
-        f'tokenizer = AutoTokenizer.from_pretrained("{path}")\nwith torch.no_grad():\n'
-        + "".join(f"    {line}\n" for line in call)
-        + f'model.predict("{spec.name}", {texts}, tokenizer=tokenizer)  # label names or scores\n```\n\n'
+    load_tokenizer = f'tokenizer = AutoTokenizer.from_pretrained("{tokenizer_path}")'
+    lines = [
+        "## How to use\n", "### With hf-multitask\n", "`pip install hf-multitask`, then:\n", "```python",
+        "from transformers import AutoModel, AutoTokenizer\n",
+        "import hf_multitask  # registers the model type with the Auto classes (no trust_remote_code)\n",
+        f'model = AutoModel.from_pretrained("{path}").eval()  # or hf_multitask.MultitaskModel.from_pretrained',
+        load_tokenizer, f'model.predict("{spec.name}", {texts}, tokenizer=tokenizer)  # label names or scores',
+        "```\n",
         f"Tasks: {', '.join(f'`{t}`' for t in specs)}. `model.predict(task_name, texts_or_pairs, tokenizer=...)` "
-        "returns label names for classification tasks and scores for regression tasks; pairs are `(a, b)` tuples.\n"
-    )
+        "returns label names for classification tasks and scores for regression tasks; pairs are `(a, b)` tuples. "
+        "Training, `predict()`, the pipeline and export need hf-multitask.\n", "### With transformers alone\n",
+    ]
+    untravelled = untravelled_kinds(config)
+    if untravelled:
+        lines.append(f"Not possible for this model: its task kind(s) ({', '.join(sorted(set(untravelled.values())))})"
+                     " are registered by code outside hf-multitask, which does not travel with the model. Install "
+                     "hf-multitask and import the module that registers them.")
+    else:
+        lines += [
+            f"The model's code comes with it ({' and '.join(f'`{f}`' for f in CODE_FILES)}, written by "
+            "hf-multitask), so transformers loads it without hf-multitask installed:\n", "```python", "import torch",
+            "from transformers import AutoModel, AutoTokenizer\n",
+            f'model = AutoModel.from_pretrained("{path}", trust_remote_code=True).eval()',
+            load_tokenizer.replace('")', '", trust_remote_code=True)  # it reads the config, which names the code'),
+            *call[:1], "with torch.no_grad():", *(f"    {line}" for line in call[1:]),
+            f'spec = model.specs["{spec.name}"]',
+            "print(spec.task_kind.decode(spec, logits.numpy()))  # label names or scores", "```",
+        ]
+    if not tokenizer_included:
+        lines.append(f"\nNo tokenizer was uploaded with this model: load the one it was trained with (above: the "
+                     f"encoder's, `{tokenizer_path}`).")
+    return "\n".join(lines) + "\n"

@@ -13,7 +13,7 @@ from torch import nn
 from transformers import AutoConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .configuration import MultitaskConfig
+from .configuration import MultitaskConfig, is_multitask_model
 from .encoders import accepts_pooling_flag, encoder_from_config, load_encoder
 from .pal import PalConfig, PalModel, load_adapter, save_adapter
 from .tasks import TaskSpec
@@ -139,8 +139,10 @@ class MultitaskModel(PreTrainedModel):
 
         Used to start full fine-tuning from a trained frozen-encoder baseline's heads.
         """
-        if not isinstance(source, MultitaskModel):
+        if isinstance(source, (str, os.PathLike)):
             source = MultitaskModel.from_pretrained(source)
+        elif not is_multitask_model(source):
+            raise TypeError(f"load_heads_from needs a multitask model or its directory, got {type(source).__name__}")
         for name in tasks or self.config.task_names:
             if name not in source.heads:
                 raise ValueError(f"Task {name!r} has no head in the source model (it has {list(source.heads)})")
@@ -209,39 +211,45 @@ class MultitaskModel(PreTrainedModel):
 
     def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True,
                         push_to_hub: bool = False, **kwargs) -> None:
-        """`PreTrainedModel.save_pretrained`, then a README.md model card ([`hf_multitask.model_card`]) next to
-        config.json, unless the directory holds a README.md that hf-multitask did not write. `card_context` (set by
-        the Trainer while it saves: metrics, training arguments) goes into the card.
-
-        `push_to_hub=True` uploads the directory afterwards (`repo_id`, `commit_message`, `create_pr`, `token`,
-        `private` as in transformers), keeping a card on the Hub that is the user's own.
-        """
-        from .model_card import push_folder, write_model_card
-
+        """`PreTrainedModel.save_pretrained`, plus the code for transformers alone ([`hf_multitask.remote_code`])
+        and a README.md card ([`hf_multitask.model_card`]; a README.md that hf-multitask did not write is kept) with
+        `card_context` in it (metrics, training arguments: set by the Trainer while it saves). `push_to_hub=True`
+        uploads the directory afterwards (`repo_id`, `tokenizer`, ... as in [`push_to_hub`])."""
+        try:
+            from .hub import push_folder
+            from .model_card import write_model_card
+        except ImportError:  # in the copy that travels with a saved model, without hf-multitask: transformers' save
+            return super().save_pretrained(save_directory, is_main_process, push_to_hub=push_to_hub, **kwargs)
         hub = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "create_pr", "token", "private", "revision",
-                                          "commit_description") if k in kwargs}
-        super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
+                                          "commit_description", "tokenizer") if k in kwargs}
+        self._save_with_code(save_directory, is_main_process=is_main_process, **kwargs)
         if is_main_process:
             write_model_card(save_directory, self, **(self.card_context or {}))
             if push_to_hub:
                 repo_id = hub.pop("repo_id", os.path.basename(os.path.normpath(str(save_directory))))
                 push_folder(self, save_directory, repo_id, **hub)
 
-    def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None,
-                    token: str | bool | None = None, create_pr: bool = False, revision: str | None = None,
-                    commit_description: str | None = None, max_shard_size: int | str | None = "50GB",
-                    tags: list[str] | None = None, **kwargs):
-        """Save to a temporary directory (weights, config, our model card) and upload it as one commit, as
-        `PreTrainedModel.push_to_hub` does, with hf-multitask's card unless the Hub holds the user's own."""
+    def push_to_hub(self, repo_id: str, *, tokenizer=None, max_shard_size: int | str | None = "50GB",
+                    tags: list[str] | None = None, **hub):
+        """Upload the model as one commit, as `PreTrainedModel.push_to_hub` does (`hub`: `commit_message`, `private`,
+        `token`, `create_pr`, `revision`, `commit_description`): weights, config, the code for transformers alone,
+        hf-multitask's card (unless the Hub holds the user's own) and `tokenizer`, by default the one saved beside the
+        model ([`hf_multitask.inference.add_tokenizer`]; without one, a warning and a note in the card)."""
         import tempfile
 
-        from .model_card import push_folder
-
+        try:
+            from .hub import push_folder
+        except ImportError:  # in the copy that travels with a saved model, without hf-multitask: transformers' push
+            return super().push_to_hub(repo_id, max_shard_size=max_shard_size, tags=tags, **hub)
         with tempfile.TemporaryDirectory() as folder:
-            super().save_pretrained(folder, max_shard_size=max_shard_size)
-            return push_folder(self, folder, repo_id, commit_message=commit_message, private=private, token=token,
-                               create_pr=create_pr, revision=revision, commit_description=commit_description,
-                               tags=tags, card=self.card_context or {})
+            self._save_with_code(folder, max_shard_size=max_shard_size)
+            return push_folder(self, folder, repo_id, tags=tags, card=self.card_context or {}, tokenizer=tokenizer,
+                               **hub)
+
+    def _save_with_code(self, directory: str | os.PathLike, is_main_process: bool = True, **kwargs) -> None:
+        from .remote_code import save_with_code
+
+        save_with_code(self, super().save_pretrained, directory, is_main_process=is_main_process, **kwargs)
 
     # ---- which parameters belong to which task ----
 

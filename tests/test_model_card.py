@@ -1,3 +1,5 @@
+import json
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,6 +12,7 @@ from huggingface_hub import ModelCard
 from huggingface_hub.errors import EntryNotFoundError
 from transformers import Trainer
 
+import hf_multitask.hub
 import hf_multitask.model_card
 from hf_multitask import (
     MultitaskConfig,
@@ -22,12 +25,15 @@ from hf_multitask import (
     write_model_card,
 )
 from hf_multitask.model_card import MARKER, MINILM_HUB_ID, base_model_id, latest_eval_metrics
+from hf_multitask.remote_code import AUTO_MAP, CODE_FILES
 
 from .conftest import make_trainer
 
 METRICS = {"eval_sst_accuracy": 0.4712, "eval_quora_accuracy": 0.8345, "eval_sts_pearson": 0.8481,
            "eval_overall": 0.7433, "eval_sst_loss": 1.2}
 USER_CARD = "---\nlicense: mit\n---\n# My own card\n"
+MODEL_FILES = ("README.md", "config.json", "model.safetensors")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def front_matter(card: str) -> dict:
@@ -43,17 +49,20 @@ class FakeHub:
     """Stands in for `HfApi`: records what would be uploaded, README.md's text read at upload time."""
 
     def __init__(self):
-        self.readmes = []
+        self.readmes, self.files, self.configs = [], [], []
 
     def create_repo(self, repo_id, **kwargs):
         return SimpleNamespace(repo_id=repo_id)
 
     def upload_folder(self, folder_path, **kwargs):  # Trainer.push_to_hub, MultitaskModel.push_to_hub
         self.readmes.append(Path(folder_path, "README.md").read_text(encoding="utf-8"))
+        self.files.append(sorted(p.name for p in Path(folder_path).iterdir()))
+        self.configs.append(json.loads(Path(folder_path, "config.json").read_text(encoding="utf-8")))
 
     def create_commit(self, repo_id, operations, **kwargs):  # PreTrainedModel.push_to_hub
         self.readmes += [Path(op.path_or_fileobj).read_text(encoding="utf-8") for op in operations
                          if op.path_in_repo == "README.md"]
+        self.files.append(sorted(op.path_in_repo for op in operations))
 
 
 @pytest.fixture
@@ -61,7 +70,7 @@ def hub(monkeypatch):
     fake = FakeHub()
     for module in (transformers.trainer, transformers.modeling_utils, transformers.utils.hub):
         monkeypatch.setattr(module, "hf_api", lambda: fake)
-    monkeypatch.setattr(hf_multitask.model_card, "HfApi", lambda **kwargs: fake)  # MultitaskModel.push_to_hub
+    monkeypatch.setattr(hf_multitask.hub, "HfApi", lambda **kwargs: fake)  # MultitaskModel.push_to_hub
     return fake
 
 
@@ -224,6 +233,8 @@ def test_trainer_push_to_hub_uploads_our_card(hub, tiny_model, tokenized, tokeni
     assert f"| `sts` | pearson | {metrics['eval_sts_pearson']:.4f} |" in card
     assert 'AutoModel.from_pretrained("me/tiny-multitask")' in card
     assert front_matter(card)["library_name"] == "hf-multitask"
+    assert {*MODEL_FILES, *TOKENIZER_FILES, *CODE_FILES} <= set(hub.files[-1])
+    assert hub.configs[-1]["auto_map"] == AUTO_MAP
 
 
 def test_model_push_to_hub_uploads_our_card(hub, monkeypatch, tiny_model):
@@ -254,3 +265,44 @@ def test_trainer_save_writes_the_card_once_with_the_metrics(monkeypatch, tiny_mo
     assert tiny_model.card_context is None  # only while the Trainer saves
     card = (tmp_path / "saved" / "README.md").read_text()
     assert f"(r → (r + 1) / 2) | {metrics['eval_overall']:.4f} |" in card
+
+
+@pytest.fixture
+def no_remote_card(monkeypatch):
+    def load(*args, **kwargs):
+        raise EntryNotFoundError("no README.md in the repo")
+
+    monkeypatch.setattr(ModelCard, "load", load)
+
+
+def test_model_push_uploads_card_config_weights_tokenizer_and_code(hub, no_remote_card, tiny_model, tokenizer):
+    tiny_model.push_to_hub("me/tiny", tokenizer=tokenizer)
+    assert {*MODEL_FILES, *TOKENIZER_FILES, *CODE_FILES} <= set(hub.files[-1])
+    assert hub.configs[-1]["auto_map"] == AUTO_MAP
+    card = hub.readmes[-1]
+    assert "pip install hf-multitask" in card and "No tokenizer was uploaded" not in card
+    assert 'AutoModel.from_pretrained("me/tiny", trust_remote_code=True)' in card
+    assert 'AutoTokenizer.from_pretrained("me/tiny", trust_remote_code=True)' in card
+    meta = front_matter(card)
+    assert meta["library_name"] == "hf-multitask" and meta["pipeline_tag"] == "text-classification"
+
+
+def test_model_push_takes_the_tokenizer_saved_beside_the_model(hub, no_remote_card, tiny_model, tokenizer, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    MultitaskModel.from_pretrained(tmp_path).push_to_hub("me/tiny")
+    assert {*MODEL_FILES, *TOKENIZER_FILES, *CODE_FILES} <= set(hub.files[-1])
+    tiny_model.save_pretrained(tmp_path / "again", push_to_hub=True, repo_id="me/tiny", tokenizer=tokenizer)
+    assert {*MODEL_FILES, *TOKENIZER_FILES, *CODE_FILES} <= set(hub.files[-1])
+
+
+def test_model_push_without_a_tokenizer_warns_and_the_card_says_how_to_load_one(hub, no_remote_card, tiny_model,
+                                                                                caplog):
+    tiny_model.config.encoder._name_or_path = "example-org/no-such-encoder"  # no tokenizer to be found
+    with caplog.at_level(logging.WARNING, logger="hf_multitask"):
+        tiny_model.push_to_hub("me/tiny")
+    assert any("No tokenizer goes with the model" in r.getMessage() for r in caplog.records)
+    assert not set(TOKENIZER_FILES) & set(hub.files[-1]) and set(CODE_FILES) <= set(hub.files[-1])
+    card = hub.readmes[-1]
+    assert "No tokenizer was uploaded with this model" in card
+    assert 'AutoTokenizer.from_pretrained("example-org/no-such-encoder")' in card
