@@ -60,8 +60,12 @@ def prepare_inputs(model, train_dataset, eval_dataset, data_collator, processing
     specs = multitask_base(model).specs
     train = task_datasets(train_dataset, specs, "train_dataset") if train_dataset is not None else None
     evaluation = task_datasets(eval_dataset, specs, "eval_dataset") if eval_dataset is not None else None
-    train = MultitaskDataset(train) if train is not None else None
-    collator = build_collator(data_collator, processing_class, specs, probe_features(train))
+    if train is not None and not (isinstance(train_dataset, MultitaskDataset)
+                                  and all(train[n] is train_dataset.datasets[n] for n in train)):
+        train = MultitaskDataset(train)
+    elif train is not None:
+        train = train_dataset  # the caller's own MultitaskDataset (a subclass, say), nothing renamed in it
+    collator = build_collator(data_collator, processing_class, specs, train)
     tokenizer = processing_class if processing_class is not None else getattr(collator, "tokenizer", None)
     validate_datasets(train.datasets if train is not None else None, specs, "train_dataset", tokenizer)
     validate_datasets(evaluation, specs, "eval_dataset", tokenizer)
@@ -154,10 +158,10 @@ def validate_datasets(datasets: Mapping | None, specs: Mapping, argument: str, t
 # ---- the collator ----
 
 
-def build_collator(data_collator, processing_class, specs: Mapping, probe: list[dict] | None = None):
+def build_collator(data_collator, processing_class, specs: Mapping, train: MultitaskDataset | None = None):
     """The collator the trainer uses: ours by default (needs a tokenizer), a `DataCollatorWithPadding` rebuilt as a
-    [`MultitaskCollator`], a user's callable if it returns a batch with `task_name` for `probe` (two examples of one
-    task), and an error saying what to pass otherwise."""
+    [`MultitaskCollator`], a user's callable if it returns a batch with `task_name` for two examples of `train`'s first
+    task ([`probe_features`], read only for such a callable), and an error saying what to pass otherwise."""
     if data_collator is None:
         if processing_class is None or not hasattr(processing_class, "pad"):
             raise ValueError("MultitaskTrainer needs processing_class=tokenizer to pad each task's batches (the "
@@ -183,6 +187,7 @@ def build_collator(data_collator, processing_class, specs: Mapping, probe: list[
     if type(data_collator).__module__.startswith("transformers.") or getattr(data_collator, "__module__", "") \
             .startswith("transformers."):
         raise ValueError(f"data_collator={name} cannot collate multitask batches: {hint}")
+    probe = probe_features(train)
     if probe:
         try:
             batch = data_collator(probe)
@@ -195,11 +200,13 @@ def build_collator(data_collator, processing_class, specs: Mapping, probe: list[
 
 
 def probe_features(train_dataset: MultitaskDataset | None) -> list[dict] | None:
-    """Up to two examples of the first training task, as the collator receives them."""
+    """Up to two examples of the first training task, as the collator receives them (read from the task's dataset,
+    not through `train_dataset`'s own `__getitems__`, which a subclass may count or log)."""
     if train_dataset is None or not len(train_dataset):
         return None
     first = train_dataset.task_names[0]
-    return train_dataset.__getitems__(list(range(min(2, train_dataset.task_sizes[first]))))
+    dataset = train_dataset.datasets[first]
+    return [{**dataset[i], "task_name": first} for i in range(min(2, len(dataset)))]
 
 
 # ---- training arguments ----

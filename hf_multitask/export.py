@@ -108,8 +108,9 @@ def _check_exportable(model, spec: TaskSpec) -> tuple[str, str]:
         raise ValueError(f"Task {spec.name!r}: the model pools with {model.config.pooling!r}, but "
                          f"{model_type.capitalize()}ForSequenceClassification classifies from the first token; "
                          "transformers has no masked-mean option for it (classifier_pooling exists only for "
-                         "ModernBERT and EuroBERT, other architectures). Train with pooling: cls to export, or "
-                         "serve the model with hf-multitask (predict, or the multitask-text-classification pipeline)")
+                         "ModernBERT and EuroBERT, other architectures). Train with pooling: cls to export; or load "
+                         "the saved model itself with transformers alone: AutoModel.from_pretrained(dir, "
+                         "trust_remote_code=True) (docs/inference.md, 'Loading with transformers alone')")
     if model.pal is not None and model.pal.enabled and spec.name in model.pal:
         raise ValueError(f"Task {spec.name!r} has a PAL, which a plain encoder cannot run: export a model without "
                          "PALs for this task, or serve it with hf-multitask")

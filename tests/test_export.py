@@ -93,7 +93,7 @@ def test_export_saves_the_tokenizer_saved_beside_the_model(bert_config, tokenize
 
 
 def test_export_refuses_what_has_no_plain_equivalent(bert_config, tokenizer, tmp_path):
-    with pytest.raises(ValueError, match="pools with 'mean'.*Train with pooling: cls"):
+    with pytest.raises(ValueError, match="pools with 'mean'.*Train with pooling: cls.*trust_remote_code=True"):
         export_task(MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=cs224n_tasks())), "sst", tmp_path)
     with pytest.raises(ValueError, match="Task 'sts' is bi-encoded.*pair_encoding: cross"):
         export_task(cls_model(bert_config, pair_encoding="bi"), "sts", tmp_path)
