@@ -80,3 +80,14 @@ def test_unknown_sampling_strategy_is_rejected(tmp_path):
 def test_pin_memory_is_off_without_an_accelerator(tmp_path):
     args = MultitaskTrainingArguments(str(tmp_path), use_cpu=True, report_to=[])
     assert args.dataloader_pin_memory is False  # torch warns at every dataloader when it pins without a device
+
+
+def test_each_task_gets_its_own_evaluation_progress_bar_with_a_total(tiny_model, tokenized, tokenizer, tmp_path,
+                                                                    capfd):
+    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path, per_device_eval_batch_size=8,
+                           disable_tqdm=False)
+    capfd.readouterr()
+    trainer.evaluate()
+    bars = capfd.readouterr().err
+    assert "2/2" in bars and "1/1" in bars  # sst: 12 rows = 2 batches; quora, sts: 8 rows = 1 batch each
+    assert "3it" not in bars and "4it" not in bars  # no bar running on past its total into the next task

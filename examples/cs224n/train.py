@@ -1,7 +1,9 @@
-"""A plain Hugging Face training script, with hf-multitask dropped in.
+"""The CS224N main job as a short training script written with hf-multitask's own loaders (`load_task_data`,
+`tokenize_task`) and `MultitaskTrainer`; the lines marked `# hf-multitask` are hf-multitask's parts.
 
-Read it as the script you already have for one task with `AutoModelForSequenceClassification` and `Trainer`;
-the lines marked `# hf-multitask` are the only changes needed to train one encoder on three tasks.
+For the drop-in proof, starting from the script an HF user already has (a `label` column,
+`DataCollatorWithPadding`, `compute_metrics`, `trainer.predict`), see examples/dropin/: run_single_task.py and
+run_multitask.py differ only in their lines marked `# multitask` (tests/test_dropin.py checks the diff).
 
     python examples/cs224n/train.py --data_dir ../shared/data --output_dir runs/dropin --max_steps 200
 """
