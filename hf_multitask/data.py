@@ -16,7 +16,7 @@ import torch
 from datasets import Dataset, DatasetDict, IterableDataset, load_dataset
 from transformers.utils import logging
 
-from .kinds import PAIR_SUFFIX, DataValidationError, TaskKind
+from .kinds import DataValidationError, TaskKind
 from .tasks import TaskSpec
 from .utils import did_you_mean
 
@@ -250,21 +250,16 @@ def effective_max_length(spec: TaskSpec, tokenizer) -> int:
 def encode_texts(spec: TaskSpec, tokenizer, texts: Sequence, max_length: int, **tokenizer_kwargs) -> dict:
     """Tokenizer features for one column of texts per entry of `spec.text_columns` (lists for a batch, strings
     for one example), the way the model reads them: both sentences in one sequence for a cross-encoded pair
-    (truncated longest first), each on its own with a `_b` suffix for the second of a bi-encoded pair.
+    (truncated longest first), each on its own with a `_b` suffix for the second of a bi-encoded pair; the task's
+    kind decides ([`TaskKind.encode`]: a multiple-choice task gives one sequence per choice).
     `tokenizer_kwargs` go to the tokenizer (e.g. `return_tensors="pt"`)."""
-    if spec.is_bi_encoded:
-        features = dict(tokenizer(texts[0], truncation=True, max_length=max_length, **tokenizer_kwargs))
-        second = tokenizer(texts[1], truncation=True, max_length=max_length, **tokenizer_kwargs)
-        features.update({f"{k}{PAIR_SUFFIX}": v for k, v in second.items()})
-        return features
-    truncation = "longest_first" if spec.is_pair else True
-    return dict(tokenizer(*texts, truncation=truncation, max_length=max_length, **tokenizer_kwargs))
+    return spec.task_kind.encode(spec, tokenizer, texts, max_length, **tokenizer_kwargs)
 
 
 def count_truncated(dataset: Dataset, spec: TaskSpec, tokenizer, max_length: int) -> int:
     """Examples whose tokenised length exceeds `max_length`: the pair together for cross-encoding, either
-    sentence for bi-encoding (an example counts once even when both of its sentences are too long)."""
-    groups = [[t] for t in spec.text_columns] if spec.is_bi_encoded else [list(spec.text_columns)]
+    sentence for bi-encoding, as the kind groups them (an example counts once however many groups are too long)."""
+    groups = spec.task_kind.truncation_groups(spec)
     too_long = [False] * len(dataset)
     for group in groups:
         lengths = tokenizer(*[list(dataset[c]) for c in group], truncation=False, return_length=True)["length"]

@@ -54,3 +54,17 @@ class CosineRegressionHead(nn.Module):
         cos = nn.functional.cosine_similarity(pooled.float(), pooled_b.float(), dim=-1)  # (batch,)
         return (self.low + cos * (self.high - self.low)).unsqueeze(-1)  # (batch, 1)
 
+
+
+class ChoiceHead(nn.Module):
+    """Multiple choice: dropout + linear to one score per cross-encoded (context, choice) row; the `(batch *
+    num_choices,)` scores are read back as `(batch, num_choices)` logits."""
+
+    def __init__(self, hidden_size: int, num_choices: int, dropout: float):
+        super().__init__()
+        self.num_choices = num_choices
+        self.dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(hidden_size, 1)
+
+    def forward(self, pooled: torch.Tensor, pooled_b: torch.Tensor | None = None) -> torch.Tensor:
+        return self.out_proj(self.dropout(pooled)).view(-1, self.num_choices)

@@ -107,10 +107,13 @@ def get_normalizer(name: str | None) -> Callable[[str], str] | None:
 
 
 def check_input(spec: TaskSpec, item: Any, where: str) -> tuple[str, ...]:
-    """One input as a tuple of texts: `(text,)` for a single-sentence task, `(a, b)` for a pair task."""
-    if spec.is_pair:
-        if isinstance(item, str) or not isinstance(item, Sequence) or len(item) != 2:
-            raise ValueError(f"{where}: task {spec.name!r} takes sentence pairs (a, b), got {item!r}")
+    """One input as a tuple of texts: `(text,)` for a single-sentence task, `(a, b)` for a pair task, one text per
+    text column for more (a multiple-choice task's context and choices)."""
+    count = len(spec.text_columns)
+    if count > 1:
+        if isinstance(item, str) or not isinstance(item, Sequence) or len(item) != count:
+            takes = "sentence pairs (a, b)" if count == 2 else f"tuples of {count} texts {spec.text_columns}"
+            raise ValueError(f"{where}: task {spec.name!r} takes {takes}, got {item!r}")
         texts = tuple(item)
     else:
         if not isinstance(item, str):

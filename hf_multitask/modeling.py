@@ -427,7 +427,8 @@ class MultitaskModel(PreTrainedModel):
         spec = self.specs[task_name]
         if self.pal is not None:
             self.pal.set_task(task_name)
-        pooled = self.encode(input_ids, attention_mask, token_type_ids, inputs_embeds)
+        inputs = spec.task_kind.encoder_inputs(input_ids, attention_mask, token_type_ids, inputs_embeds)
+        pooled = self.encode(*inputs)  # (a multiple-choice kind flattens its (batch, choices, seq) rows first)
         pooled_b = None
         if spec.is_bi_encoded:
             if input_ids_b is None and inputs_embeds_b is None:

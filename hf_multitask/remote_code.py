@@ -40,7 +40,8 @@ CODE_FILES = (f"{CONFIG_FILE}.py", f"{MODELING_FILE}.py")
 TRAVELLING_MODULES: dict[str, tuple[tuple[str, tuple[str, ...] | None], ...]] = {
     CONFIG_FILE: (
         ("utils", None), ("losses", None), ("metrics", ("metric_key",)), ("heads", None),
-        ("kinds.base", None), ("kinds.classification", None), ("kinds.regression", None),
+        ("kinds.base", None), ("kinds.classification", None), ("kinds.multiple_choice", None),
+        ("kinds.regression", None),
         ("tasks", None), ("configuration", None),
     ),
     MODELING_FILE: (("pal.config", None), ("pal.layer", None), ("pal.model", None), ("encoders", None),

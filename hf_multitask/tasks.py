@@ -20,7 +20,8 @@ class TaskSpec:
     Args:
         name: The task's name: key of its head, value of the batch's `task_name`, prefix of its metrics.
         kind: A registered task kind (hf_multitask/kinds/): `"classification"` or `"regression"` built in.
-        text_columns: One column (single sentence) or two (a sentence pair).
+        text_columns: One column (single sentence) or two (a sentence pair); a `multiple_choice` task names its
+            context and then its choices.
         label_column: The column holding the gold label.
         label_names: Class names, index = class id (classification only).
         score_range: `(low, high)` of the gold score (regression only).
@@ -67,8 +68,7 @@ class TaskSpec:
             raise ValueError(f"TaskSpec {self.name!r}: kind must be one of {sorted(KINDS)}, got {self.kind!r}"
                              f"{did_you_mean(self.kind, KINDS)}")
         kind = self.task_kind
-        if len(self.text_columns) not in (1, 2):
-            raise ValueError(f"TaskSpec {self.name!r}: text_columns must name 1 or 2 columns, got {self.text_columns}")
+        kind.check_text_columns(self)
         columns = (*self.text_columns, self.label_column)
         if len(set(columns)) != len(columns):
             raise ValueError(f"TaskSpec {self.name!r}: text_columns and label_column must be distinct, got "

@@ -58,6 +58,11 @@ class TaskKind:
             raise ValueError(f"TaskSpec {spec.name!r}: extra has option(s) {unknown} that {self.name} tasks do not "
                              f"take{did_you_mean(unknown[0], self.options)}; they take {list(self.options)}")
 
+    def check_text_columns(self, spec) -> None:
+        """Reject a number of `spec.text_columns` the kind cannot read (one sentence or a pair by default)."""
+        if len(spec.text_columns) not in (1, 2):
+            raise ValueError(f"TaskSpec {spec.name!r}: text_columns must name 1 or 2 columns, got {spec.text_columns}")
+
     def num_labels(self, spec) -> int:
         """The head's output size."""
         raise NotImplementedError
@@ -67,6 +72,11 @@ class TaskKind:
     def build_head(self, spec, hidden_size: int, dropout: float) -> nn.Module:
         """The task's head: `forward(pooled, pooled_b)` -> `(batch, num_labels)`."""
         raise NotImplementedError
+
+    def encoder_inputs(self, *inputs: torch.Tensor | None) -> tuple:
+        """The batch's `(input_ids, attention_mask, token_type_ids, inputs_embeds)` as the encoder reads them,
+        `(n, seq)` rows (`None` stays `None`); the default passes them through."""
+        return inputs
 
     def loss(self, spec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The loss named by `spec.loss`, a mean over the batch."""
@@ -103,6 +113,22 @@ class TaskKind:
         """
         for row, value in enumerate(np.asarray(labels).tolist()):
             self.parse_label(spec, value, f"{where}: row {row}, column 'labels'")
+
+    def encode(self, spec, tokenizer, texts, max_length: int, **tokenizer_kwargs) -> dict:
+        """Tokenizer features of one column of texts per entry of `spec.text_columns` (lists for a batch, strings
+        for one example): see [`hf_multitask.data.encode_texts`]."""
+        if spec.is_bi_encoded:
+            features = dict(tokenizer(texts[0], truncation=True, max_length=max_length, **tokenizer_kwargs))
+            second = tokenizer(texts[1], truncation=True, max_length=max_length, **tokenizer_kwargs)
+            features.update({f"{k}{PAIR_SUFFIX}": v for k, v in second.items()})
+            return features
+        truncation = "longest_first" if spec.is_pair else True
+        return dict(tokenizer(*texts, truncation=truncation, max_length=max_length, **tokenizer_kwargs))
+
+    def truncation_groups(self, spec) -> list[list[str]]:
+        """The groups of text columns that are tokenised together (each group is one sequence), to count the
+        examples truncated at `max_length`: the pair together when cross-encoded, each sentence when bi-encoded."""
+        return [[t] for t in spec.text_columns] if spec.is_bi_encoded else [list(spec.text_columns)]
 
     def example_lengths(self, dataset) -> list[int]:
         """Token count of each example of a tokenised dataset, for length grouping (both sentences of a
