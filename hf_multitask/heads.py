@@ -55,7 +55,6 @@ class CosineRegressionHead(nn.Module):
         return (self.low + cos * (self.high - self.low)).unsqueeze(-1)  # (batch, 1)
 
 
-
 class ChoiceHead(nn.Module):
     """Multiple choice: dropout + linear to one score per cross-encoded (context, choice) row; the `(batch *
     num_choices,)` scores are read back as `(batch, num_choices)` logits."""
