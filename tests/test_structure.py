@@ -28,4 +28,4 @@ def test_no_private_transformers_hooks_without_a_reason():
 def test_only_the_kinds_import_the_head_classes():
     users = {p.relative_to(ROOT).as_posix() for p in (ROOT / "hf_multitask").rglob("*.py")
              if "from ..heads import" in p.read_text() or "from .heads import" in p.read_text()}
-    assert users <= {"hf_multitask/kinds/classification.py", "hf_multitask/kinds/regression.py"}
+    assert users and all(user.startswith("hf_multitask/kinds/") for user in users), users
