@@ -178,3 +178,22 @@ def test_a_batch_mixing_numbers_of_choices_is_refused(tokenizer):
 
 def test_the_kind_travels_with_saved_models():
     assert ("kinds.multiple_choice", None) in [m for modules in TRAVELLING_MODULES.values() for m in modules]
+
+
+def test_grouped_batches_with_pcgrad_mix_multiple_choice_and_sentence_tasks(mc_data, bert_config, tokenizer,
+                                                                            tmp_path):
+    specs = [get_task("sst"), get_task("sts"), mc_task()]
+    torch.manual_seed(0)
+    model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=specs))
+    data = {spec.name: load_task_data(spec, mc_data) for spec in specs}
+    train = {s.name: tokenize_task(data[s.name]["train"], s, tokenizer) for s in specs}
+    dev = {s.name: tokenize_task(data[s.name]["dev"], s, tokenizer) for s in specs}
+    before = model.heads["mc"].out_proj.weight.detach().clone()
+    trainer = MultitaskTrainer(model=model, args=args_for(tmp_path, max_steps=4, per_device_train_batch_size=4,
+                                                          gradient_surgery="pcgrad", logging_steps=2),
+                               train_dataset=train, eval_dataset=dev, processing_class=tokenizer)
+    trainer.train()
+    assert not torch.equal(before, model.heads["mc"].out_proj.weight)
+    cosines = [k for entry in trainer.state.log_history for k in entry if k.startswith("grad_cos_")]
+    assert "grad_cos_sst_mc" in cosines and "grad_cos_sts_mc" in cosines  # one surgery over the three tasks
+    assert {"eval_sst_accuracy", "eval_sts_pearson", "eval_mc_accuracy", "eval_overall"} <= set(trainer.evaluate())
