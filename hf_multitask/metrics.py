@@ -39,11 +39,6 @@ def overall_key(prefix: str | None) -> str:
     return f"{prefix}_overall" if prefix else "overall"
 
 
-def predictions_from_logits(spec, logits: np.ndarray) -> np.ndarray:
-    """Predicted labels (class ids, scores) from a head's `(n, num_labels)` outputs, as the task's kind reads them."""
-    return spec.task_kind.predictions(spec, logits)
-
-
 def compute_task_metrics(spec, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """`{<metric>: value}` for one task, from raw head outputs and gold labels."""
     return spec.task_kind.compute_metrics(spec, logits, labels)

@@ -102,7 +102,7 @@ class ClassificationKind(TaskKind):
         return softmax(np.asarray(logits))
 
     def pipeline_output(self, spec, logits: np.ndarray) -> dict:
-        probabilities = softmax(logits[None])[0]
+        probabilities = self.probabilities(spec, logits[None])[0]
         best = int(probabilities.argmax())
         return {"label": spec.label_names[best], "score": float(probabilities[best])}
 
