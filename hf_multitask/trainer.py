@@ -120,6 +120,13 @@ class MultitaskTrainer(Trainer):
 
     # ---- data ----
 
+    def _set_signature_columns_if_needed(self) -> None:
+        """The model's forward arguments, which `remove_unused_columns` keeps, and the features the kinds read in
+        their collation (`TaskKind.extra_features`: a token-classification task's `word_ids`)."""
+        super()._set_signature_columns_if_needed()
+        extras = {name for spec in self.specs.values() for name in spec.task_kind.extra_features}
+        self._signature_columns += sorted(extras - set(self._signature_columns))
+
     def get_train_dataloader(self) -> DataLoader:
         if not isinstance(self.train_dataset, MultitaskDataset):
             raise TypeError("MultitaskTrainer needs train_dataset as {task_name: Dataset} or a MultitaskDataset")
