@@ -8,5 +8,6 @@ from .base import KINDS, MODEL_INPUTS, PAIR_SUFFIX, DataValidationError, TaskKin
 from .classification import ClassificationKind as ClassificationKind
 from .multiple_choice import MultipleChoiceKind as MultipleChoiceKind
 from .regression import RegressionKind as RegressionKind
+from .token_classification import TokenClassificationKind as TokenClassificationKind
 
 __all__ = ["KINDS", "MODEL_INPUTS", "PAIR_SUFFIX", "DataValidationError", "TaskKind", "get_kind", "register_kind"]
