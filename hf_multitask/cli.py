@@ -240,7 +240,8 @@ def _texts_of(spec, dataset) -> list:
 
 def export(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="hf-multitask export",
-                                     description="Write one task as a plain AutoModelForSequenceClassification.")
+                                     description="Write one task as a plain transformers model (AutoModelFor"
+                                                 "SequenceClassification, MultipleChoice or TokenClassification).")
     parser.add_argument("model_dir")
     parser.add_argument("--task", required=True)
     parser.add_argument("--output", required=True, help="Directory for the exported model and tokenizer.")
@@ -256,8 +257,8 @@ def export(argv: list[str]) -> None:
         exported = export_task(model, args.task, args.output, tokenizer=tokenizer)
     except ValueError as err:
         raise SystemExit(f"hf-multitask export: {err}") from None
-    print(f"task {args.task!r} exported to {args.output}: AutoModelForSequenceClassification.from_pretrained("
-          f"{str(args.output)!r})")
+    print(f"task {args.task!r} exported to {args.output}: {model.specs[args.task].task_kind.export_class}"
+          f".from_pretrained({str(args.output)!r})")
     if args.check_data:
         spec = model.specs[args.task]
         data = load_task_data(spec, args.check_data, splits=(args.split,))[args.split]

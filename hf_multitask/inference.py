@@ -109,17 +109,20 @@ def get_normalizer(name: str | None) -> Callable[[str], str] | None:
 
 def check_input(spec: TaskSpec, item: Any, where: str) -> tuple[str, ...]:
     """One input as a tuple of texts: `(text,)` for a single-sentence task, `(a, b)` for a pair task, one text per
-    text column for more (a multiple-choice task's context and choices)."""
+    text column for more (a multiple-choice task's context and choices); a token-level task takes a string or a
+    list of words."""
     count = len(spec.text_columns)
     if count > 1:
         if isinstance(item, str) or not isinstance(item, Sequence) or len(item) != count:
             takes = "sentence pairs (a, b)" if count == 2 else f"tuples of {count} texts {spec.text_columns}"
             raise ValueError(f"{where}: task {spec.name!r} takes {takes}, got {item!r}")
         texts = tuple(item)
-    else:
+    elif isinstance(item, str) or not spec.task_kind.token_level:
         if not isinstance(item, str):
             raise ValueError(f"{where}: task {spec.name!r} takes single sentences (str), got {item!r}")
         texts = (item,)
+    else:  # a token-level task also takes a list of words
+        return (spec.task_kind.parse_text(spec, item, f"{where}: {spec.text_columns[0]!r}"),)
     for column, text in zip(spec.text_columns, texts):
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"{where}: {column!r} is empty or not a string ({text!r})")
@@ -162,7 +165,7 @@ def predict_logits(
         return np.zeros((0, spec.num_labels), dtype=np.float32)
     normalizer = get_normalizer(normalize)
     if normalizer is not None:
-        rows = [tuple(normalizer(text) for text in row) for row in rows]
+        rows = [tuple(normalizer(text) if isinstance(text, str) else text for text in row) for row in rows]
     return task_logits(model, task_name, encode_rows(spec, tokenizer, rows), tokenizer, batch_size)
 
 

@@ -39,6 +39,7 @@ class TaskKind:
             and gives `(batch, seq, num_labels)`; [`example_outputs`] turns a row of those into one example's output.
         extra_features: Tokenised features that are not model inputs (kept in the dataset for the kind's
             [`collate`] and [`example_outputs`], never passed to the model).
+        export_class: The transformers Auto class an exported task loads with (`hf_multitask.export_task`).
     """
 
     name: ClassVar[str] = ""
@@ -47,6 +48,7 @@ class TaskKind:
     options: ClassVar[tuple[str, ...]] = ()
     token_level: ClassVar[bool] = False
     extra_features: ClassVar[tuple[str, ...]] = ()
+    export_class: ClassVar[str] = "AutoModelForSequenceClassification"
 
     # ---- the spec ----
 
@@ -220,10 +222,10 @@ class TaskKind:
     # ---- export, model card, report ----
 
     def export_config(self, spec, config) -> None:
-        """Set `num_labels`, `id2label` / `label2id` and `problem_type` of an exported
-        `AutoModelForSequenceClassification` config; a `ValueError` where the kind has no such equivalent."""
-        raise ValueError(f"Task {spec.name!r}: {self.name} tasks have no AutoModelForSequenceClassification "
-                         "equivalent; serve the model with hf-multitask")
+        """Set `num_labels`, `id2label` / `label2id` and `problem_type` of an exported [`export_class`] config; a
+        `ValueError` where the kind has no plain-transformers equivalent."""
+        raise ValueError(f"Task {spec.name!r}: {self.name} tasks have no {self.export_class} equivalent; serve the "
+                         "model with hf-multitask")
 
     def card_outputs(self, spec) -> str:
         """What the head outputs, for the model card's task table."""

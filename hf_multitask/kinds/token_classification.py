@@ -45,6 +45,7 @@ class TokenClassificationKind(ClassificationKind):
     options = ("scheme",)
     token_level = True
     extra_features = ("word_ids",)
+    export_class = "AutoModelForTokenClassification"
 
     def check_text_columns(self, spec) -> None:
         if len(spec.text_columns) != 1:
@@ -199,7 +200,12 @@ class TokenClassificationKind(ClassificationKind):
         gold = [spec.label_names[i] for i in np.asarray(gold).tolist() if i != IGNORE]
         return {"gold": gold, "prediction": self.decode(spec, np.asarray(logits)[None])[0], "word_error_rate": score}
 
-    # ---- model card, report ----
+    # ---- export, model card, report ----
+
+    def export_config(self, spec, config) -> None:
+        config.num_labels = self.num_labels(spec)
+        config.id2label, config.label2id = spec.id2label, {name: i for i, name in spec.id2label.items()}
+
 
     def card_outputs(self, spec) -> str:
         return "a tag per word: " + ", ".join(f"{i} = {label}" for i, label in enumerate(spec.label_names))
