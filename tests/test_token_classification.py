@@ -176,6 +176,34 @@ def test_four_kinds_in_one_run(data_dir, ner_data, bert_config, tokenizer, tmp_p
     assert [len(t) for t in tags] == [5, 6, 1] and {t for row in tags for t in row} <= set(TAGS)
     card = (tmp_path / "saved" / "README.md").read_text()
     assert "- token-classification" in card and "- multiple-choice" in card and "a tag per word" in card
+    if surgery == "none":
+        _command_line_on_four_kinds(trainer, tmp_path, data_dir)
+
+
+def _command_line_on_four_kinds(trainer, tmp_path, data_dir):
+    """`hf-multitask evaluate --errors`, `predict` and `report` on the saved four-kind run."""
+    from hf_multitask.cli import main
+
+    run = tmp_path / "run"
+    trainer.save_model(str(run))
+    trainer.save_state()
+    trainer.processing_class.save_pretrained(run)
+    main(["evaluate", str(run), "--data", str(data_dir), "--errors", "2"])
+    results = json.loads((run / "dev_results.json").read_text())
+    assert {"dev_ner_f1", "dev_mc_accuracy", "dev_overall"} <= set(results)
+    errors = [json.loads(line) for line in (run / "dev_errors.jsonl").read_text().splitlines()]
+    ner = [r for r in errors if r["task"] == "ner"]
+    assert len(ner) == 2 and len(ner[0]["gold"]) == len(ner[0]["tokens"]) and "word_error_rate" in ner[0]
+    main(["predict", str(run), "--task", "ner", "a man with a zebra", "--output", str(tmp_path / "p")])
+    (record,) = [json.loads(line) for line in (tmp_path / "p").read_text().splitlines()]
+    assert record["tokens"] == "a man with a zebra" and len(record["labels"]) == len(record["probabilities"]) == 5
+    main(["predict", str(run), "--task", "mc", "what is good ? ||| bad ||| good ||| a cat ||| it", "--output",
+          str(tmp_path / "p")])
+    (choice,) = [json.loads(line) for line in (tmp_path / "p").read_text().splitlines()]
+    assert choice["label"] in CHOICES
+    main(["report", str(run), "--data", str(data_dir), "--output", str(tmp_path / "report")])
+    expected = {"confusion_ner.png", "confusion_mc.png", "confusion_sst.png", "scatter_sts.png"}
+    assert expected <= {path.name for path in (tmp_path / "report").iterdir()}
 
 
 def test_predictions_outputs_and_worst_examples(ner_data, bert_config, tokenizer):
