@@ -136,8 +136,9 @@ def _print_summary(model, specs, train_data, args) -> None:
     per_task = model.num_parameters_per_task()
     print(f"hf-multitask: {len(specs)} tasks, sampling={args.task_sampling}, "
           f"trainable parameters {trainable:,} of {total:,}")
+    width, kind_width = (max(len(getattr(s, field)) for s in specs) for field in ("name", "kind"))
     for spec in specs:
-        print(f"  {spec.name:<8} {spec.kind:<14} {len(train_data[spec.name]):>7,} train examples, "
+        print(f"  {spec.name:<{width}} {spec.kind:<{kind_width}} {len(train_data[spec.name]):>7,} train examples, "
               f"loss={spec.loss}, metric={spec.metric}, pairs={spec.pair_encoding if spec.is_pair else '-'}, "
               f"task-only parameters {per_task[spec.name]:,}")
 

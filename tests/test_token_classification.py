@@ -296,3 +296,23 @@ def test_token_aligned_datasets_work_as_in_run_ner(bert_config, tokenizer, tmp_p
                                eval_dataset=dataset, processing_class=tokenizer)
     trainer.train()
     assert 0 <= trainer.evaluate()["eval_ner_f1"] <= 1
+
+
+def test_the_example_config_defines_both_kinds_on_the_command_line():
+    """examples/kinds/sst_quiz_ner.yaml: tasks that are no presets are defined by their task_overrides entry."""
+    from pathlib import Path
+
+    from hf_multitask.build import ModelArguments, build_task_specs
+    from hf_multitask.cli import parse_train_args
+
+    config = Path(__file__).resolve().parent.parent / "examples" / "kinds" / "sst_quiz_ner.yaml"
+    model_args, data_args, _ = parse_train_args([str(config)])
+    specs = {spec.name: spec for spec in build_task_specs(model_args)}
+    assert {name: spec.kind for name, spec in specs.items()} == {
+        "sst": "classification", "quiz": "multiple_choice", "ner": "token_classification"}
+    assert specs["quiz"].num_labels == 4 and specs["ner"].label_names[1] == "B-PER" and specs["ner"].max_length == 64
+    with pytest.raises(ValueError, match=r"Unknown task 'ner'.*define the task in task_overrides with its kind"):
+        build_task_specs(ModelArguments(tasks=["ner"]))
+    with pytest.raises(ValueError, match=r"task_overrides\['ner'\]: unknown TaskSpec field\(s\) \['tag_names'\]"):
+        build_task_specs(ModelArguments(tasks=["ner"], task_overrides='{"ner": {"kind": "token_classification", '
+                                                                      '"tag_names": ["O"]}}'))
