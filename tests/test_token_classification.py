@@ -316,3 +316,20 @@ def test_the_example_config_defines_both_kinds_on_the_command_line():
     with pytest.raises(ValueError, match=r"task_overrides\['ner'\]: unknown TaskSpec field\(s\) \['tag_names'\]"):
         build_task_specs(ModelArguments(tasks=["ner"], task_overrides='{"ner": {"kind": "token_classification", '
                                                                       '"tag_names": ["O"]}}'))
+
+
+def test_the_hf_token_and_choice_collators_become_ours(bert_config, tokenizer, tmp_path):
+    from datasets import Dataset
+    from transformers import DataCollatorForMultipleChoice, DataCollatorForTokenClassification
+
+    spec = ner_task()
+    model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=[spec]))
+    dataset = Dataset.from_dict({**tokenizer(["a man", "the cat is good"]),
+                                 "labels": [[-100, 1, 2, -100], [-100, 0, 3, 0, 4, -100]]})
+    for collator in (DataCollatorForTokenClassification(tokenizer), DataCollatorForMultipleChoice(tokenizer)):
+        trainer = MultitaskTrainer(model=model, args=args_for(tmp_path), train_dataset=dataset,
+                                   data_collator=collator)
+        assert isinstance(trainer.data_collator, MultitaskCollator)
+    with pytest.raises(ValueError, match=r"DataCollatorForTokenClassification\(padding='max_length'"):
+        MultitaskTrainer(model=model, args=args_for(tmp_path), train_dataset=dataset,
+                         data_collator=DataCollatorForTokenClassification(tokenizer, padding="max_length"))
