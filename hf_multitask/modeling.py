@@ -58,7 +58,8 @@ class MultitaskModel(PreTrainedModel):
     accepts_loss_kwargs = False  # the loss is a per-batch mean: let the Trainer scale it for accumulation
     # Attributes holding per-task modules, each a ModuleDict keyed by task name (or None): their parameters belong
     # to one task; every other parameter is shared. A new kind of per-task module registers its attribute here.
-    task_module_attributes: tuple[str, ...] = ("heads", "pal")
+    task_module_attributes: tuple[str, ...] = ("heads", "pal", "loss_weights")
+    _keys_to_ignore_on_load_unexpected = [r"^loss_weights\."]  # training-only (loss_weighting.py): not rebuilt
 
     def __init__(self, config: MultitaskConfig, encoder: PreTrainedModel | None = None):
         super().__init__(config)
@@ -71,7 +72,7 @@ class MultitaskModel(PreTrainedModel):
         hidden, dropout = config.hidden_size, config.classifier_dropout
         self.heads = nn.ModuleDict({name: _build_head(spec, hidden, dropout) for name, spec in self.specs.items()})
         self._encoder_accepts_token_types = "token_type_ids" in inspect.signature(self.encoder.forward).parameters
-        self.pal = None
+        self.pal, self.loss_weights = None, None  # loss_weights: learned per-task loss weights, set by a trainer
         if config.pal is not None:
             self._build_pal(PalConfig.from_dict(config.pal))
         self.post_init()

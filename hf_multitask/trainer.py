@@ -29,6 +29,7 @@ from .gradients import GradientSurgery
 from .optim import build_optimizer, head_lr_param_groups
 from .sampling import MultitaskBatchSampler
 from .smart import SmartRegularizer
+from .summed_step import build_loss_weighting, no_decay_names, summed_training_step
 
 logger = logging.get_logger(__name__)
 
@@ -74,6 +75,7 @@ class MultitaskTrainer(Trainer):
         self._stateful["nonfinite"] = self._nonfinite
         self.smart = self._build_smart()
         self.surgery = self._build_surgery()
+        self.loss_weighting = build_loss_weighting(self)
         self._surgery_fresh = True  # the per-task gradient buffer starts a new optimizer step
 
     @property
@@ -102,8 +104,8 @@ class MultitaskTrainer(Trainer):
         return smart
 
     def _build_surgery(self) -> GradientSurgery | None:
-        if not getattr(self.args, "task_sampling_grouped", False):
-            return None
+        if not getattr(self.args, "task_sampling_grouped", False) or self.args.gradient_surgery == "none":
+            return None  # no per-task gradients needed: the summed-loss step (summed_step.py)
         model = self.multitask_model
         shared = model.named_shared_parameters(root=self.accelerator.unwrap_model(self.model))
         if not shared:
@@ -163,7 +165,9 @@ class MultitaskTrainer(Trainer):
     # ---- training step ----
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        if self.surgery is None or "task_name" in inputs:
+        if "task_name" not in inputs and self.surgery is None:  # grouped, no surgery: one backward of the sum
+            return summed_training_step(self, model, inputs)
+        if "task_name" in inputs:
             loss = super().training_step(model, inputs, num_items_in_batch)
             self._nonfinite.record(inputs["task_name"], loss)
             if self.accelerator.sync_gradients:
@@ -195,6 +199,10 @@ class MultitaskTrainer(Trainer):
                 self._average_grouped_gradients(model)
                 self.surgery.combine()
         return total
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        """The parent's weight-decay parameters, less the learned loss weights (summed_step.no_decay_names)."""
+        return no_decay_names(super().get_decay_parameter_names(model), model, self.multitask_model)
 
     def _skip_update_if_nonfinite(self, model) -> bool:
         """At an optimizer step: when any rank saw a NaN or inf loss, drop every gradient so that the optimizer

@@ -8,6 +8,7 @@ import torch
 from transformers import TrainingArguments
 
 from .gradients import SURGERY_METHODS
+from .loss_weighting import get_loss_weighting
 from .sampling import STRATEGIES
 
 
@@ -37,6 +38,19 @@ class MultitaskTrainingArguments(TrainingArguments):
         EMA rate of GradVac's cosine targets.
     gradvac_per_layer (`bool`, defaults to `True`):
         One GradVac target per encoder layer (the paper's choice) instead of one for the whole shared model.
+
+    > Parameters that control loss weighting (see docs/loss_weighting.md)
+
+    loss_weighting (`str`, defaults to `"none"`):
+        `none`, `uncertainty` (Kendall et al. 2018: sum_i exp(-s_i) L_i + s_i with a learned s_i per task) or `dwa`
+        (Liu et al. 2019: weights from the ratio of each task's average loss over the last two epochs), or any name
+        registered with `register_loss_weighting`. Anything but `none` turns on grouped batches and replaces the
+        grouped-mode weights of `task_sampling`; it cannot be combined with `gradient_surgery`. One backward pass per
+        step, of the weighted sum.
+    dwa_temperature (`float`, defaults to `2.0`):
+        DWA's temperature T (the paper's 2).
+    dwa_period (`int`, defaults to `0`):
+        DWA's window in optimizer steps over which each task's loss is averaged; 0 = one epoch (the paper's).
 
     > Parameters that control fault handling (see docs/reliability.md)
 
@@ -91,6 +105,11 @@ class MultitaskTrainingArguments(TrainingArguments):
     )
     gradvac_beta: float = field(default=0.01, metadata={"help": "GradVac: EMA rate of the cosine targets."})
     gradvac_per_layer: bool = field(default=True, metadata={"help": "GradVac: one target per encoder layer."})
+    loss_weighting: str = field(
+        default="none", metadata={"help": "Task loss weighting: none, uncertainty or dwa (implies grouped batches)."}
+    )
+    dwa_temperature: float = field(default=2.0, metadata={"help": "DWA: temperature of the softmax."})
+    dwa_period: int = field(default=0, metadata={"help": "DWA: window in optimizer steps (0: one epoch)."})
     nonfinite_loss_limit: int = field(
         default=10, metadata={"help": "Stop after this many steps in a row skipped for a NaN or inf loss."}
     )
@@ -123,11 +142,26 @@ class MultitaskTrainingArguments(TrainingArguments):
             raise ValueError(f"gradvac_beta must be in (0, 1], got {self.gradvac_beta}")
         if self.gradient_surgery != "none":
             self.task_sampling_grouped = True
+        self._check_loss_weighting()
         self._check_smart()
         if self.nonfinite_loss_limit < 0:
             raise ValueError(f"nonfinite_loss_limit must be >= 0, got {self.nonfinite_loss_limit}")
         if self.head_learning_rate is not None and self.head_learning_rate < 0:
             raise ValueError(f"head_learning_rate must be >= 0 or None, got {self.head_learning_rate}")
+
+    def _check_loss_weighting(self) -> None:
+        if self.loss_weighting == "none":
+            return
+        get_loss_weighting(self.loss_weighting)  # an unknown name: an error listing the known ones
+        if self.gradient_surgery != "none":
+            raise ValueError(f"loss_weighting={self.loss_weighting!r} cannot be combined with gradient_surgery="
+                             f"{self.gradient_surgery!r}: a loss weighting sums the weighted losses in one backward "
+                             "pass, surgery edits per-task gradients; pick one")
+        if self.dwa_temperature <= 0:
+            raise ValueError(f"dwa_temperature must be > 0, got {self.dwa_temperature}")
+        if self.dwa_period < 0:
+            raise ValueError(f"dwa_period must be >= 0 (0: one epoch), got {self.dwa_period}")
+        self.task_sampling_grouped = True
 
     def _check_smart(self) -> None:
         if self.smart_tasks is not None:
