@@ -106,6 +106,7 @@ def main_rows() -> list[Row]:
         config_row("grouped_none", "grouped batches (one per task per step), no surgery"),
         config_row("pcgrad", "grouped batches + PCGrad"),
         config_row("gradvac", "grouped batches + GradVac"),
+        config_row("uncertainty", "grouped batches + uncertainty loss weighting"),
         config_row("smart", "+ SMART on SST and STS"),
         config_row("ordinal", "+ ordinal log loss on SST"),
         config_row("transfer", "full fine-tuning from the frozen row's heads", needs=("frozen",)),

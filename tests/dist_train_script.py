@@ -1,9 +1,10 @@
 """Train a tiny model for a few steps and save its weights; run alone or under `torchrun --nproc_per_node 2`.
 
 Usage: dist_train_script.py DATA_DIR TOKENIZER_DIR OUT_DIR PER_DEVICE_BATCH MODE [MODE ...]
-Each MODE (`none`, `pcgrad`, `gradvac`, `plain`) trains from the same initial weights with dropout off and writes
-OUT_DIR/<mode>.safetensors on rank 0. `plain` is ungrouped single-task batches; the others are grouped batches
-with that gradient surgery.
+Each MODE (`none`, `pcgrad`, `gradvac`, `plain`, `uncertainty`, `dwa`) trains from the same initial weights with
+dropout off and writes OUT_DIR/<mode>.safetensors on rank 0. `plain` is ungrouped single-task batches; `none`,
+`pcgrad`, `gradvac` are grouped batches with that gradient surgery; `uncertainty` and `dwa` are grouped batches with
+that loss weighting (DWA's window: one optimizer step, so its weights move within the run).
 """
 
 import os
@@ -35,6 +36,8 @@ def main(data_dir: str, tokenizer_dir: str, out_dir: str, batch_size: str, *mode
         torch.manual_seed(0)
         model = MultitaskModel(MultitaskConfig(encoder=config, tasks=tasks, classifier_dropout=0.0))
         surgery = {} if mode == "plain" else {"gradient_surgery": mode, "task_sampling_grouped": True}
+        if mode in ("uncertainty", "dwa"):
+            surgery = {"loss_weighting": mode, "dwa_period": 1}
         args = MultitaskTrainingArguments(
             output_dir=f"{out_dir}/{mode}", per_device_train_batch_size=int(batch_size),
             max_steps=int(os.environ.get("STEPS", 4)),

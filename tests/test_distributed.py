@@ -28,11 +28,12 @@ def test_two_processes_get_the_same_task_and_disjoint_shards(data_dir, tokenizer
 
 
 def test_two_processes_train_like_one_with_the_global_batch(data_dir, tokenizer_dir, tmp_path):
-    """Same final weights, 2 x batch 2 under torchrun vs 1 x batch 4, without and with gradient surgery."""
+    """Same final weights, 2 x batch 2 under torchrun vs 1 x batch 4, without and with gradient surgery or a loss
+    weighting (the learned log-variances and DWA's windows included)."""
     from safetensors.torch import load_file
 
     script = Path(__file__).with_name("dist_train_script.py")
-    modes = ["plain", "none", "pcgrad", "gradvac"]
+    modes = ["plain", "none", "pcgrad", "gradvac", "uncertainty", "dwa"]
     runs = {"single": [sys.executable, str(script)],
             "double": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                        "29534", str(script)]}
@@ -50,3 +51,5 @@ def test_two_processes_train_like_one_with_the_global_batch(data_dir, tokenizer_
             torch.testing.assert_close(double[key], single[key], atol=2e-5, rtol=1e-4, msg=f"{mode}: {key}")
     plain, pcgrad = (load_file(tmp_path / "single" / f"{m}.safetensors") for m in ("plain", "pcgrad"))
     assert any(not torch.equal(plain[k], pcgrad[k]) for k in plain)  # the modes really differ
+    none, dwa = (load_file(tmp_path / "single" / f"{m}.safetensors") for m in ("none", "dwa"))
+    assert any(not torch.equal(none[k], dwa[k]) for k in none)  # DWA's weights moved away from 1

@@ -167,3 +167,18 @@ def test_dwa_resume_continues_the_window_state(bert_config, tokenized, tokenizer
     torch.testing.assert_close(resumed.loss_weighting.history, full.loss_weighting.history)
     for (name, a), b in zip(full.model.named_parameters(), resumed.model.parameters()):
         torch.testing.assert_close(b, a, msg=name)
+
+
+def test_a_saved_model_loads_without_its_loss_weights(bert_config, tokenized, tokenizer, tmp_path):
+    from hf_multitask import MultitaskModel
+
+    model = make_model(bert_config)
+    make_trainer(model, tokenized, tokenizer, tmp_path, **ARGS, max_steps=1, loss_weighting="uncertainty").train()
+    model.save_pretrained(tmp_path / "saved")
+    assert "loss_weights.sst.log_var" in load_file(tmp_path / "saved" / "model.safetensors")
+    loaded = MultitaskModel.from_pretrained(tmp_path / "saved")
+    assert loaded.loss_weights is None
+    batch = {k: torch.tensor(v[:2]) for k, v in tokenized["dev"]["sst"][:2].items() if k in ("input_ids",
+                                                                                             "attention_mask")}
+    model.eval()
+    torch.testing.assert_close(loaded(task_name="sst", **batch).logits, model(task_name="sst", **batch).logits)

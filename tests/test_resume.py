@@ -9,12 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 SCRIPT = str(Path(__file__).with_name("resume_script.py"))
-MODES = ("plain", "pcgrad", "gradvac", "smart", "pal")
-KILL_AT = {"plain": 8, "pcgrad": 4, "gradvac": 4, "smart": 8, "pal": 8}
+MODES = ("plain", "pcgrad", "gradvac", "smart", "pal", "uncertainty", "dwa")
+KILL_AT = {"plain": 8, "pcgrad": 4, "gradvac": 4, "smart": 8, "pal": 8, "uncertainty": 4, "dwa": 4}
 
 
 def run(prefix, data_dir, tokenizer_dir, out, action, modes, **env):
@@ -71,9 +72,10 @@ def test_killed_runs_resume_to_the_uninterrupted_weights(data_dir, tokenizer_dir
                         "killed while saving")
 
 
-def test_two_process_runs_resume_mid_epoch_after_the_first(data_dir, tokenizer_dir, tmp_path):
+@pytest.mark.parametrize("modes", [["plain", "gradvac"],
+                                   pytest.param(["uncertainty", "dwa"], marks=pytest.mark.slow, id="loss_weighting")])
+def test_two_process_runs_resume_mid_epoch_after_the_first(modes, data_dir, tokenizer_dir, tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541"]
-    modes = ["plain", "gradvac"]
     finish(run(torchrun, data_dir, tokenizer_dir, tmp_path / "full", "full", modes, BATCH=2))
     for mode in modes:
         finish(run(torchrun, data_dir, tokenizer_dir, tmp_path / "killed", "kill", [mode], BATCH=2,
