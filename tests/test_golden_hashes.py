@@ -30,6 +30,11 @@ MODES = {
     "gradvac": {"task_sampling_grouped": True, "gradient_surgery": "gradvac"},
     "smart": {"smart_tasks": ["sst", "quora", "sts"]},
     "pal": {},
+    # grouped none's hash is the same from the per-task-buffer step (commit aa78593) and the summed-loss step;
+    # uncertainty and dwa were recorded when they were added
+    "grouped_none": {"task_sampling_grouped": True, "gradient_surgery": "none"},
+    "uncertainty": {"loss_weighting": "uncertainty"},
+    "dwa": {"loss_weighting": "dwa", "dwa_period": 5},
 }
 
 
