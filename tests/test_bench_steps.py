@@ -23,3 +23,4 @@ def test_bench_steps_smoke(data_dir, tmp_path):
     assert set(rows) == {"summed", "none_buffer", "pcgrad", "gradvac", "uncertainty", "dwa", "hf_trainer", "multitask"}
     assert rows["pcgrad"]["baseline"] == "summed" and rows["multitask"]["baseline"] == "hf_trainer"
     assert all(row["ratio"] > 0 and len(row["ratio_ci95"]) == 2 for row in rows.values())
+    assert rows["summed"]["paired_ratio"] == 1.0
