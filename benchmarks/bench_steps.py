@@ -15,6 +15,7 @@ method, paired by repeat).
 
     HF_HUB_OFFLINE=1 python benchmarks/bench_steps.py --threads 2 --repeats 20 --output benchmarks/results/steps.json
     HF_HUB_OFFLINE=1 python benchmarks/bench_steps.py --smoke     # tiny random model: checks the script
+    HF_HUB_OFFLINE=1 python benchmarks/bench_steps.py --profile   # time inside the [T, P] buffer's own work
 """
 
 from __future__ import annotations
@@ -148,6 +149,30 @@ def step(trainer, batch) -> float:
     return time.perf_counter() - start
 
 
+def profile_buffer(setups: dict, steps: int = 8) -> dict[str, dict[str, float]]:
+    """Milliseconds per step inside the per-task buffer's `zero_`, `accumulate` and `combine` (PCGrad, GradVac)."""
+    results = {}
+    for name in ("pcgrad", "gradvac"):
+        trainer, batch = setups[name]
+        spent = dict.fromkeys(("zero_", "accumulate", "combine"), 0.0)
+        for method in spent:
+            original = getattr(trainer.surgery, method)
+
+            def timed(*args, _original=original, _method=method, _spent=spent):
+                start = time.perf_counter()
+                out = _original(*args)
+                _spent[_method] += time.perf_counter() - start
+                return out
+
+            setattr(trainer.surgery, method, timed)
+        step(trainer, batch)  # warm-up
+        spent.update(dict.fromkeys(spent, 0.0))
+        total = sum(step(trainer, batch) for _ in range(steps))
+        results[name] = {"step_ms": 1000 * total / steps, **{k: 1000 * v / steps for k, v in spent.items()}}
+        print(name, {k: round(v, 1) for k, v in results[name].items()})
+    return results
+
+
 def interval(samples: tuple, statistic) -> list[float]:
     """95% percentile-bootstrap interval of `statistic` over repeats (paired when several samples)."""
     if len(samples[0]) < 3:
@@ -180,10 +205,14 @@ def main() -> None:
     parser.add_argument("--data_dir", default=DATA_DIR)
     parser.add_argument("--smoke", action="store_true", help="Tiny random model, 3 repeats.")
     parser.add_argument("--output", help="Write the results (and every timing) as JSON here.")
+    parser.add_argument("--profile", action="store_true", help="Only time the buffer's own work in PCGrad, GradVac.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     repeats = 3 if args.smoke else args.repeats
     setups = build(args)
+    if args.profile:
+        profile_buffer(setups)
+        return
     for name in setups:  # warm-up
         step(*setups[name])
     times = {name: [] for name in setups}
