@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import torch
 from transformers import TrainingArguments
 
 from .gradients import SURGERY_METHODS
+from .regularizers import build_regularizers
 from .sampling import STRATEGIES
 
 
@@ -43,6 +45,13 @@ class MultitaskTrainingArguments(TrainingArguments):
     nonfinite_loss_limit (`int`, defaults to `10`):
         An optimizer step whose loss is NaN or inf for any task on any rank is skipped (no optimizer update at all);
         after this many skipped steps in a row training stops with an error naming the task and the step.
+
+    > Parameters that control regularisers (see docs/regularizers.md)
+
+    regularizers (`dict` or `str`, *optional*, defaults to `None`):
+        `{name: {option: value}}`: the registered regularisers to add to the training loss and their options, each
+        with the `tasks` it applies to, e.g. `{"rdrop": {"tasks": ["sst", "sts"], "alpha": 1.0}}`; a JSON string on
+        the command line. SMART can be configured here (`"smart"`) or with the `smart_*` fields below, not both.
 
     > Parameters that control SMART (Jiang et al. 2020, https://arxiv.org/abs/1911.03437; see docs/smart.md)
 
@@ -94,6 +103,9 @@ class MultitaskTrainingArguments(TrainingArguments):
     nonfinite_loss_limit: int = field(
         default=10, metadata={"help": "Stop after this many steps in a row skipped for a NaN or inf loss."}
     )
+    regularizers: dict | str | None = field(
+        default=None, metadata={"help": 'Regularisers and their options, as JSON: \'{"rdrop": {"tasks": ["sst"]}}\'.'}
+    )
     smart_tasks: list[str] | None = field(
         default=None, metadata={"help": "Tasks regularised with SMART (None: SMART off)."}
     )
@@ -124,6 +136,7 @@ class MultitaskTrainingArguments(TrainingArguments):
         if self.gradient_surgery != "none":
             self.task_sampling_grouped = True
         self._check_smart()
+        self._check_regularizers()
         if self.nonfinite_loss_limit < 0:
             raise ValueError(f"nonfinite_loss_limit must be >= 0, got {self.nonfinite_loss_limit}")
         if self.head_learning_rate is not None and self.head_learning_rate < 0:
@@ -143,6 +156,17 @@ class MultitaskTrainingArguments(TrainingArguments):
             raise ValueError(f"smart_steps must be >= 0, got {self.smart_steps}")
         if not 0.0 <= self.smart_momentum < 1.0:
             raise ValueError(f"smart_momentum must be in [0, 1), got {self.smart_momentum}")
+
+
+    def _check_regularizers(self) -> None:
+        if isinstance(self.regularizers, str):
+            try:
+                self.regularizers = json.loads(self.regularizers)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"regularizers must be a JSON object, got {self.regularizers!r}: {e}") from None
+        if self.regularizers is not None and not isinstance(self.regularizers, dict):
+            raise ValueError(f"regularizers must be a dict {{name: {{option: value}}}}, got {self.regularizers!r}")
+        build_regularizers(self)  # unknown names and options, bad values: errors now, not when training starts
 
 
 def _has_accelerator() -> bool:

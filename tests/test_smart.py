@@ -18,7 +18,7 @@ from hf_multitask import (
     cs224n_tasks,
     get_task,
 )
-from hf_multitask.smart import ascent_step, ema_update_, embedding_forward, init_noise, smart_divergence
+from hf_multitask.regularizers.smart import ascent_step, ema_update_, embedding_forward, init_noise, smart_divergence
 from hf_multitask.trainer import load_training_state, save_training_state
 
 from .conftest import make_model, make_trainer, snapshot
@@ -258,7 +258,7 @@ def test_teacher_follows_the_momentum_formula_after_a_step(bert_config, tokenize
     trainer = make_trainer(model, tokenized, tokenizer, tmp_path / "out", **(TRAINER_ARGS | dict(max_steps=1)),
                            smart_momentum=0.9)
     trainer.train()
-    teacher = trainer.smart.teacher
+    teacher = trainer.regularizers["smart"].teacher
     assert teacher.num_updates == 1
     for name, param in model.named_parameters():
         torch.testing.assert_close(teacher.shadow[name], 0.9 * before[name] + 0.1 * param.detach())
@@ -283,7 +283,7 @@ def test_each_smart_option_trains_a_tiny_model(bert_config, tokenized, tokenizer
     assert torch.isfinite(torch.tensor(trainer.state.log_history[-1]["train_loss"]))
     assert not torch.equal(before["encoder.encoder.layer.0.attention.self.query.weight"],
                            model.encoder.encoder.layer[0].attention.self.query.weight)
-    assert (trainer.smart.teacher is None) == (option == "adversarial_only")
+    assert (trainer.regularizers["smart"].teacher is None) == (option == "adversarial_only")
 
 
 @pytest.mark.parametrize("loss", ["ordinal", "cross_entropy+ordinal"])
@@ -344,9 +344,9 @@ def test_resumed_run_continues_the_teacher(bert_config, tokenized, tokenizer, tm
     resumed = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path / "again" / "out",
                            **(TRAINER_ARGS | options))
     resumed.train(resume_from_checkpoint=str(checkpoint))
-    assert resumed.smart.teacher.num_updates == 4
-    for name, tensor in full.smart.teacher.shadow.items():
-        torch.testing.assert_close(resumed.smart.teacher.shadow[name], tensor, rtol=1e-5, atol=1e-6)
+    assert resumed.regularizers["smart"].teacher.num_updates == 4
+    for name, tensor in full.regularizers["smart"].teacher.shadow.items():
+        torch.testing.assert_close(resumed.regularizers["smart"].teacher.shadow[name], tensor, rtol=1e-5, atol=1e-6)
 
 
 # ---- several processes ----
@@ -372,7 +372,8 @@ def _distributed_main(data_dir: str, tokenizer_dir: str, out_dir: str) -> None:
                                       smart_tasks=["sst", "sts"])
     trainer = MultitaskTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
     trainer.train()
-    save_file(dict(trainer.smart.teacher.shadow), f"{out_dir}/teacher{trainer.args.process_index}.safetensors")
+    teacher = trainer.regularizers["smart"].teacher
+    save_file(dict(teacher.shadow), f"{out_dir}/teacher{trainer.args.process_index}.safetensors")
 
 
 @pytest.mark.slow
@@ -401,7 +402,8 @@ def test_smart_trains_a_model_with_pals(bert_config, tokenized, tokenizer, tmp_p
     trainer = MultitaskTrainer(model=model, args=args, train_dataset=tokenized["train"], processing_class=tokenizer)
     before = {n: p.clone() for n, p in model.named_parameters() if "pal" in n}
     trainer.train()
-    assert any(n.startswith("pal") or ".pal" in n for n in trainer.smart.teacher.shadow)  # the teacher has PALs too
+    teacher = trainer.regularizers["smart"].teacher
+    assert any(n.startswith("pal") or ".pal" in n for n in teacher.shadow)  # the teacher has PALs too
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters() if "pal" in n)
     logged = {k for entry in trainer.state.log_history for k in entry}
     assert logged & {"smart_adv_sst", "smart_adv_sts"}

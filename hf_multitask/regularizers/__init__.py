@@ -1,0 +1,23 @@
+"""Regularisers of the training loss: the protocol and registry (base.py), SMART (smart.py). A new one is a module
+with a registered [`Regularizer`] subclass and its import line here (docs/regularizers.md)."""
+
+from .base import (
+    REGULARIZERS,
+    Regularizer,
+    build_regularizer,
+    build_regularizers,
+    get_regularizer,
+    register_regularizer,
+)
+from .smart import EmaTeacher, SmartRegularizer
+
+__all__ = [
+    "REGULARIZERS",
+    "EmaTeacher",
+    "Regularizer",
+    "SmartRegularizer",
+    "build_regularizer",
+    "build_regularizers",
+    "get_regularizer",
+    "register_regularizer",
+]
