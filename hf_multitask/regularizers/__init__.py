@@ -1,5 +1,6 @@
-"""Regularisers of the training loss: the protocol and registry (base.py), SMART (smart.py). A new one is a module
-with a registered [`Regularizer`] subclass and its import line here (docs/regularizers.md)."""
+"""Regularisers of the training loss: the protocol and registry (base.py), SMART (smart.py), R-Drop (rdrop.py).
+
+A new one is a module with a registered [`Regularizer`] subclass and its import line here (docs/regularizers.md)."""
 
 from .base import (
     REGULARIZERS,
@@ -9,11 +10,13 @@ from .base import (
     get_regularizer,
     register_regularizer,
 )
+from .rdrop import RDropRegularizer
 from .smart import EmaTeacher, SmartRegularizer
 
 __all__ = [
     "REGULARIZERS",
     "EmaTeacher",
+    "RDropRegularizer",
     "Regularizer",
     "SmartRegularizer",
     "build_regularizer",
