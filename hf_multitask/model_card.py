@@ -307,7 +307,7 @@ def _training_rows(args) -> list[tuple[str, Any]]:
     if getattr(args, "gradient_surgery", None) == "gradvac":
         names += ["gradvac_beta", "gradvac_per_layer"]
     if getattr(args, "smart_tasks", None):
-        names += ["smart_tasks", "smart_lambda", "smart_mu", "smart_steps", "smart_step_size", "smart_noise_var",
+        names += ["smart_tasks", "smart_lambda", "smart_mu", "smart_steps", "smart_step_size", "smart_noise_std",
                   "smart_epsilon", "smart_radius", "smart_momentum"]
     names += ["regularizers"] if getattr(args, "regularizers", None) else []
     names += ["learning_rate", "head_learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "optim",

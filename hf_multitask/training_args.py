@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -11,6 +13,8 @@ from transformers import TrainingArguments
 from .gradients import SURGERY_METHODS
 from .regularizers import build_regularizers
 from .sampling import STRATEGIES
+
+SMART_NOISE_STD = 1e-5  # the paper's σ (Jiang et al. 2020, Sec. 5; MT-DNN's generate_noise uses 1e-5 the same way)
 
 
 @dataclass
@@ -57,8 +61,13 @@ class MultitaskTrainingArguments(TrainingArguments):
 
     smart_tasks (`list[str]` or `None`, defaults to `None`):
         Tasks whose loss gets SMART's λ_s R_s + μ D_Breg; `None` turns SMART off. The CS224N study used SST and STS.
-    smart_noise_var (`float`, defaults to `1e-5`):
-        Variance σ² of the initial perturbation ν_0 ~ N(0, σ²) of the word embeddings.
+    smart_noise_std (`float`, defaults to `1e-5`):
+        Standard deviation σ of the initial perturbation ν_0 ~ N(0, σ²) of the word embeddings (the paper's σ, and
+        what MT-DNN's `adv_noise_var` is used as).
+    smart_noise_var (`float` or `None`, defaults to `None`):
+        Deprecated: the variance σ² that earlier versions took (with the same 1e-5 default, so a noise 316 times the
+        paper's). When set, `smart_noise_std = sqrt(smart_noise_var)` with a `FutureWarning`, which reproduces the old
+        runs; setting both is an error.
     smart_step_size (`float`, defaults to `1e-3`):
         Step size η of the ascent steps ν ← ν + η g / (‖g‖_∞ + ε).
     smart_epsilon (`float`, defaults to `1e-6`):
@@ -109,7 +118,12 @@ class MultitaskTrainingArguments(TrainingArguments):
     smart_tasks: list[str] | None = field(
         default=None, metadata={"help": "Tasks regularised with SMART (None: SMART off)."}
     )
-    smart_noise_var: float = field(default=1e-5, metadata={"help": "SMART: variance of the initial noise."})
+    smart_noise_std: float = field(
+        default=SMART_NOISE_STD, metadata={"help": "SMART: standard deviation of the initial noise."}
+    )
+    smart_noise_var: float | None = field(
+        default=None, metadata={"help": "Deprecated (a variance): use smart_noise_std = sqrt(smart_noise_var)."}
+    )
     smart_step_size: float = field(default=1e-3, metadata={"help": "SMART: step size of the ascent steps."})
     smart_epsilon: float = field(default=1e-6, metadata={"help": "SMART: epsilon in g / (max|g| + epsilon)."})
     smart_radius: float | None = field(
@@ -147,7 +161,9 @@ class MultitaskTrainingArguments(TrainingArguments):
             self.smart_tasks = [self.smart_tasks] if isinstance(self.smart_tasks, str) else list(self.smart_tasks)
             if not self.smart_tasks:
                 raise ValueError("smart_tasks must name at least one task, or be None to turn SMART off")
-        for name in ("smart_noise_var", "smart_step_size", "smart_epsilon", "smart_lambda", "smart_mu"):
+        if self.smart_noise_var is not None:
+            self._convert_smart_noise_var()
+        for name in ("smart_noise_std", "smart_step_size", "smart_epsilon", "smart_lambda", "smart_mu"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.smart_radius is not None and self.smart_radius <= 0:
@@ -157,6 +173,17 @@ class MultitaskTrainingArguments(TrainingArguments):
         if not 0.0 <= self.smart_momentum < 1.0:
             raise ValueError(f"smart_momentum must be in [0, 1), got {self.smart_momentum}")
 
+
+    def _convert_smart_noise_var(self) -> None:
+        if self.smart_noise_var < 0:
+            raise ValueError(f"smart_noise_var must be >= 0, got {self.smart_noise_var}")
+        if self.smart_noise_std != SMART_NOISE_STD:
+            raise ValueError("smart_noise_var (deprecated) and smart_noise_std are both set: give smart_noise_std")
+        self.smart_noise_std, self.smart_noise_var = math.sqrt(self.smart_noise_var), None
+        warnings.warn(f"smart_noise_var is deprecated: it was a variance; using smart_noise_std = "
+                      f"sqrt(smart_noise_var) = {self.smart_noise_std:.4g}, which reproduces the old runs. The new "
+                      f"default is the paper's σ, smart_noise_std = {SMART_NOISE_STD:g} (docs/smart.md).",
+                      FutureWarning, stacklevel=3)
 
     def _check_regularizers(self) -> None:
         if isinstance(self.regularizers, str):

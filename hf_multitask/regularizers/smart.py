@@ -36,9 +36,9 @@ def smart_divergence(kind: str | TaskKind, a: torch.Tensor, b: torch.Tensor, red
     return (get_kind(kind) if isinstance(kind, str) else kind).divergence(a, b, reduction)
 
 
-def init_noise(embeds: torch.Tensor, noise_var: float, radius: float | None = None) -> torch.Tensor:
-    """ν_0 ~ N(0, noise_var) in float32, shaped like `embeds` `(batch, seq, hidden)`, clipped to the radius."""
-    noise = torch.randn(embeds.shape, device=embeds.device, dtype=torch.float32) * noise_var**0.5
+def init_noise(embeds: torch.Tensor, noise_std: float, radius: float | None = None) -> torch.Tensor:
+    """ν_0 ~ N(0, noise_std²) in float32, shaped like `embeds` `(batch, seq, hidden)`, clipped to the radius."""
+    noise = torch.randn(embeds.shape, device=embeds.device, dtype=torch.float32) * noise_std
     return noise if radius is None else noise.clamp(-radius, radius)
 
 
@@ -157,7 +157,7 @@ class SmartRegularizer(Regularizer):
 
     Args:
         tasks: Names of the tasks to regularise.
-        noise_var: σ², variance of the initial noise ν_0.
+        noise_std: σ, standard deviation of the initial noise ν_0 (the paper's σ = 1e-5).
         step_size: η of the ascent steps.
         epsilon: ε in g / (‖g‖_∞ + ε).
         radius: Optional bound on ‖ν‖_∞ (`None`: no projection, as in MT-DNN).
@@ -178,11 +178,11 @@ class SmartRegularizer(Regularizer):
 
     name = "smart"
 
-    def __init__(self, tasks: list[str], noise_var: float = 1e-5, step_size: float = 1e-3, epsilon: float = 1e-6,
+    def __init__(self, tasks: list[str], noise_std: float = 1e-5, step_size: float = 1e-3, epsilon: float = 1e-6,
                  radius: float | None = None, steps: int = 1, lambda_s: float = 1.0, mu: float = 1.0,
                  momentum: float = 0.99):
         super().__init__(tasks)
-        self.noise_var, self.step_size, self.epsilon, self.radius = noise_var, step_size, epsilon, radius
+        self.noise_std, self.step_size, self.epsilon, self.radius = noise_std, step_size, epsilon, radius
         self.steps, self.lambda_s, self.mu = steps, lambda_s, mu
         self.teacher = EmaTeacher(momentum) if mu > 0 else None
 
@@ -195,7 +195,7 @@ class SmartRegularizer(Regularizer):
         """From the `smart_*` fields of [`MultitaskTrainingArguments`] (`None` when `smart_tasks` is unset)."""
         if getattr(args, "smart_tasks", None) is None:
             return None
-        return dict(tasks=args.smart_tasks, noise_var=args.smart_noise_var, step_size=args.smart_step_size,
+        return dict(tasks=args.smart_tasks, noise_std=args.smart_noise_std, step_size=args.smart_step_size,
                     epsilon=args.smart_epsilon, radius=args.smart_radius, steps=args.smart_steps,
                     lambda_s=args.smart_lambda, mu=args.smart_mu, momentum=args.smart_momentum)
 
@@ -211,7 +211,7 @@ class SmartRegularizer(Regularizer):
             noises: Starting ν_0 (float32), e.g. to inspect a step; `None` draws them.
         """
         if noises is None:
-            noises = [init_noise(x, self.noise_var, self.radius) for x in embeds]
+            noises = [init_noise(x, self.noise_std, self.radius) for x in embeds]
         target = clean_logits.detach()
         for _ in range(self.steps):
             noises = [n.detach().requires_grad_() for n in noises]
