@@ -87,12 +87,9 @@ class MultitaskTrainer(Trainer):
         return multitask_base(wrapped)
 
     def _build_regularizers(self) -> dict[str, Regularizer]:
-        """The regularisers the arguments turn on (docs/regularizers.md), their logged values, state and hooks."""
-        regularizers = build_regularizers(self.args, list(self.specs))
-        for name, regularizer in regularizers.items():
-            self._task_metric_names += list(regularizer.log_names)
-            if regularizer.has_state:
-                self._stateful[name] = regularizer
+        regularizers = build_regularizers(self.args, list(self.specs))  # docs/regularizers.md
+        self._task_metric_names += [key for regularizer in regularizers.values() for key in regularizer.log_names]
+        self._stateful.update({name: r for name, r in regularizers.items() if r.has_state})
         if regularizers:
             self.add_callback(RegularizerCallback(self, regularizers.values()))
         return regularizers
