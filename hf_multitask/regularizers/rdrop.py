@@ -11,7 +11,8 @@ loss keeps the scale of a plain step (the mean of the two passes' losses; with A
     ½ (L(P_1) + L(P_2)) + (α / 4) l_s(P_1, P_2)
 
 l_s is the task kind's divergence (`TaskKind.divergence`, SMART's l_s): the symmetric KL KL(P‖Q) + KL(Q‖P) for
-classification, the squared error for regression (the paper's choice for STS-B). The Trainer's task loss is L(P_1)
+classification, the squared error for regression (as the authors' BERT code does for regression: the MSE between
+the two passes). The Trainer's task loss is L(P_1)
 already, so the regulariser adds ½ (L(P_2) − L(P_1)) + (α / 4) l_s. With dropout off both passes agree and every
 term is exactly zero.
 """
@@ -30,8 +31,8 @@ class RDropRegularizer(Regularizer):
 
     Args:
         tasks: Names of the tasks to regularise.
-        alpha: α, the paper's weight of the averaged KL ½ (KL(P_1‖P_2) + KL(P_2‖P_1)) (the paper tuned it in
-            {0.1, 0.5, 1.0} on GLUE).
+        alpha: α, the paper's weight of the averaged KL ½ (KL(P_1‖P_2) + KL(P_2‖P_1)); a per-task hyperparameter,
+            1.0 is a starting point, not a tuned value.
 
     Example:
 
