@@ -107,6 +107,7 @@ def main_rows() -> list[Row]:
         config_row("pcgrad", "grouped batches + PCGrad"),
         config_row("gradvac", "grouped batches + GradVac"),
         config_row("smart", "+ SMART on SST and STS"),
+        config_row("rdrop", "+ R-Drop on all three tasks (α = 1)"),
         config_row("ordinal", "+ ordinal log loss on SST"),
         config_row("transfer", "full fine-tuning from the frozen row's heads", needs=("frozen",)),
         config_row("best", "round-robin + the frozen row's heads", needs=("frozen",)),

@@ -5,7 +5,7 @@ Usage: resume_script.py DATA_DIR TOKENIZER_DIR OUT_DIR ACTION MODE [MODE ...]
             $KILL_AT is saved; one MODE), `kill_saving` (SIGKILL it while that checkpoint is being written: after
             the Trainer's files, before ours; keeps one checkpoint), `resume` (continue from the last complete
             checkpoint).
-    MODE:   `plain` (annealed sampling), `pcgrad`, `gradvac`, `smart`, `pal`.
+    MODE:   `plain` (annealed sampling), `pcgrad`, `gradvac`, `smart`, `pal`, `rdrop`.
 Each MODE trains in OUT_DIR/<mode> (dropout on, so the RNG state matters too) and, on rank 0, writes its final
 weights to OUT_DIR/<mode>.safetensors. Runs alone or under `torchrun`; $BATCH is the per-process batch size.
 """
@@ -36,6 +36,7 @@ MODES = {
     "gradvac": {"task_sampling_grouped": True, "gradient_surgery": "gradvac"},
     "smart": {"smart_tasks": ["sst", "sts"]},
     "pal": {},
+    "rdrop": {"regularizers": {"rdrop": {"tasks": ["sst", "quora", "sts"]}}},
 }
 
 

@@ -18,7 +18,7 @@ BUDGET = 25_600  # training examples per row
 def test_ablation_configs_exist():
     names = {path.stem for path in CONFIGS}
     assert {"frozen", "cross_annealed", "bi_annealed", "round_robin", "proportional", "pal", "grouped_none",
-            "pcgrad", "gradvac", "smart", "ordinal", "transfer", "best"} <= names
+            "pcgrad", "gradvac", "smart", "rdrop", "ordinal", "transfer", "best"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -66,6 +66,7 @@ CHANGES = {
     "pcgrad": {"task_sampling_grouped": True, "gradient_surgery": "pcgrad"},
     "gradvac": {"task_sampling_grouped": True, "gradient_surgery": "gradvac"},
     "smart": {"smart_tasks": ["sst", "sts"]},
+    "rdrop": {"regularizers": {"rdrop": {"tasks": ["sst", "quora", "sts"], "alpha": 1.0}}},
     "ordinal": {"task_overrides": {"sst": {"loss": "ordinal"}}},
     "transfer": {"init_heads_from": "runs/ablation/r800_frozen"},
     "best": {"task_sampling": "round_robin", "init_heads_from": "runs/ablation/r800_frozen"},

@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 SCRIPT = str(Path(__file__).with_name("resume_script.py"))
-MODES = ("plain", "pcgrad", "gradvac", "smart", "pal")
-KILL_AT = {"plain": 8, "pcgrad": 4, "gradvac": 4, "smart": 8, "pal": 8}
+MODES = ("plain", "pcgrad", "gradvac", "smart", "pal", "rdrop")
+KILL_AT = {"plain": 8, "pcgrad": 4, "gradvac": 4, "smart": 8, "pal": 8, "rdrop": 8}
 
 
 def run(prefix, data_dir, tokenizer_dir, out, action, modes, **env):
