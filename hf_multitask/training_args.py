@@ -155,6 +155,17 @@ class MultitaskTrainingArguments(TrainingArguments):
             raise ValueError(f"nonfinite_loss_limit must be >= 0, got {self.nonfinite_loss_limit}")
         if self.head_learning_rate is not None and self.head_learning_rate < 0:
             raise ValueError(f"head_learning_rate must be >= 0 or None, got {self.head_learning_rate}")
+        self._check_sharding()
+
+    def _check_sharding(self) -> None:
+        """Sharded training (FSDP, DeepSpeed) with what needs whole per-task gradients or whole weights outside the
+        model's forward (grouped batches and gradient surgery, regularisers) is refused until it is supported."""
+        sharded = "fsdp" if self.fsdp else "deepspeed" if self.deepspeed else None
+        if sharded and (self.task_sampling_grouped or self.smart_tasks or self.regularizers):
+            raise ValueError(f"{sharded} with grouped batches (gradient surgery), SMART or other regularisers is not "
+                             "supported yet: they need each task's whole gradient, or the whole weights outside the "
+                             "model's forward. Train them with DDP (torchrun / accelerate launch without "
+                             f"{sharded}), or train with {sharded} without them (docs/scaling.md)")
 
     def _check_smart(self) -> None:
         if self.smart_tasks is not None:

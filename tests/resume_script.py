@@ -47,7 +47,8 @@ class KillAfterSave(TrainerCallback):
         self.step = step
 
     def on_save(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
+        if state.global_step == self.step and os.environ.get("KILL_RANK", os.environ.get("RANK", "0")) == \
+                os.environ.get("RANK", "0"):  # $KILL_RANK: kill that rank only (one node of two)
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -80,7 +81,7 @@ def build_trainer(mode: str, data_dir: str, tokenizer, out_dir: str) -> Multitas
         save_strategy="steps", save_steps=int(os.environ.get("SAVE_STEPS", 4 if not grouped else 2)),
         logging_steps=1, report_to=[], use_cpu=True, seed=0, ddp_find_unused_parameters=True,
         save_total_limit=int(os.environ["LIMIT"]) if "LIMIT" in os.environ else None,
-        task_sampling="annealed", **MODES[mode],
+        task_sampling="annealed", ddp_timeout=int(os.environ.get("DDP_TIMEOUT", 1800)), **MODES[mode],
     )
     return MultitaskTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
 

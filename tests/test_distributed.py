@@ -28,11 +28,12 @@ def test_two_processes_get_the_same_task_and_disjoint_shards(data_dir, tokenizer
 
 
 def test_two_processes_train_like_one_with_the_global_batch(data_dir, tokenizer_dir, tmp_path):
-    """Same final weights, 2 x batch 2 under torchrun vs 1 x batch 4, without and with gradient surgery."""
+    """Same final weights, 2 x batch 2 under torchrun vs 1 x batch 4, without and with gradient surgery, and with
+    SMART (its noise is drawn per example, whatever the process layout)."""
     from safetensors.torch import load_file
 
     script = Path(__file__).with_name("dist_train_script.py")
-    modes = ["plain", "none", "pcgrad", "gradvac"]
+    modes = ["plain", "none", "pcgrad", "gradvac", "smart"]
     runs = {"single": [sys.executable, str(script)],
             "double": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                        "29534", str(script)]}

@@ -34,7 +34,7 @@ MODES = {
     "gradvac": {"task_sampling_grouped": True, "gradient_surgery": "gradvac"},
     "smart": {"smart_tasks": ["sst", "quora", "sts"]},
     "pal": {},
-    # the deprecated variance, converted to its square root: must reproduce SMART's hash from before the change of σ
+    # the deprecated variance, converted to its square root (σ = √1e-5, the default before 2026-12-01)
     "smart_noise_var": {"smart_tasks": ["sst", "quora", "sts"], "smart_noise_var": 1e-5},
 }
 

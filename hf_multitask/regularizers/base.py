@@ -70,6 +70,10 @@ class Regularizer:
     def load_state_dict(self, state: dict) -> None:
         """Restore what `state_dict` returned; called before `on_train_begin` when resuming."""
 
+    def configure(self, args) -> None:
+        """Called once when the Trainer builds the regulariser, with its training arguments (the seed, the process
+        layout: `args.process_index`, `args.per_device_train_batch_size`)."""
+
     def on_train_begin(self, model: nn.Module) -> None:
         """Called once when training starts, on every rank, after the weights are synchronised."""
 
@@ -139,6 +143,7 @@ def build_regularizers(args, task_names: list[str] | None = None) -> dict[str, R
     built = {}
     for name, (options, where) in configured_options(args).items():
         regularizer = build_regularizer(name, options)
+        regularizer.configure(args)
         unknown = [t for t in regularizer.tasks if task_names is not None and t not in task_names]
         if unknown:
             raise ValueError(f"{where} has task(s) {unknown} with no head in the model (heads: {list(task_names)})")

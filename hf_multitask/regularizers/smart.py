@@ -14,6 +14,8 @@ tensors evaluated with `torch.func.functional_call`: no second module, so it nev
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from accelerate.utils import extract_model_from_parallel
 from torch import nn
@@ -54,6 +56,32 @@ def ascent_step(noise: torch.Tensor, grad: torch.Tensor, step_size: float, epsil
     """
     grad = torch.nan_to_num(grad.float(), nan=0.0, posinf=0.0, neginf=0.0)
     noise = noise + step_size * grad / (grad.abs().amax(-1, keepdim=True) + epsilon)
+    return noise if radius is None else noise.clamp(-radius, radius)
+
+
+def example_noise(embeds: torch.Tensor, mask: torch.Tensor | None, noise_std: float, radius: float | None,
+                  keys: tuple[int, ...], first_example: int) -> torch.Tensor:
+    """ν_0 ~ N(0, noise_std²) in float32, shaped like `embeds` `(batch, [choices,] seq, hidden)`, drawn per example
+    from a generator seeded by `(*keys, the example's index in the global batch)` and put on its real tokens (`mask`;
+    padding gets 0): the same noise for an example whatever the number of processes, its rank or the padding around
+    it, so that SMART trains alike on any process layout. Clipped to the radius when given.
+
+    Args:
+        keys: E.g. (seed, draw, input stream): what makes this draw differ from the others.
+        first_example: The index in the global batch of this rank's first example (rank × per-device batch).
+    """
+    noise = torch.zeros(embeds.shape, dtype=torch.float32, device=embeds.device)
+    rows = noise.view(embeds.shape[0], -1, *embeds.shape[-2:])  # (batch, choices or 1, seq, hidden)
+    real = (torch.ones(rows.shape[:-1], dtype=torch.bool, device=embeds.device) if mask is None
+            else mask.reshape(rows.shape[:-1]).bool())
+    generator = torch.Generator(device=embeds.device)
+    for i in range(rows.shape[0]):
+        digest = hashlib.blake2b(repr((*keys, first_example + i)).encode(), digest_size=8).digest()
+        generator.manual_seed(int.from_bytes(digest, "little") >> 1)
+        for j in range(rows.shape[1]):
+            count = int(real[i, j].sum())
+            rows[i, j, real[i, j]] = torch.randn((count, rows.shape[-1]), generator=generator, device=embeds.device)
+    noise.mul_(noise_std)
     return noise if radius is None else noise.clamp(-radius, radius)
 
 
@@ -185,6 +213,12 @@ class SmartRegularizer(Regularizer):
         self.noise_std, self.step_size, self.epsilon, self.radius = noise_std, step_size, epsilon, radius
         self.steps, self.lambda_s, self.mu = steps, lambda_s, mu
         self.teacher = EmaTeacher(momentum) if mu > 0 else None
+        self.seed, self.first_example, self.draws = 0, 0, 0  # the noise's keys (see `configure`, `example_noise`)
+
+    def configure(self, args) -> None:
+        """The noise's seed (`args.seed`) and this rank's place in the global batch (rank × per-device batch)."""
+        self.seed = args.seed
+        self.first_example = args.process_index * args.per_device_train_batch_size
 
     @property
     def log_names(self) -> tuple[str, ...]:
@@ -225,7 +259,12 @@ class SmartRegularizer(Regularizer):
                          kind: str | TaskKind) -> torch.Tensor:
         """R_s: l_s between the outputs at x + ν (ν found by `steps` ascent steps) and the clean outputs."""
         embeds, forward = embedding_forward(extract_model_from_parallel(model), inputs)
-        noises = self.adversarial_noise(forward, embeds, clean_logits, kind)
+        masks = [inputs.get(mask) for ids, mask in (("input_ids", "attention_mask"),
+                                                   ("input_ids_b", "attention_mask_b")) if inputs.get(ids) is not None]
+        noises = [example_noise(x, mask, self.noise_std, self.radius, (self.seed, self.draws, stream),
+                                self.first_example) for stream, (x, mask) in enumerate(zip(embeds, masks))]
+        self.draws += 1  # the same count on every rank: every rank trains the same task at each step
+        noises = self.adversarial_noise(forward, embeds, clean_logits, kind, noises)
         return smart_divergence(kind, forward(noises, False), clean_logits)
 
     def bregman_loss(self, model: nn.Module, inputs: dict, clean_logits: torch.Tensor,
@@ -248,12 +287,14 @@ class SmartRegularizer(Regularizer):
 
     @property
     def has_state(self) -> bool:
-        return self.teacher is not None
+        return True  # the count of noise draws, and the teacher
 
     def state_dict(self) -> dict:
-        return self.teacher.state_dict() if self.teacher is not None else {}
+        return {**(self.teacher.state_dict() if self.teacher is not None else {}), "noise_draws": self.draws}
 
     def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        self.draws = int(state.pop("noise_draws", 0))
         if self.teacher is not None and state:
             self.teacher.load_state_dict(state)
 
