@@ -13,6 +13,7 @@ repeat. Reported: the median time of each, the median of the per-repeat ratios o
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import math
 import platform
@@ -52,7 +53,6 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="[3, 100k], 3 repeats.")
     parser.add_argument("--output", help="Write the results as JSON here.")
     args = parser.parse_args()
-    import torchjd
     import torchjd.aggregation as jd
 
     torch.set_num_threads(args.threads)
@@ -78,7 +78,7 @@ def main() -> None:
         print(f"{method:<12} ours {r['median_s']['ours']:.4f} s  torchjd {r['median_s']['torchjd']:.4f} s  "
               f"ratio {r['ratio_median']:.3f} [{low:.3f}, {high:.3f}]", flush=True)
     summary = {"machine": f"{platform.processor() or platform.machine()}, {args.threads} thread(s)",
-               "torch": torch.__version__, "torchjd": torchjd.__version__ if hasattr(torchjd, "__version__") else "",
+               "torch": torch.__version__, "torchjd": importlib.metadata.version("torchjd"),
                "matrix": [args.tasks, size], "dtype": "float32", "repeats": repeats, "methods": results}
     if args.output:
         with open(args.output, "w") as handle:

@@ -341,3 +341,25 @@ def test_surgery_state_round_trips_and_continues_identically(name):
         first.combine()
         second.combine()
         assert torch.equal(torch.cat([p.grad for p in params]), torch.cat([p.grad for p in params_b]))
+
+
+def test_the_docs_example_aggregator_registers_and_trains(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "gradients.md").read_text(encoding="utf-8")
+    section = text[text.index("## Adding an aggregator"):]
+    code = section[section.index("```python") + len("```python"):section.index("```", section.index("```python") + 9)]
+    monkeypatch.chdir(tmp_path)
+    try:
+        namespace = {}
+        exec(compile(code, "docs/gradients.md", "exec"), namespace)
+        assert namespace["args"].gradient_surgery == "rlw" and namespace["args"].task_sampling_grouped
+        layer = torch.nn.Linear(3, 2)
+        surgery = GradientSurgery("rlw", list(layer.parameters()), num_tasks=2, seed=1)
+        surgery.buffer.copy_(torch.randn(2, 8))
+        draw = torch.softmax(torch.randn(2, generator=torch.Generator().manual_seed(1), dtype=torch.float64), 0)
+        surgery.combine()
+        flat = torch.cat([p.grad.reshape(-1) for p in layer.parameters()])
+        torch.testing.assert_close(flat, draw.float() @ surgery.buffer)
+    finally:
+        AGGREGATORS.pop("rlw", None)

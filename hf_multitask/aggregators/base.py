@@ -76,7 +76,7 @@ def register_aggregator(cls: type[Aggregator]) -> type[Aggregator]:
 
     ```python
     >>> import torch
-    >>> from hf_multitask.aggregators import Aggregator, register_aggregator
+    >>> from hf_multitask.aggregators import AGGREGATORS, Aggregator, aggregator_names, register_aggregator
     >>> @register_aggregator
     ... class Mean(Aggregator):
     ...     name = "mean"
@@ -85,6 +85,7 @@ def register_aggregator(cls: type[Aggregator]) -> type[Aggregator]:
     >>> "mean" in aggregator_names()
     True
     >>> del AGGREGATORS["mean"]
+
     ```
     """
     if not cls.name:
