@@ -29,6 +29,7 @@ class AlignedMTL(Aggregator):
     """Aligned-MTL on the whole shared model (degree 1, no state)."""
 
     name = "aligned_mtl"
+    title = "Aligned-MTL (Senushkin et al. 2023)"
 
     def weights(self, grams: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, int]:
         return aligned_mtl_weights(grams[0])[None], 0

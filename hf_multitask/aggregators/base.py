@@ -26,6 +26,7 @@ class Aggregator:
 
     Attributes:
         name: The `gradient_surgery` value that selects the method.
+        title: The method and its paper, for model cards: `"PCGrad (Yu et al. 2020)"`.
         degree: Homogeneity degree d: gradients scaled by c > 0 give c**d times the update (1 for PCGrad, GradVac,
             MGDA-style methods; 0 for methods whose update does not depend on the gradients' scale).
         per_segment: `True`: `weights` gets one Gram matrix per segment (GradVac's per-layer targets) and returns
@@ -39,6 +40,7 @@ class Aggregator:
     """
 
     name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
     degree: ClassVar[int] = 1
     per_segment: ClassVar[bool] = False
 

@@ -15,6 +15,7 @@ class DualProj(Aggregator):
     """
 
     name = "dualproj"
+    title = "DualProj (Lopez-Paz & Ranzato 2017)"
 
     def weights(self, grams: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, int]:
         num_tasks = grams.shape[1]

@@ -90,6 +90,7 @@ class GradVac(Aggregator):
     """
 
     name = "gradvac"
+    title = "GradVac (Wang et al. 2021)"
     per_segment = True
 
     def __init__(self, num_tasks: int, num_segments: int = 1, gradvac_beta: float = 0.01, **options) -> None:

@@ -23,6 +23,7 @@ class IMTLG(Aggregator):
     """IMTL-G on the whole shared model (degree 1, no state)."""
 
     name = "imtl_g"
+    title = "IMTL-G (Liu et al. 2021)"
 
     def weights(self, grams: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, int]:
         return imtl_g_weights(grams[0])[None], 0

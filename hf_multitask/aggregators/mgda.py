@@ -42,6 +42,7 @@ class MGDA(Aggregator):
     """
 
     name = "mgda"
+    title = "MGDA (Sener & Koltun 2018)"
 
     def weights(self, grams: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, int]:
         return mgda_weights(grams[0])[None], 0

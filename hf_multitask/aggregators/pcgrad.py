@@ -57,6 +57,7 @@ class PCGrad(Aggregator):
     """
 
     name = "pcgrad"
+    title = "PCGrad (Yu et al. 2020)"
 
     def weights(self, grams: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, int]:
         coeffs, count = pcgrad_coefficients(grams[0], visiting_orders(self.num_tasks, generator))

@@ -38,6 +38,7 @@ class UPGrad(Aggregator):
     """
 
     name = "upgrad"
+    title = "UPGrad (Quinton & Rey 2024)"
 
     def weights(self, grams: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, int]:
         gram, num_tasks = grams[0], grams.shape[1]
