@@ -115,7 +115,7 @@ def get_aggregator(name: str) -> type[Aggregator]:
 
 
 def aggregate(aggregator: Aggregator, grams: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, int]:
-    """Weights `[K, T]` (float64) of the task gradients on each of the K segments, from their Gram matrices.
+    """Weights `[K, T]` (float64, on the CPU) of the task gradients on each of the K segments, from Gram matrices.
 
     Each Gram matrix the method sees (per segment, or the sum over segments) is divided by its largest diagonal
     entry s, so that no threshold inside a method depends on the gradients' scale and nothing overflows; the
@@ -127,12 +127,12 @@ def aggregate(aggregator: Aggregator, grams: torch.Tensor, generator: torch.Gene
         grams: `[K, T, T]` Gram matrices of the task gradients on each segment (any float dtype, finite).
         generator: Passed on to the method (visiting orders).
     """
-    grams = grams.double()
+    grams = grams.detach().to("cpu", torch.float64)  # [K, T, T]: the methods' small loops run on the CPU
     seen = grams if aggregator.per_segment else grams.sum(0, keepdim=True)
     scale = seen.diagonal(dim1=1, dim2=2).amax(1)  # (K',) largest squared norm
     nonzero = scale > 0
     safe = torch.where(nonzero, scale, torch.ones_like(scale))
-    weights = torch.ones(seen.shape[:2], dtype=torch.float64, device=grams.device)
+    weights = torch.ones(seen.shape[:2], dtype=torch.float64)
     count = 0
     if nonzero.any():  # an all-zero segment among others reaches the method as zeros; its weights are set to 1
         found, count = aggregator.weights(seen / safe[:, None, None], generator)

@@ -100,8 +100,7 @@ class GradVac(Aggregator):
 
     def weights(self, grams: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, int]:
         orders = visiting_orders(self.num_tasks, generator)
-        coeffs, targets, count = gradvac_coefficients(grams, self.targets.to(grams.device), orders, self.beta)
-        self.targets = targets.cpu()
+        coeffs, self.targets, count = gradvac_coefficients(grams, self.targets, orders, self.beta)
         return coeffs.sum(1), count  # the update on segment k: sum over tasks i of A_k[i] @ grads
 
     def state_dict(self) -> dict[str, torch.Tensor]:
