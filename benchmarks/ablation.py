@@ -112,6 +112,7 @@ def main_rows() -> list[Row]:
         config_row("imtl_g", "grouped batches + IMTL-G"),
         config_row("aligned_mtl", "grouped batches + Aligned-MTL"),
         config_row("smart", "+ SMART on SST and STS"),
+        config_row("rdrop", "+ R-Drop on all three tasks (α = 1)"),
         config_row("ordinal", "+ ordinal log loss on SST"),
         config_row("transfer", "full fine-tuning from the frozen row's heads", needs=("frozen",)),
         config_row("best", "round-robin + the frozen row's heads", needs=("frozen",)),

@@ -89,8 +89,8 @@ def make_trainer(model, tokenizer, data, variant: str, args, out_dir: str) -> Mu
     trainer.model = trainer.model_wrapped = trainer.accelerator.prepare_model(trainer.model)  # bf16: autocast forward
     trainer.create_optimizer()
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop, read by training_step
-    if trainer.smart is not None and trainer.smart.teacher is not None:
-        trainer.smart.teacher.initialize(model)
+    for regularizer in trainer.regularizers.values():
+        regularizer.on_train_begin(model)  # what the Trainer's callback does when training starts
     return trainer
 
 
@@ -102,8 +102,8 @@ def train_step(trainer: MultitaskTrainer, batch) -> float:
     start = time.perf_counter()
     trainer.training_step(model, batch)
     trainer.optimizer.step()
-    if trainer.smart is not None and trainer.smart.teacher is not None:
-        trainer.smart.teacher.update(model)  # what the Trainer's on_optimizer_step callback does
+    for regularizer in trainer.regularizers.values():
+        regularizer.after_optimizer_step(model, applied=True)  # what the Trainer's on_optimizer_step callback does
     model.zero_grad(set_to_none=True)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -127,7 +127,7 @@ def run_timing(args) -> dict:
                     seconds = train_step(trainer, batch)
                     if repeat >= args.warmup:
                         times[variant][task].append(seconds)
-        teacher = trainers["adv_breg"].smart.teacher
+        teacher = trainers["adv_breg"].regularizers["smart"].teacher
         result = {"variants": {}, "teacher_mb": teacher.num_bytes / 2**20,
                   "teacher_parameters": sum(t.numel() for t in teacher.shadow.values())}
     medians = {v: {task: statistics.median(ts) for task, ts in per_task.items()} for v, per_task in times.items()}

@@ -15,8 +15,15 @@ from .metrics import compute_task_metrics, metric_key, overall_score
 from .model_card import render_model_card, write_model_card
 from .modeling import MultitaskModel, MultitaskModelOutput
 from .pal import PalConfig, PalModel
+from .regularizers import (
+    EmaTeacher,
+    RDropRegularizer,
+    Regularizer,
+    SmartRegularizer,
+    get_regularizer,
+    register_regularizer,
+)
 from .sampling import MultitaskBatchSampler, annealed_alpha
-from .smart import EmaTeacher, SmartRegularizer
 from .tasks import TaskSpec, cs224n_tasks, get_task, quora_task, sst_task, sts_task
 from .trainer import MultitaskTrainer, NonFiniteLossError
 from .training_args import MultitaskTrainingArguments
@@ -80,6 +87,10 @@ __all__ = [
     "tokenize_task",
     "write_model_card",
     "EmaTeacher",
+    "RDropRegularizer",
+    "Regularizer",
     "SmartRegularizer",
+    "get_regularizer",
+    "register_regularizer",
     "symmetric_kl",
 ]

@@ -26,8 +26,8 @@ from transformers.utils import logging
 from .configuration import MultitaskConfig
 from .modeling import MultitaskModel
 from .pal import PalConfig
-from .tasks import TaskSpec, get_task
-from .utils import resolve_encoder_path
+from .tasks import PRESETS, TaskSpec, get_task
+from .utils import did_you_mean, resolve_encoder_path
 
 logger = logging.get_logger(__name__)
 
@@ -76,8 +76,10 @@ class DataArguments:
 
 
 def build_task_specs(model_args: ModelArguments) -> list[TaskSpec]:
-    """The preset tasks `model_args.tasks` with `pair_encoding`, `max_length` and the JSON `task_overrides` applied;
-    malformed overrides, or overrides for tasks not in the list, are errors."""
+    """The tasks `model_args.tasks` with `pair_encoding`, `max_length` and the JSON `task_overrides` applied: presets
+    by name, and tasks of any kind defined by their `task_overrides` entry, which then names the `kind` and every
+    field the kind needs (`text_columns`, `label_column`, `label_names`, ...). Malformed overrides, or overrides
+    for tasks not in the list, are errors."""
     try:
         overrides = json.loads(model_args.task_overrides) if model_args.task_overrides else {}
     except json.JSONDecodeError as err:
@@ -87,8 +89,20 @@ def build_task_specs(model_args: ModelArguments) -> list[TaskSpec]:
     unknown = sorted(set(overrides) - set(model_args.tasks))
     if unknown:
         raise ValueError(f"task_overrides names task(s) {unknown} that are not in tasks={model_args.tasks}")
-    return [get_task(name, **{"pair_encoding": model_args.pair_encoding, "max_length": model_args.max_length,
-                               **overrides.get(name, {})}) for name in model_args.tasks]
+    return [_task_spec(name, {"pair_encoding": model_args.pair_encoding, "max_length": model_args.max_length,
+                              **overrides.get(name, {})}) for name in model_args.tasks]
+
+
+def _task_spec(name: str, fields: dict) -> TaskSpec:
+    """A preset with `fields` applied, or, for a name that is no preset, the task `fields` define (with a `kind`)."""
+    if name in PRESETS or "kind" not in fields:
+        return get_task(name, **fields)  # (an unknown preset without a kind: the error lists the presets)
+    known = {f.name for f in dataclasses.fields(TaskSpec)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"task_overrides[{name!r}]: unknown TaskSpec field(s) {unknown}"
+                         f"{did_you_mean(unknown[0], known)}")
+    return TaskSpec(name=name, **fields)
 
 
 def build_model(model_args: ModelArguments, specs: list[TaskSpec]) -> MultitaskModel:

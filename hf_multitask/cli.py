@@ -136,8 +136,9 @@ def _print_summary(model, specs, train_data, args) -> None:
     per_task = model.num_parameters_per_task()
     print(f"hf-multitask: {len(specs)} tasks, sampling={args.task_sampling}, "
           f"trainable parameters {trainable:,} of {total:,}")
+    width, kind_width = (max(len(getattr(s, field)) for s in specs) for field in ("name", "kind"))
     for spec in specs:
-        print(f"  {spec.name:<8} {spec.kind:<14} {len(train_data[spec.name]):>7,} train examples, "
+        print(f"  {spec.name:<{width}} {spec.kind:<{kind_width}} {len(train_data[spec.name]):>7,} train examples, "
               f"loss={spec.loss}, metric={spec.metric}, pairs={spec.pair_encoding if spec.is_pair else '-'}, "
               f"task-only parameters {per_task[spec.name]:,}")
 
@@ -240,7 +241,8 @@ def _texts_of(spec, dataset) -> list:
 
 def export(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="hf-multitask export",
-                                     description="Write one task as a plain AutoModelForSequenceClassification.")
+                                     description="Write one task as a plain transformers model (AutoModelFor"
+                                                 "SequenceClassification, MultipleChoice or TokenClassification).")
     parser.add_argument("model_dir")
     parser.add_argument("--task", required=True)
     parser.add_argument("--output", required=True, help="Directory for the exported model and tokenizer.")
@@ -256,8 +258,8 @@ def export(argv: list[str]) -> None:
         exported = export_task(model, args.task, args.output, tokenizer=tokenizer)
     except ValueError as err:
         raise SystemExit(f"hf-multitask export: {err}") from None
-    print(f"task {args.task!r} exported to {args.output}: AutoModelForSequenceClassification.from_pretrained("
-          f"{str(args.output)!r})")
+    print(f"task {args.task!r} exported to {args.output}: {model.specs[args.task].task_kind.export_class}"
+          f".from_pretrained({str(args.output)!r})")
     if args.check_data:
         spec = model.specs[args.task]
         data = load_task_data(spec, args.check_data, splits=(args.split,))[args.split]

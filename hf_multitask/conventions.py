@@ -3,7 +3,8 @@ in `Trainer` or is refused when the trainer is built, with a message that says w
 
 - datasets: `{task_name: Dataset}`, or one `Dataset` for a model with one task; a `label` (or `label_ids`) column
   works like `labels`; every tokenised dataset is validated against its task's spec ([`validate_tokenized`]);
-- collators: `DataCollatorWithPadding` becomes a [`MultitaskCollator`]; one that cannot handle a batch of one task
+- collators: `DataCollatorWithPadding`, `DataCollatorForTokenClassification` and `DataCollatorForMultipleChoice`
+  become a [`MultitaskCollator`]; one that cannot handle a batch of one task
   (with its `task_name`) is refused; without a collator a tokenizer (`processing_class`) is required;
 - the model must be multitask (have `specs`), or a peft wrapper of one;
 - `train_sampling_strategy`: `group_by_length` maps onto our length grouping; `sequential` and `batch_rebalance` are
@@ -22,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset
-from transformers import DataCollatorWithPadding
+from transformers import DataCollatorForMultipleChoice, DataCollatorForTokenClassification, DataCollatorWithPadding
 from transformers.utils import logging
 
 from .data import MultitaskCollator, MultitaskDataset
@@ -32,6 +33,9 @@ from .metrics import metric_key
 logger = logging.get_logger(__name__)
 
 HF_LABEL_COLUMNS = ("label", "label_ids")  # what DataCollatorWithPadding renames to `labels`
+# The HF collators that pad a batch the way each task's kind does (sentences, choices, token labels with -100): a
+# MultitaskCollator replaces them
+HF_PADDING_COLLATORS = (DataCollatorWithPadding, DataCollatorForTokenClassification, DataCollatorForMultipleChoice)
 SAMPLING_STRATEGIES = {"random": False, "group_by_length": True}  # HF train_sampling_strategy -> group by length
 LOOP_METRICS = ("loss", "runtime", "samples_per_second", "steps_per_second", "model_preparation_time")
 
@@ -159,9 +163,10 @@ def validate_datasets(datasets: Mapping | None, specs: Mapping, argument: str, t
 
 
 def build_collator(data_collator, processing_class, specs: Mapping, train: MultitaskDataset | None = None):
-    """The collator the trainer uses: ours by default (needs a tokenizer), a `DataCollatorWithPadding` rebuilt as a
-    [`MultitaskCollator`], a user's callable if it returns a batch with `task_name` for two examples of `train`'s first
-    task ([`probe_features`], read only for such a callable), and an error saying what to pass otherwise."""
+    """The collator the trainer uses: ours by default (needs a tokenizer), a `DataCollatorWithPadding` (or
+    `DataCollatorForTokenClassification`, `DataCollatorForMultipleChoice`) rebuilt as a [`MultitaskCollator`], a
+    user's callable if it returns a batch with `task_name` for two examples of `train`'s first task
+    ([`probe_features`], read only for such a callable), and an error saying what to pass otherwise."""
     if data_collator is None:
         if processing_class is None or not hasattr(processing_class, "pad"):
             raise ValueError("MultitaskTrainer needs processing_class=tokenizer to pad each task's batches (the "
@@ -170,13 +175,15 @@ def build_collator(data_collator, processing_class, specs: Mapping, train: Multi
         return MultitaskCollator(processing_class, specs=specs)
     if isinstance(data_collator, MultitaskCollator):
         return data_collator
-    if isinstance(data_collator, DataCollatorWithPadding):
+    if isinstance(data_collator, HF_PADDING_COLLATORS):
+        name = type(data_collator).__name__
         default = data_collator.padding in (True, "longest") and data_collator.max_length is None
-        if not default or data_collator.return_tensors != "pt":
-            raise ValueError(f"data_collator=DataCollatorWithPadding(padding={data_collator.padding!r}, max_length="
+        if not default or data_collator.return_tensors != "pt" or getattr(data_collator, "label_pad_token_id",
+                                                                          -100) != -100:
+            raise ValueError(f"data_collator={name}(padding={data_collator.padding!r}, max_length="
                              f"{data_collator.max_length!r}, return_tensors={data_collator.return_tensors!r}): "
-                             "MultitaskTrainer pads each batch to its longest sequence in torch tensors; pass "
-                             "DataCollatorWithPadding(tokenizer) with its defaults, or MultitaskCollator(tokenizer, "
+                             "MultitaskTrainer pads each batch to its longest sequence in torch tensors (token labels "
+                             f"with -100); pass {name}(tokenizer) with its defaults, or MultitaskCollator(tokenizer, "
                              "pad_to_multiple_of=...)")
         return MultitaskCollator(data_collator.tokenizer, pad_to_multiple_of=data_collator.pad_to_multiple_of,
                                  specs=specs)

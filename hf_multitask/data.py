@@ -117,11 +117,14 @@ def validate_rows(spec: TaskSpec, columns: list[str], rows: Iterable[Mapping[str
     kind = spec.task_kind
     count = 0
     for count, row in enumerate(rows, start=1):
-        for column in spec.text_columns:
-            out[column].append(_check_text(row[column], f"{source}: row {count}, column {column!r}"))
+        texts = {column: kind.parse_text(spec, row[column], f"{source}: row {count}, column {column!r}")
+                 for column in spec.text_columns}
+        for column, text in texts.items():
+            out[column].append(text)
         if labels:
             where = f"{source}: row {count}, column {spec.label_column!r}"
             out["labels"].append(kind.parse_label(spec, row[spec.label_column], where))
+            kind.check_row(spec, texts, out["labels"][-1], f"{source}: row {count}")
         if keep_id:
             out["id"].append(str(row["id"]))
     if not count:
@@ -129,14 +132,6 @@ def validate_rows(spec: TaskSpec, columns: list[str], rows: Iterable[Mapping[str
     if labels:
         kind.check_labels(spec, out["labels"], source)
     return out
-
-
-def _check_text(text: Any, where: str) -> str:
-    if text is None or (isinstance(text, str) and not text.strip()):
-        raise DataValidationError(f"{where}: empty or missing text ({text!r})")
-    if not isinstance(text, str):
-        raise DataValidationError(f"{where}: expected text, got {type(text).__name__} {text!r}")
-    return text
 
 
 def find_data_file(spec: TaskSpec, data_dir: str | os.PathLike, split: str) -> Path:
@@ -262,7 +257,8 @@ def count_truncated(dataset: Dataset, spec: TaskSpec, tokenizer, max_length: int
     groups = spec.task_kind.truncation_groups(spec)
     too_long = [False] * len(dataset)
     for group in groups:
-        lengths = tokenizer(*[list(dataset[c]) for c in group], truncation=False, return_length=True)["length"]
+        lengths = tokenizer(*[list(dataset[c]) for c in group], truncation=False, return_length=True,
+                            **spec.task_kind.tokenizer_kwargs(spec))["length"]
         too_long = [flag or length > max_length for flag, length in zip(too_long, lengths)]
     return sum(too_long)
 

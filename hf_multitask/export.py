@@ -1,10 +1,14 @@
-"""Export one task of a [`MultitaskModel`] as a plain `AutoModelForSequenceClassification` checkpoint.
+"""Export one task of a [`MultitaskModel`] as a plain transformers checkpoint: `AutoModelForSequenceClassification`
+(classification, regression), `AutoModelForMultipleChoice` or `AutoModelForTokenClassification`, as the task's kind
+says (`TaskKind.export_class`).
 
-Our head is dropout + linear on the pooled vector; `BertForSequenceClassification` (and RoBERTa's head) puts
-`tanh(W_p h_cls + b_p)` between the [CLS] vector and its classifier. With `W_p = s I`, `b_p = 0` and the
-classifier's weight `W_head / s`, the plain model computes `W_head tanh(s h) / s + b`, which equals our
-`W_head h + b` up to `W_head (s h)^3 / (3 s)`. With s = 1e-3 the logits of a fine-tuned MiniLM differ by at most
-2e-6 on the SST, Quora and STS dev sets (docs/inference.md has the measurement and the other values of s).
+Sentence and choice heads: ours is dropout + linear on the pooled vector; `BertForSequenceClassification` (and
+RoBERTa's head, and `*ForMultipleChoice`) puts `tanh(W_p h_cls + b_p)` between the [CLS] vector and its classifier.
+With `W_p = s I`, `b_p = 0` and the classifier's weight `W_head / s`, the plain model computes
+`W_head tanh(s h) / s + b`, which equals our `W_head h + b` up to `W_head (s h)^3 / (3 s)`. With s = 1e-3 the logits
+of a fine-tuned MiniLM differ by at most 2e-6 on the SST, Quora and STS dev sets (docs/inference.md has the
+measurement and the other values of s). Token heads: `*ForTokenClassification` is dropout + linear on every token's
+hidden state, as ours: the weights are copied as they are, and any pooling exports.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import copy
 import os
 
 import torch
-from transformers import AutoModelForSequenceClassification, PreTrainedModel
+import transformers
+from transformers import PreTrainedModel
 from transformers.utils import logging
 
 from .inference import batches, check_input, default_tokenizer, encode_rows, task_spec
@@ -23,10 +28,14 @@ from .tasks import TaskSpec
 logger = logging.get_logger(__name__)
 
 EXPORT_SCALE = 1e-3
-# encoder model_type -> (the linear layer before tanh, the classifier) in its *ForSequenceClassification
+# (Auto class, encoder model_type) -> (the linear layer before tanh, or None where there is none; the classifier)
 EXPORTABLE = {
-    "bert": ("bert.pooler.dense", "classifier"),
-    "roberta": ("classifier.dense", "classifier.out_proj"),
+    ("AutoModelForSequenceClassification", "bert"): ("bert.pooler.dense", "classifier"),
+    ("AutoModelForSequenceClassification", "roberta"): ("classifier.dense", "classifier.out_proj"),
+    ("AutoModelForMultipleChoice", "bert"): ("bert.pooler.dense", "classifier"),
+    ("AutoModelForMultipleChoice", "roberta"): ("roberta.pooler.dense", "classifier"),
+    ("AutoModelForTokenClassification", "bert"): (None, "classifier"),
+    ("AutoModelForTokenClassification", "roberta"): (None, "classifier"),
 }
 
 
@@ -37,14 +46,15 @@ def export_task(
     tokenizer=None,
     scale: float = EXPORT_SCALE,
 ) -> PreTrainedModel:
-    """Write `task_name` of `model` as a checkpoint that `AutoModelForSequenceClassification.from_pretrained`
-    loads without hf-multitask.
+    """Write `task_name` of `model` as a checkpoint that the task kind's Auto class (`TaskKind.export_class`:
+    `AutoModelForSequenceClassification`, `AutoModelForMultipleChoice`, `AutoModelForTokenClassification`) loads
+    without hf-multitask.
 
-    Exact up to the tanh approximation above (fp32). Needs `pooling="cls"`, a single-sentence or cross-encoded
-    task, a BERT or RoBERTa encoder and no active PAL for the task; anything else has no plain-transformers
-    equivalent and is a `ValueError` that says why. The config gets the task's `id2label` / `label2id`
-    (regression: `num_labels=1`, `problem_type="regression"`). Truncate inputs to the task's `max_length` to
-    match training.
+    Exact up to the tanh approximation above (fp32; token classification exactly). Needs `pooling="cls"` (but for
+    token classification), a single-sentence or cross-encoded task, a BERT or RoBERTa encoder and no active PAL for
+    the task; anything else has no plain-transformers equivalent and is a `ValueError` that says why. The config
+    gets the task's `id2label` / `label2id` (regression: `num_labels=1`, `problem_type="regression"`). Truncate
+    inputs to the task's `max_length` to match training.
 
     Args:
         model: A [`MultitaskModel`].
@@ -72,8 +82,7 @@ def export_task(
     pre_tanh, classifier = _check_exportable(model, spec)
     if not 0 < scale <= 0.1:
         raise ValueError(f"scale must be in (0, 0.1], got {scale}")
-    config = _plain_config(model, spec)  # first: a kind without an equivalent says so
-    exported = AutoModelForSequenceClassification.from_config(config).float()
+    exported = getattr(transformers, spec.task_kind.export_class).from_config(_plain_config(model, spec)).float()
     base = getattr(exported, exported.base_model_prefix)
     missing, unexpected = base.load_state_dict(model.encoder.state_dict(), strict=False)
     if unexpected or any(not key.startswith("pooler.") for key in missing):
@@ -81,10 +90,12 @@ def export_task(
                          f"unexpected {unexpected}")
     head = model.heads[task_name].out_proj
     with torch.no_grad():
-        dense, out = exported.get_submodule(pre_tanh), exported.get_submodule(classifier)
-        dense.weight.copy_(scale * torch.eye(dense.in_features))
-        dense.bias.zero_()
-        out.weight.copy_(head.weight.float() / scale)
+        out = exported.get_submodule(classifier)
+        if pre_tanh is not None:
+            dense = exported.get_submodule(pre_tanh)
+            dense.weight.copy_(scale * torch.eye(dense.in_features))
+            dense.bias.zero_()
+        out.weight.copy_(head.weight.float() / (scale if pre_tanh is not None else 1.0))
         out.bias.copy_(head.bias.float())
     exported.eval()
     exported.save_pretrained(output_dir)
@@ -92,11 +103,13 @@ def export_task(
     return exported
 
 
-def _check_exportable(model, spec: TaskSpec) -> tuple[str, str]:
-    model_type = model.config.encoder.model_type
-    if model_type not in EXPORTABLE:
-        raise ValueError(f"Task {spec.name!r}: export supports {sorted(EXPORTABLE)} encoders, whose "
-                         f"*ForSequenceClassification heads can reproduce ours; this encoder is {model_type!r} "
+def _check_exportable(model, spec: TaskSpec) -> tuple[str | None, str]:
+    spec.task_kind.export_config(spec, copy.deepcopy(model.config.encoder))  # first: a kind without one says so
+    model_type, auto_class = model.config.encoder.model_type, spec.task_kind.export_class
+    if (auto_class, model_type) not in EXPORTABLE:
+        types = sorted(t for c, t in EXPORTABLE if c == auto_class)
+        raise ValueError(f"Task {spec.name!r}: export supports {types} encoders, whose {auto_class} heads can "
+                         f"reproduce ours; this encoder is {model_type!r} "
                          "(DistilBERT's and ELECTRA's heads put ReLU / GELU before the classifier). Serve it with "
                          "hf-multitask instead (predict, or the multitask-text-classification pipeline)")
     if spec.is_bi_encoded:
@@ -104,9 +117,11 @@ def _check_exportable(model, spec: TaskSpec) -> tuple[str, str]:
                          "while a *ForSequenceClassification model reads one sequence, so there is no plain "
                          "equivalent. Train the task with pair_encoding: cross to export it, or serve it with "
                          "hf-multitask (predict, or the multitask-text-classification pipeline)")
-    if model.config.pooling != "cls":
+    pre_tanh, classifier = EXPORTABLE[auto_class, model_type]
+    if pre_tanh is not None and model.config.pooling != "cls":
         raise ValueError(f"Task {spec.name!r}: the model pools with {model.config.pooling!r}, but "
-                         f"{model_type.capitalize()}ForSequenceClassification classifies from the first token; "
+                         f"{model_type.capitalize()}'s {auto_class.removeprefix('AutoModel')} head reads the first "
+                         "token; "
                          "transformers has no masked-mean option for it (classifier_pooling exists only for "
                          "ModernBERT and EuroBERT, other architectures). Train with pooling: cls to export; or load "
                          "the saved model itself with transformers alone: AutoModel.from_pretrained(dir, "
@@ -114,7 +129,7 @@ def _check_exportable(model, spec: TaskSpec) -> tuple[str, str]:
     if model.pal is not None and model.pal.enabled and spec.name in model.pal:
         raise ValueError(f"Task {spec.name!r} has a PAL, which a plain encoder cannot run: export a model without "
                          "PALs for this task, or serve it with hf-multitask")
-    return EXPORTABLE[model_type]
+    return pre_tanh, classifier
 
 
 def _plain_config(model, spec: TaskSpec):

@@ -19,6 +19,7 @@ from transformers.utils import logging
 
 from .configuration import is_multitask_model
 from .data import MultitaskCollator, effective_max_length, encode_texts, tokenize_task
+from .kinds.base import label_array
 from .tasks import TaskSpec
 
 PIPELINE_TASK = "multitask-text-classification"
@@ -108,17 +109,20 @@ def get_normalizer(name: str | None) -> Callable[[str], str] | None:
 
 def check_input(spec: TaskSpec, item: Any, where: str) -> tuple[str, ...]:
     """One input as a tuple of texts: `(text,)` for a single-sentence task, `(a, b)` for a pair task, one text per
-    text column for more (a multiple-choice task's context and choices)."""
+    text column for more (a multiple-choice task's context and choices); a token-level task takes a string or a
+    list of words."""
     count = len(spec.text_columns)
     if count > 1:
         if isinstance(item, str) or not isinstance(item, Sequence) or len(item) != count:
             takes = "sentence pairs (a, b)" if count == 2 else f"tuples of {count} texts {spec.text_columns}"
             raise ValueError(f"{where}: task {spec.name!r} takes {takes}, got {item!r}")
         texts = tuple(item)
-    else:
+    elif isinstance(item, str) or not spec.task_kind.token_level:
         if not isinstance(item, str):
             raise ValueError(f"{where}: task {spec.name!r} takes single sentences (str), got {item!r}")
         texts = (item,)
+    else:  # a token-level task also takes a list of words
+        return (spec.task_kind.parse_text(spec, item, f"{where}: {spec.text_columns[0]!r}"),)
     for column, text in zip(spec.text_columns, texts):
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"{where}: {column!r} is empty or not a string ({text!r})")
@@ -161,7 +165,7 @@ def predict_logits(
         return np.zeros((0, spec.num_labels), dtype=np.float32)
     normalizer = get_normalizer(normalize)
     if normalizer is not None:
-        rows = [tuple(normalizer(text) for text in row) for row in rows]
+        rows = [tuple(normalizer(text) if isinstance(text, str) else text for text in row) for row in rows]
     return task_logits(model, task_name, encode_rows(spec, tokenizer, rows), tokenizer, batch_size)
 
 
@@ -174,21 +178,42 @@ def batches(model, task_name: str, features, tokenizer, batch_size: int = 32) ->
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(features), batch_size):
-                chunk = features[start:start + batch_size]  # a Dataset's slice is a dict of columns
-                rows = chunk if isinstance(chunk, list) else [dict(zip(chunk, row)) for row in zip(*chunk.values())]
+            for rows in _row_chunks(features, batch_size):
                 batch = collator.collate_one(task_name, rows)
                 yield {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     finally:
         model.train(was_training)
 
 
+def _row_chunks(features, batch_size: int) -> Iterator[list[dict]]:
+    for start in range(0, len(features), batch_size):
+        chunk = features[start:start + batch_size]  # a Dataset's slice is a dict of columns
+        yield chunk if isinstance(chunk, list) else [dict(zip(chunk, row)) for row in zip(*chunk.values())]
+
+
 def task_logits(model, task_name: str, features, tokenizer, batch_size: int = 32) -> np.ndarray:
-    """Raw head outputs `(n, num_labels)` of `task_name` on tokenised `features` (see [`batches`])."""
+    """Raw head outputs `(n, num_labels)` of `task_name` on tokenised `features` (see [`batches`]). A token-level
+    kind's outputs are its [`TaskKind.example_outputs`] of each example (a row per word for token classification),
+    stacked as `(n, longest, num_labels)` with NaN beyond each example's own rows."""
     spec = task_spec(model, task_name)
-    outputs = [model(**batch).logits.float().cpu() for batch in batches(model, task_name, features, tokenizer,
-                                                                        batch_size)]
-    return torch.cat(outputs).numpy() if outputs else np.zeros((0, spec.num_labels), dtype=np.float32)
+    kind = spec.task_kind
+    outputs = []
+    for rows, batch in zip(_row_chunks(features, batch_size), batches(model, task_name, features, tokenizer,
+                                                                      batch_size)):
+        logits = model(**batch).logits.float().cpu()
+        if not kind.token_level:
+            outputs.append(logits)
+            continue
+        mask = batch["attention_mask"].bool().cpu()  # the example's own tokens, on either padding side
+        outputs += [kind.example_outputs(spec, row[keep].numpy(), feature)
+                    for row, keep, feature in zip(logits, mask, rows)]
+    if not kind.token_level:
+        return torch.cat(outputs).numpy() if outputs else np.zeros((0, spec.num_labels), dtype=np.float32)
+    stacked = np.full((len(outputs), max((len(o) for o in outputs), default=0), spec.num_labels), np.nan,
+                      dtype=np.float32)
+    for i, output in enumerate(outputs):
+        stacked[i, :len(output)] = output
+    return stacked
 
 
 def encode_rows(spec: TaskSpec, tokenizer, rows: list[tuple[str, ...]]) -> list[dict[str, Any]]:
@@ -309,7 +334,7 @@ def worst_examples(spec: TaskSpec, dataset: Dataset, logits: np.ndarray, n: int)
     logits = np.asarray(logits, dtype=np.float64)
     if len(logits) != len(dataset):
         raise ValueError(f"Task {spec.name!r}: {len(logits)} predictions for {len(dataset)} examples")
-    gold = np.asarray(dataset["labels"])
+    gold = label_array(dataset["labels"])
     badness = spec.task_kind.error_scores(spec, logits, gold)
     records = []
     order = np.lexsort((np.arange(len(gold)), -badness))[:n]  # worst first, then dataset order
@@ -397,11 +422,17 @@ class MultitaskPipeline(Pipeline):
                             return_tensors="pt")
 
     def _forward(self, model_inputs: dict, task_name: str | None = None) -> dict:
-        return {"logits": self.model(task_name=self._spec(task_name).name, **model_inputs).logits}
+        spec = self._spec(task_name)
+        extras = {k: model_inputs.pop(k) for k in spec.task_kind.extra_features if k in model_inputs}
+        return {"logits": self.model(task_name=spec.name, **model_inputs).logits, **extras}
 
     def postprocess(self, model_outputs: dict, task_name: str | None = None) -> dict:
         spec = self._spec(task_name)
-        return spec.task_kind.pipeline_output(spec, model_outputs["logits"][0].float().numpy())  # (num_labels,)
+        logits = model_outputs["logits"][0].float().numpy()  # (num_labels,), or (tokens, num_labels)
+        if spec.task_kind.token_level:
+            feature = {k: model_outputs[k][0] for k in spec.task_kind.extra_features}  # (one example, no padding)
+            logits = spec.task_kind.example_outputs(spec, logits, feature)
+        return spec.task_kind.pipeline_output(spec, logits)
 
 
 PIPELINE_REGISTRY.register_pipeline(PIPELINE_TASK, pipeline_class=MultitaskPipeline, pt_model=AutoModel,

@@ -381,8 +381,9 @@ class MultitaskModel(PreTrainedModel):
         attention_mask: torch.Tensor | None,
         token_type_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        pool: bool = True,
     ) -> torch.Tensor:
-        """Pooled sentence representations `(batch, hidden)`."""
+        """Pooled sentence representations `(batch, hidden)`; `pool=False`: every token's `(batch, seq, hidden)`."""
         ids_or_embeds = input_ids if input_ids is not None else inputs_embeds  # neither: the encoder says so
         length, limit = ids_or_embeds.shape[1] if ids_or_embeds is not None else 0, self.max_sequence_length
         if limit is not None and length > limit:
@@ -392,6 +393,8 @@ class MultitaskModel(PreTrainedModel):
         if token_type_ids is not None and self._encoder_accepts_token_types:
             kwargs["token_type_ids"] = token_type_ids
         hidden = self.encoder(input_ids=input_ids, inputs_embeds=inputs_embeds, **kwargs).last_hidden_state
+        if not pool:
+            return hidden
         if self.config.pooling == "cls":
             return hidden[:, 0]
         if attention_mask is None:
@@ -420,7 +423,8 @@ class MultitaskModel(PreTrainedModel):
             input_ids, attention_mask, token_type_ids: The sentence, or the cross-encoded pair.
             input_ids_b, attention_mask_b, token_type_ids_b: The second sentence of a bi-encoded pair.
             inputs_embeds, inputs_embeds_b: Word embeddings instead of ids (SMART perturbs these).
-            labels: Gold labels `(batch,)`; when given, `loss` is the task's loss.
+            labels: Gold labels `(batch,)` (`(batch, seq)`, -100 where ignored, for a token-level kind); when given,
+                `loss` is the task's loss.
         """
         if task_name not in self.heads:
             raise ValueError(f"Unknown task_name {task_name!r}; this model has heads for {list(self.heads)}")
@@ -428,7 +432,7 @@ class MultitaskModel(PreTrainedModel):
         if self.pal is not None:
             self.pal.set_task(task_name)
         inputs = spec.task_kind.encoder_inputs(input_ids, attention_mask, token_type_ids, inputs_embeds)
-        pooled = self.encode(*inputs)  # (a multiple-choice kind flattens its (batch, choices, seq) rows first)
+        pooled = self.encode(*inputs, pool=not spec.task_kind.token_level)  # (multiple choice: flattened rows)
         pooled_b = None
         if spec.is_bi_encoded:
             if input_ids_b is None and inputs_embeds_b is None:

@@ -37,11 +37,32 @@ CODE_FILES = (f"{CONFIG_FILE}.py", f"{MODELING_FILE}.py")
 # Each flat file: the modules laid into it, in dependency order, as `(module, names)`: `names` keeps only those
 # top-level definitions of the module (which must need none of its imports); `None` keeps the whole module.
 # `metrics` contributes `metric_key` alone: the rest of it needs `evaluate`, which a transformers user lacks.
+
+
+def kind_modules() -> tuple[tuple[str, None], ...]:
+    """Every module of hf_multitask/kinds/ but `__init__`, each after the modules of kinds/ it imports at its top
+    level (`base` first): a kind module added there travels without a change here."""
+    imports = {}
+    for path in sorted((PACKAGE_DIR / "kinds").glob("*.py")):
+        if path.stem != "__init__":
+            body = ast.parse(path.read_text(encoding="utf-8")).body
+            imports[path.stem] = {n.module for n in body if isinstance(n, ast.ImportFrom) and n.level == 1}
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        if name not in order:
+            for needed in sorted(imports[name] & set(imports)):
+                visit(needed)
+            order.append(name)
+
+    for name in imports:
+        visit(name)
+    return tuple((f"kinds.{name}", None) for name in order)
+
+
 TRAVELLING_MODULES: dict[str, tuple[tuple[str, tuple[str, ...] | None], ...]] = {
     CONFIG_FILE: (
-        ("utils", None), ("losses", None), ("metrics", ("metric_key",)), ("heads", None),
-        ("kinds.base", None), ("kinds.classification", None), ("kinds.multiple_choice", None),
-        ("kinds.regression", None),
+        ("utils", None), ("losses", None), ("metrics", ("metric_key",)), ("heads", None), *kind_modules(),
         ("tasks", None), ("configuration", None),
     ),
     MODELING_FILE: (("pal.config", None), ("pal.layer", None), ("pal.model", None), ("encoders", None),

@@ -109,6 +109,7 @@ def predict_split(model_dir: str | Path, data_dir: str | Path, split: str, max_s
 
     from .data import load_tokenized
     from .inference import task_logits
+    from .kinds.base import label_array
     from .modeling import MultitaskModel
 
     model = MultitaskModel.from_pretrained(str(model_dir))
@@ -118,7 +119,8 @@ def predict_split(model_dir: str | Path, data_dir: str | Path, split: str, max_s
     for name, dataset in data.items():
         print(f"report: predicting {name} on {split} ({len(dataset)} rows)", flush=True)
         logits = task_logits(model, name, dataset, tokenizer, batch_size)
-        out[name] = np.asarray(dataset["labels"]), model.specs[name].task_kind.predictions(model.specs[name], logits)
+        spec = model.specs[name]
+        out[name] = label_array(dataset["labels"]), spec.task_kind.predictions(spec, logits)
     return out
 
 

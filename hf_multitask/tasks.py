@@ -197,7 +197,8 @@ def get_task(name: str, **overrides) -> TaskSpec:
     """
     if name not in PRESETS:
         raise ValueError(f"Unknown task {name!r}{did_you_mean(name, PRESETS)}; presets are {sorted(PRESETS)} "
-                         "(or build a TaskSpec yourself)")
+                         "(or build a TaskSpec yourself; on the command line, define the task in task_overrides "
+                         "with its kind)")
     known = {f.name for f in dataclasses.fields(TaskSpec)}
     unknown = sorted(set(overrides) - known)
     if unknown:

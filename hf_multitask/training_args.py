@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 from transformers import TrainingArguments
 
 from .aggregators import aggregator_names, get_aggregator
+from .regularizers import build_regularizers
 from .sampling import STRATEGIES
+
+SMART_NOISE_STD = 1e-5  # the paper's σ (Jiang et al. 2020, Sec. 5; MT-DNN's generate_noise uses 1e-5 the same way)
 
 
 @dataclass
@@ -46,12 +52,24 @@ class MultitaskTrainingArguments(TrainingArguments):
         An optimizer step whose loss is NaN or inf for any task on any rank is skipped (no optimizer update at all);
         after this many skipped steps in a row training stops with an error naming the task and the step.
 
+    > Parameters that control regularisers (see docs/regularizers.md)
+
+    regularizers (`dict` or `str`, *optional*, defaults to `None`):
+        `{name: {option: value}}`: the registered regularisers to add to the training loss and their options, each
+        with the `tasks` it applies to, e.g. `{"rdrop": {"tasks": ["sst", "sts"], "alpha": 1.0}}`; a JSON string on
+        the command line. SMART can be configured here (`"smart"`) or with the `smart_*` fields below, not both.
+
     > Parameters that control SMART (Jiang et al. 2020, https://arxiv.org/abs/1911.03437; see docs/smart.md)
 
     smart_tasks (`list[str]` or `None`, defaults to `None`):
         Tasks whose loss gets SMART's λ_s R_s + μ D_Breg; `None` turns SMART off. The CS224N study used SST and STS.
-    smart_noise_var (`float`, defaults to `1e-5`):
-        Variance σ² of the initial perturbation ν_0 ~ N(0, σ²) of the word embeddings.
+    smart_noise_std (`float`, defaults to `1e-5`):
+        Standard deviation σ of the initial perturbation ν_0 ~ N(0, σ²) of the word embeddings (the paper's σ, and
+        what MT-DNN's `adv_noise_var` is used as).
+    smart_noise_var (`float` or `None`, defaults to `None`):
+        Deprecated: the variance σ² that earlier versions took (with the same 1e-5 default, so a noise 316 times the
+        paper's). When set, `smart_noise_std = sqrt(smart_noise_var)` with a `FutureWarning`, which reproduces the old
+        runs; setting both is an error.
     smart_step_size (`float`, defaults to `1e-3`):
         Step size η of the ascent steps ν ← ν + η g / (‖g‖_∞ + ε).
     smart_epsilon (`float`, defaults to `1e-6`):
@@ -96,10 +114,18 @@ class MultitaskTrainingArguments(TrainingArguments):
     nonfinite_loss_limit: int = field(
         default=10, metadata={"help": "Stop after this many steps in a row skipped for a NaN or inf loss."}
     )
+    regularizers: dict | str | None = field(
+        default=None, metadata={"help": 'Regularisers and their options, as JSON: \'{"rdrop": {"tasks": ["sst"]}}\'.'}
+    )
     smart_tasks: list[str] | None = field(
         default=None, metadata={"help": "Tasks regularised with SMART (None: SMART off)."}
     )
-    smart_noise_var: float = field(default=1e-5, metadata={"help": "SMART: variance of the initial noise."})
+    smart_noise_std: float = field(
+        default=SMART_NOISE_STD, metadata={"help": "SMART: standard deviation of the initial noise."}
+    )
+    smart_noise_var: float | None = field(
+        default=None, metadata={"help": "Deprecated (a variance): use smart_noise_std = sqrt(smart_noise_var)."}
+    )
     smart_step_size: float = field(default=1e-3, metadata={"help": "SMART: step size of the ascent steps."})
     smart_epsilon: float = field(default=1e-6, metadata={"help": "SMART: epsilon in g / (max|g| + epsilon)."})
     smart_radius: float | None = field(
@@ -125,6 +151,7 @@ class MultitaskTrainingArguments(TrainingArguments):
         if self.gradient_surgery != "none":
             self.task_sampling_grouped = True
         self._check_smart()
+        self._check_regularizers()
         if self.nonfinite_loss_limit < 0:
             raise ValueError(f"nonfinite_loss_limit must be >= 0, got {self.nonfinite_loss_limit}")
         if self.head_learning_rate is not None and self.head_learning_rate < 0:
@@ -135,7 +162,9 @@ class MultitaskTrainingArguments(TrainingArguments):
             self.smart_tasks = [self.smart_tasks] if isinstance(self.smart_tasks, str) else list(self.smart_tasks)
             if not self.smart_tasks:
                 raise ValueError("smart_tasks must name at least one task, or be None to turn SMART off")
-        for name in ("smart_noise_var", "smart_step_size", "smart_epsilon", "smart_lambda", "smart_mu"):
+        if self.smart_noise_var is not None:
+            self._convert_smart_noise_var()
+        for name in ("smart_noise_std", "smart_step_size", "smart_epsilon", "smart_lambda", "smart_mu"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.smart_radius is not None and self.smart_radius <= 0:
@@ -144,6 +173,28 @@ class MultitaskTrainingArguments(TrainingArguments):
             raise ValueError(f"smart_steps must be >= 0, got {self.smart_steps}")
         if not 0.0 <= self.smart_momentum < 1.0:
             raise ValueError(f"smart_momentum must be in [0, 1), got {self.smart_momentum}")
+
+
+    def _convert_smart_noise_var(self) -> None:
+        if self.smart_noise_var < 0:
+            raise ValueError(f"smart_noise_var must be >= 0, got {self.smart_noise_var}")
+        if self.smart_noise_std != SMART_NOISE_STD:
+            raise ValueError("smart_noise_var (deprecated) and smart_noise_std are both set: give smart_noise_std")
+        self.smart_noise_std, self.smart_noise_var = math.sqrt(self.smart_noise_var), None
+        warnings.warn(f"smart_noise_var is deprecated: it was a variance; using smart_noise_std = "
+                      f"sqrt(smart_noise_var) = {self.smart_noise_std:.4g}, which reproduces the old runs. The new "
+                      f"default is the paper's σ, smart_noise_std = {SMART_NOISE_STD:g} (docs/smart.md).",
+                      FutureWarning, stacklevel=3)
+
+    def _check_regularizers(self) -> None:
+        if isinstance(self.regularizers, str):
+            try:
+                self.regularizers = json.loads(self.regularizers)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"regularizers must be a JSON object, got {self.regularizers!r}: {e}") from None
+        if self.regularizers is not None and not isinstance(self.regularizers, dict):
+            raise ValueError(f"regularizers must be a dict {{name: {{option: value}}}}, got {self.regularizers!r}")
+        build_regularizers(self)  # unknown names and options, bad values: errors now, not when training starts
 
 
 def _has_accelerator() -> bool:

@@ -18,8 +18,8 @@ BUDGET = 25_600  # training examples per row
 def test_ablation_configs_exist():
     names = {path.stem for path in CONFIGS}
     assert {"frozen", "cross_annealed", "bi_annealed", "round_robin", "proportional", "pal", "grouped_none",
-            "pcgrad", "gradvac", "smart", "ordinal", "transfer", "best", "mgda", "upgrad", "dualproj", "imtl_g",
-            "aligned_mtl"} <= names
+            "pcgrad", "gradvac", "smart", "rdrop", "ordinal", "transfer", "best", "mgda", "upgrad", "dualproj",
+            "imtl_g", "aligned_mtl"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -72,6 +72,7 @@ CHANGES = {
     "imtl_g": {"task_sampling_grouped": True, "gradient_surgery": "imtl_g"},
     "aligned_mtl": {"task_sampling_grouped": True, "gradient_surgery": "aligned_mtl"},
     "smart": {"smart_tasks": ["sst", "sts"]},
+    "rdrop": {"regularizers": {"rdrop": {"tasks": ["sst", "quora", "sts"], "alpha": 1.0}}},
     "ordinal": {"task_overrides": {"sst": {"loss": "ordinal"}}},
     "transfer": {"init_heads_from": "runs/ablation/r800_frozen"},
     "best": {"task_sampling": "round_robin", "init_heads_from": "runs/ablation/r800_frozen"},

@@ -108,3 +108,30 @@ def test_export_refuses_what_has_no_plain_equivalent(bert_config, tokenizer, tmp
     with pytest.raises(ValueError, match="Unknown task_name 'nli'"):
         export_task(model, "nli", tmp_path)
     assert not (tmp_path / "config.json").exists()
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_multiple_choice_and_token_classification_export_to_their_auto_classes(bert_config, tokenizer, tmp_path,
+                                                                               pooling):
+    from transformers import AutoModelForMultipleChoice, AutoModelForTokenClassification
+
+    from .test_multiple_choice import mc_task
+    from .test_token_classification import TAGS, ner_task
+
+    torch.manual_seed(0)
+    model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=[mc_task(), ner_task()], pooling=pooling)).eval()
+    export_task(model, "ner", tmp_path / "ner", tokenizer=tokenizer)  # per token: any pooling exports
+    tagger = AutoModelForTokenClassification.from_pretrained(tmp_path / "ner").eval()
+    assert type(tagger).__name__ == "BertForTokenClassification" and tagger.config.id2label[1] == TAGS[1]
+    sentences = ["a man with a zebra", "very good cat on the grass", "it"]
+    assert max_logit_difference(model, "ner", tagger, sentences, tokenizer) < 1e-5
+    choices = [("what is good ?", "bad film", "a good film", "the cat", "awful movie"),
+               ("what is good ?", "good", "the dog", "not great", "a question")]
+    if pooling == "mean":
+        with pytest.raises(ValueError, match="pools with 'mean'.*ForMultipleChoice head reads the first token"):
+            export_task(model, "mc", tmp_path / "mc")
+        return
+    export_task(model, "mc", tmp_path / "mc", tokenizer=tokenizer)
+    chooser = AutoModelForMultipleChoice.from_pretrained(tmp_path / "mc").eval()
+    assert type(chooser).__name__ == "BertForMultipleChoice"
+    assert max_logit_difference(model, "mc", chooser, choices, tokenizer) < 1e-5

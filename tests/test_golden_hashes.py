@@ -1,7 +1,10 @@
 """Behaviour pins: the weights after a 30-step run of a tiny model, for each training mode, hash to the values
 recorded before the task-kinds refactor (tests/fixtures/golden_hashes.json). A refactor that moves code must not
-move a single bit. The hashes hold for this torch version on the x86-64 CPU kind the project develops on
-(`python tests/test_golden_hashes.py` prints them anew where that changes).
+move a single bit. The hashes hold for this torch version on the x86-64 CPU kind the project develops on.
+
+A change meant to alter one mode's numerics re-records that mode alone, and says so in its commit message:
+`GOLDEN_RECORD=smart python -m pytest tests/test_golden_hashes.py -k smart` writes the new hash into the fixture
+(comma-separated modes for several) and skips the check for it.
 
 Re-recorded on purpose: `pcgrad` and `gradvac` when the aggregator registry moved their coefficients to float64 on
 the Gram matrix divided by its largest diagonal entry (per step, the update moved by at most 2.5e-7 of its largest
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -35,6 +39,8 @@ MODES = {
     "gradvac": {"task_sampling_grouped": True, "gradient_surgery": "gradvac"},
     "smart": {"smart_tasks": ["sst", "quora", "sts"]},
     "pal": {},
+    # the deprecated variance, converted to its square root: must reproduce SMART's hash from before the change of σ
+    "smart_noise_var": {"smart_tasks": ["sst", "quora", "sts"], "smart_noise_var": 1e-5},
 }
 
 
@@ -69,5 +75,10 @@ def run_mode(mode: str, bert_config, tokenizer, data_dir, out_dir) -> str:
 def test_training_weights_match_the_recorded_hash(mode, bert_config, tokenizer, data_dir, tmp_path):
     if torch.__version__.split("+")[0] != json.loads(GOLDEN.read_text())["torch"]:
         pytest.skip("hashes recorded with another torch version")
-    expected = json.loads(GOLDEN.read_text())["modes"][mode]
-    assert run_mode(mode, bert_config, tokenizer, data_dir, tmp_path / "out") == expected
+    golden = json.loads(GOLDEN.read_text())
+    found = run_mode(mode, bert_config, tokenizer, data_dir, tmp_path / "out")
+    if mode in os.environ.get("GOLDEN_RECORD", "").split(","):
+        golden["modes"][mode] = found
+        GOLDEN.write_text(json.dumps(golden, indent=1) + "\n")
+        pytest.skip(f"recorded the {mode!r} hash: {found}")
+    assert found == golden["modes"][mode]

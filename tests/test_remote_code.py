@@ -317,3 +317,31 @@ def test_generation_refuses_what_cannot_travel(monkeypatch, modules, match):
             remote_code_files()
     finally:
         remote_code_files.cache_clear()
+
+
+def test_multiple_choice_and_token_classification_travel(bert_config, tokenizer, tmp_path):
+    """Both kinds' code goes with the model: transformers alone gives the same logits and losses."""
+    from hf_multitask.data import MultitaskCollator, encode_texts
+
+    from .test_multiple_choice import mc_task
+    from .test_token_classification import ner_task
+
+    specs = [get_task("sst"), mc_task(), ner_task()]
+    torch.manual_seed(0)
+    model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=specs)).eval()
+    model.save_pretrained(tmp_path / "saved")
+    collator = MultitaskCollator(tokenizer, specs=model.specs)
+    mc_features = encode_texts(model.specs["mc"], tokenizer, [["what is good ?"] * 2, ["good", "bad"], ["a cat", "it"],
+                                                               ["the dog", "a good film"], ["not great", "awful"]], 64)
+    ner_features = encode_texts(model.specs["ner"], tokenizer, [[["a", "man"], ["the", "zebra", "is", "good"]]], 64)
+    rows = {"mc": [{k: v[i] for k, v in mc_features.items()} | {"labels": i} for i in range(2)],
+            "ner": [{k: v[i] for k, v in ner_features.items()} | {"labels": tags} for i, tags in
+                    enumerate([[1, 2], [0, 3, 0, 4]])]}
+    batches = {"sst": task_batch(model.specs["sst"], tokenizer)}
+    for task, features in rows.items():
+        batch = collator.collate_one(task, features)
+        batches[task] = {k: v.tolist() for k, v in batch.items() if k != "task_name"}
+    assert np.shape(batches["mc"]["input_ids"])[:2] == (2, 4) and -100 in np.ravel(batches["ner"]["labels"])
+    ours, theirs = outputs(model, batches), load_alone(tmp_path / "saved", batches, tmp_path)
+    assert_same(theirs["logits"], ours["logits"])
+    assert_same(theirs["loss"], ours["loss"])

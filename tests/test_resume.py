@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 from hf_multitask.aggregators import aggregator_names
 
 SCRIPT = str(Path(__file__).with_name("resume_script.py"))
-MODES = ("plain", "pcgrad", "gradvac", "smart", "pal", "upgrad")
+MODES = ("plain", "pcgrad", "gradvac", "smart", "pal", "rdrop", "upgrad")
 MORE_AGGREGATORS = tuple(name for name in aggregator_names() if name not in MODES and name != "none")
-KILL_AT = {"plain": 8, "smart": 8, "pal": 8, **{name: 4 for name in aggregator_names()}}
+KILL_AT = {"plain": 8, "smart": 8, "pal": 8, "rdrop": 8, **{name: 4 for name in aggregator_names()}}
 
 
 def run(prefix, data_dir, tokenizer_dir, out, action, modes, **env):

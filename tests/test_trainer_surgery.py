@@ -138,4 +138,4 @@ def test_smart_works_with_gradient_surgery(bert_config, tokenized, tokenizer, tm
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "loss" in entry][0]
     assert {"smart_adv_sst", "smart_breg_sts", "grad_cos_sst_sts"} <= set(logged)
-    assert trainer.smart.teacher.num_updates == 4
+    assert trainer.regularizers["smart"].teacher.num_updates == 4

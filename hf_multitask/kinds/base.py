@@ -35,12 +35,20 @@ class TaskKind:
         losses: Allowed values of `TaskSpec.loss`; the first is the default.
         metrics: Allowed values of `TaskSpec.metric`; the first is the default.
         options: Keys the kind reads from `TaskSpec.extra` (none for the built-in kinds).
+        token_level: The head reads every token's hidden state `(batch, seq, hidden)` instead of the pooled sentence,
+            and gives `(batch, seq, num_labels)`; [`example_outputs`] turns a row of those into one example's output.
+        extra_features: Tokenised features that are not model inputs (kept in the dataset for the kind's
+            [`collate`] and [`example_outputs`], never passed to the model).
+        export_class: The transformers Auto class an exported task loads with (`hf_multitask.export_task`).
     """
 
     name: ClassVar[str] = ""
     losses: ClassVar[tuple[str, ...]] = ()
     metrics: ClassVar[tuple[str, ...]] = ()
     options: ClassVar[tuple[str, ...]] = ()
+    token_level: ClassVar[bool] = False
+    extra_features: ClassVar[tuple[str, ...]] = ()
+    export_class: ClassVar[str] = "AutoModelForSequenceClassification"
 
     # ---- the spec ----
 
@@ -88,6 +96,19 @@ class TaskKind:
 
     # ---- data ----
 
+    def parse_text(self, spec, value: Any, where: str) -> Any:
+        """One text cell from a file or dataset; an empty, missing or non-string value is a [`DataValidationError`]
+        that starts with `where` (file, row, column)."""
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise DataValidationError(f"{where}: empty or missing text ({value!r})")
+        if not isinstance(value, str):
+            raise DataValidationError(f"{where}: expected text, got {type(value).__name__} {value!r}")
+        return value
+
+    def check_row(self, spec, texts: dict[str, Any], label: Any, where: str) -> None:
+        """Check one row's parsed texts (`{column: value}`) against its parsed label, where they must agree (a tag
+        per word, say); a [`DataValidationError`] starts with `where` (file and row)."""
+
     def parse_label(self, spec, value: Any, where: str) -> Any:
         """One gold label from a file or dataset; an empty, boolean or invalid value is a [`DataValidationError`]
         that starts with `where` (file, row, column)."""
@@ -125,6 +146,10 @@ class TaskKind:
         truncation = "longest_first" if spec.is_pair else True
         return dict(tokenizer(*texts, truncation=truncation, max_length=max_length, **tokenizer_kwargs))
 
+    def tokenizer_kwargs(self, spec) -> dict:
+        """Keyword arguments every call of the tokenizer on this kind's texts takes (none by default)."""
+        return {}
+
     def truncation_groups(self, spec) -> list[list[str]]:
         """The groups of text columns that are tokenised together (each group is one sequence), to count the
         examples truncated at `max_length`: the pair together when cross-encoded, each sentence when bi-encoded."""
@@ -153,6 +178,11 @@ class TaskKind:
     def predictions(self, spec, logits: np.ndarray) -> np.ndarray:
         """Predicted labels (ids or values) from the head's `(n, num_labels)` outputs."""
         raise NotImplementedError
+
+    def example_outputs(self, spec, logits: np.ndarray, feature: dict) -> np.ndarray:
+        """One example's output from its head outputs and its tokenised `feature`; for a [`token_level`] kind,
+        `logits` are `(tokens, num_labels)` for the example's tokens without padding. The default returns `logits`."""
+        return logits
 
     def compute_metrics(self, spec, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         """`{metric name: value}` from raw head outputs and gold labels (`spec.metric` through `evaluate`)."""
@@ -192,10 +222,10 @@ class TaskKind:
     # ---- export, model card, report ----
 
     def export_config(self, spec, config) -> None:
-        """Set `num_labels`, `id2label` / `label2id` and `problem_type` of an exported
-        `AutoModelForSequenceClassification` config; a `ValueError` where the kind has no such equivalent."""
-        raise ValueError(f"Task {spec.name!r}: {self.name} tasks have no AutoModelForSequenceClassification "
-                         "equivalent; serve the model with hf-multitask")
+        """Set `num_labels`, `id2label` / `label2id` and `problem_type` of an exported [`export_class`] config; a
+        `ValueError` where the kind has no plain-transformers equivalent."""
+        raise ValueError(f"Task {spec.name!r}: {self.name} tasks have no {self.export_class} equivalent; serve the "
+                         "model with hf-multitask")
 
     def card_outputs(self, spec) -> str:
         """What the head outputs, for the model card's task table."""
@@ -209,6 +239,18 @@ class TaskKind:
         """A PNG in `output_dir` (a `Path`) comparing predictions on `split` with gold labels (`hf-multitask
         report`); returns its path."""
         raise NotImplementedError
+
+
+def label_array(labels) -> np.ndarray:
+    """Gold labels as one array: a label per row as they are, lists of labels per row (a tag per word) padded with
+    -100 to the longest row."""
+    labels = list(labels)
+    if not labels or not isinstance(labels[0], (list, tuple, np.ndarray)):
+        return np.asarray(labels)
+    out = np.full((len(labels), max(len(row) for row in labels)), -100, dtype=np.int64)
+    for i, row in enumerate(labels):
+        out[i, :len(row)] = row
+    return out
 
 
 def label_column_error(where: str, bad: np.ndarray, values: np.ndarray, problem: str) -> DataValidationError:

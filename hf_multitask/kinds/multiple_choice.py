@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..heads import ChoiceHead
-from .base import MODEL_INPUTS, TaskKind, register_kind
+from .base import MODEL_INPUTS, register_kind
 from .classification import ClassificationKind
 
 
@@ -28,6 +28,7 @@ class MultipleChoiceKind(ClassificationKind):
     name = "multiple_choice"
     losses = ("cross_entropy",)
     metrics = ("accuracy",)
+    export_class = "AutoModelForMultipleChoice"
 
     def check_text_columns(self, spec) -> None:
         if len(spec.text_columns) < 3:
@@ -94,7 +95,7 @@ class MultipleChoiceKind(ClassificationKind):
     # ---- export, model card ----
 
     def export_config(self, spec, config) -> None:
-        TaskKind.export_config(self, spec, config)  # no AutoModelForSequenceClassification equivalent: refused
+        """Nothing to set: a `*ForMultipleChoice` head gives one score per choice whatever `num_labels` says."""
 
     def card_outputs(self, spec) -> str:
         return "a score per choice: " + ", ".join(f"{i} = {label}" for i, label in enumerate(spec.label_names))
