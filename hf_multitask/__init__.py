@@ -2,6 +2,7 @@
 
 from transformers import AutoConfig, AutoModel
 
+from .aggregators import Aggregator, GradientSurgery, aggregator_names, get_aggregator, register_aggregator
 from .build import DataArguments, ModelArguments, build_model, build_task_specs, build_tokenizer
 from .checkpointing import CheckpointError
 from .configuration import MultitaskConfig, is_multitask_model
@@ -34,6 +35,11 @@ AutoModel.register(MultitaskConfig, MultitaskModel, exist_ok=True)
 __version__ = "0.1.0"
 
 __all__ = [
+    "Aggregator",
+    "GradientSurgery",
+    "aggregator_names",
+    "get_aggregator",
+    "register_aggregator",
     "ClassificationKind",
     "DataArguments",
     "ModelArguments",

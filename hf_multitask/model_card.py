@@ -10,6 +10,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .aggregators import get_aggregator
 from .configuration import MultitaskConfig
 from .metrics import metric_key, overall_key
 from .remote_code import CODE_FILES, untravelled_kinds
@@ -351,11 +352,12 @@ def _training_techniques(args) -> list[str]:
         return []
     items = [f"Task sampling: `{getattr(args, 'task_sampling', 'annealed')}`."]
     surgery = getattr(args, "gradient_surgery", "none")
-    if surgery == "pcgrad":
-        items.append("PCGrad (Yu et al. 2020) on the shared parameters, one batch of every task per step.")
-    elif surgery == "gradvac":
+    if surgery == "gradvac":
         items.append(f"GradVac (Wang et al. 2021) on the shared parameters, β = {args.gradvac_beta:g}, "
                      f"{'one target per layer' if args.gradvac_per_layer else 'one target'}.")
+    elif surgery != "none":
+        title = get_aggregator(surgery).title or f"`{surgery}`"
+        items.append(f"{title} on the shared parameters, one batch of every task per step.")
     elif getattr(args, "task_sampling_grouped", False):
         items.append("Grouped batches: one batch of every task per step, losses summed.")
     if getattr(args, "smart_tasks", None):

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
-from .gradients import SURGERY_METHODS
+from .aggregators import aggregator_names, get_aggregator
 from .regularizers import build_regularizers
 from .sampling import STRATEGIES
 
@@ -32,8 +32,10 @@ class MultitaskTrainingArguments(TrainingArguments):
     > Parameters that control gradient surgery (see docs/gradients.md)
 
     gradient_surgery (`str`, defaults to `"none"`):
-        `none`, `pcgrad` (Yu et al. 2020) or `gradvac` (Wang et al. 2020), applied to the gradients of the parameters
-        shared by all tasks; heads and PALs keep their own gradients. Anything but `none` turns on grouped batches.
+        A registered aggregator (`aggregator_names()`): `none`, `pcgrad` (Yu et al. 2020), `gradvac` (Wang et al.
+        2020), `mgda`, `upgrad`, `dualproj`, `imtl_g`, `aligned_mtl` (docs/gradients.md), applied to the gradients of
+        the parameters shared by all tasks; heads and PALs keep their own gradients. Anything but `none` turns on
+        grouped batches.
     task_sampling_grouped (`bool`, defaults to `False`):
         Every step takes one batch of `per_device_train_batch_size` examples from every task. `task_sampling` then
         sets each task's loss weight instead of choosing tasks: T p_i with p_i ~ n_i^alpha for `proportional`
@@ -102,7 +104,7 @@ class MultitaskTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Group examples of similar length into batches (less padding)."}
     )
     gradient_surgery: str = field(
-        default="none", metadata={"help": f"Gradient surgery on the shared parameters, one of {SURGERY_METHODS}."}
+        default="none", metadata={"help": f"Aggregator of the shared gradients, one of {aggregator_names()}."}
     )
     task_sampling_grouped: bool = field(
         default=False, metadata={"help": "One batch of every task per step (implied by gradient surgery)."}
@@ -143,8 +145,7 @@ class MultitaskTrainingArguments(TrainingArguments):
             self.dataloader_pin_memory = False  # pinning needs an accelerator; torch would warn at every dataloader
         if self.task_sampling not in STRATEGIES:
             raise ValueError(f"task_sampling must be one of {STRATEGIES}, got {self.task_sampling!r}")
-        if self.gradient_surgery not in SURGERY_METHODS:
-            raise ValueError(f"gradient_surgery must be one of {SURGERY_METHODS}, got {self.gradient_surgery!r}")
+        get_aggregator(self.gradient_surgery)  # an unknown name is an error listing the registered ones
         if not 0.0 < self.gradvac_beta <= 1.0:
             raise ValueError(f"gradvac_beta must be in (0, 1], got {self.gradvac_beta}")
         if self.gradient_surgery != "none":

@@ -1,9 +1,9 @@
 """Train a tiny model for a few steps and save its weights; run alone or under `torchrun --nproc_per_node 2`.
 
 Usage: dist_train_script.py DATA_DIR TOKENIZER_DIR OUT_DIR PER_DEVICE_BATCH MODE [MODE ...]
-Each MODE (`none`, `pcgrad`, `gradvac`, `plain`, `smart`) trains from the same initial weights with dropout off and
-writes OUT_DIR/<mode>.safetensors on rank 0. `plain` is ungrouped single-task batches, `smart` the same with SMART
-on every task; the others are grouped batches with that gradient surgery.
+Each MODE (`plain`, `smart`, or a registered aggregator: `none`, `pcgrad`, `gradvac`, `upgrad`, ...) trains from
+the same initial weights with dropout off and writes OUT_DIR/<mode>.safetensors on rank 0. `plain` is ungrouped
+single-task batches, `smart` the same with SMART on every task; the others are grouped batches with that aggregator.
 """
 
 import os

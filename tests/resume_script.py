@@ -5,7 +5,8 @@ Usage: resume_script.py DATA_DIR TOKENIZER_DIR OUT_DIR ACTION MODE [MODE ...]
             $KILL_AT is saved; one MODE), `kill_saving` (SIGKILL it while that checkpoint is being written: after
             the Trainer's files, before ours; keeps one checkpoint), `resume` (continue from the last complete
             checkpoint).
-    MODE:   `plain` (annealed sampling), `pcgrad`, `gradvac`, `smart`, `pal`, `rdrop`.
+    MODE:   `plain` (annealed sampling), `smart`, `pal`, `rdrop`, or a gradient aggregator (`pcgrad`, `gradvac`,
+            `upgrad`, ...).
 Each MODE trains in OUT_DIR/<mode> (dropout on, so the RNG state matters too) and, on rank 0, writes its final
 weights to OUT_DIR/<mode>.safetensors. Runs alone or under `torchrun`; $BATCH is the per-process batch size.
 """
@@ -29,6 +30,7 @@ from hf_multitask import (
     load_task_data,
     tokenize_task,
 )
+from hf_multitask.aggregators import aggregator_names
 
 MODES = {
     "plain": {},
@@ -38,6 +40,8 @@ MODES = {
     "pal": {},
     "rdrop": {"regularizers": {"rdrop": {"tasks": ["sst", "quora", "sts"]}}},
 }
+MODES.update({name: {"task_sampling_grouped": True, "gradient_surgery": name}  # every other registered aggregator
+              for name in aggregator_names() if name not in MODES and name != "none"})
 
 
 class KillAfterSave(TrainerCallback):
