@@ -15,26 +15,19 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
-import math
 import platform
 import statistics
 import time
 from functools import partial
 
 import torch
+from bench_stats import median_interval
 
 from hf_multitask.aggregators import combine, get_aggregator
 
 METHODS = {"none": "Sum", "pcgrad": "PCGrad", "gradvac": "GradVac", "mgda": "MGDA", "imtl_g": "IMTLG",
            "aligned_mtl": "AlignedMTL"}
 SHARED_PARAMETERS = 22_600_000  # all-MiniLM-L6-v2's encoder, the parameters surgery acts on
-
-
-def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
-    """Distribution-free interval for the median: order statistics k and n - k + 1 of the sorted values."""
-    ordered, n = sorted(values), len(values)
-    k = max(1, math.floor(n / 2 - 1.96 * math.sqrt(n) / 2))  # normal approximation of Binomial(n, 1/2)
-    return ordered[k - 1], ordered[n - k]
 
 
 def timed(fn) -> float:
