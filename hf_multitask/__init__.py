@@ -2,6 +2,7 @@
 
 from transformers import AutoConfig, AutoModel
 
+from .aggregators import Aggregator, GradientSurgery, aggregator_names, get_aggregator, register_aggregator
 from .build import DataArguments, ModelArguments, build_model, build_task_specs, build_tokenizer
 from .checkpointing import CheckpointError
 from .configuration import MultitaskConfig, is_multitask_model
@@ -14,8 +15,15 @@ from .metrics import compute_task_metrics, metric_key, overall_score
 from .model_card import render_model_card, write_model_card
 from .modeling import MultitaskModel, MultitaskModelOutput
 from .pal import PalConfig, PalModel
+from .regularizers import (
+    EmaTeacher,
+    RDropRegularizer,
+    Regularizer,
+    SmartRegularizer,
+    get_regularizer,
+    register_regularizer,
+)
 from .sampling import MultitaskBatchSampler, annealed_alpha
-from .smart import EmaTeacher, SmartRegularizer
 from .tasks import TaskSpec, cs224n_tasks, get_task, quora_task, sst_task, sts_task
 from .trainer import MultitaskTrainer, NonFiniteLossError
 from .training_args import MultitaskTrainingArguments
@@ -27,6 +35,11 @@ AutoModel.register(MultitaskConfig, MultitaskModel, exist_ok=True)
 __version__ = "0.1.0"
 
 __all__ = [
+    "Aggregator",
+    "GradientSurgery",
+    "aggregator_names",
+    "get_aggregator",
+    "register_aggregator",
     "ClassificationKind",
     "DataArguments",
     "ModelArguments",
@@ -74,6 +87,10 @@ __all__ = [
     "tokenize_task",
     "write_model_card",
     "EmaTeacher",
+    "RDropRegularizer",
+    "Regularizer",
     "SmartRegularizer",
+    "get_regularizer",
+    "register_regularizer",
     "symmetric_kl",
 ]

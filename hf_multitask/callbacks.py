@@ -1,4 +1,4 @@
-"""Trainer callbacks and per-step bookkeeping of [`MultitaskTrainer`]: the sampler's epoch, SMART's EMA teacher,
+"""Trainer callbacks and per-step bookkeeping of [`MultitaskTrainer`]: the sampler's epoch, the regularisers' hooks,
 per-task training metrics and the non-finite-loss guard."""
 
 from __future__ import annotations
@@ -19,27 +19,27 @@ class SamplerEpochCallback(TrainerCallback):
             sampler.set_epoch(int((state.epoch or 0.0) + 1e-9))
 
 
-class SmartTeacherCallback(TrainerCallback):
-    """Starts SMART's EMA teacher from the wrapped model's weights and updates it after every optimizer step.
+class RegularizerCallback(TrainerCallback):
+    """Calls each regulariser's `on_train_begin` and `after_optimizer_step` hooks with the unwrapped model.
 
-    Both hooks run on every rank, after DDP has synchronised the weights, so the teacher is the same everywhere.
+    Both run on every rank, after DDP has synchronised the weights, so per-rank state (SMART's teacher) stays the same
+    everywhere. Whether a step was applied is the Trainer's public `optimizer_step_applied()`.
     """
 
-    def __init__(self, trainer):
-        self.trainer = trainer
+    def __init__(self, trainer, regularizers):
+        self.trainer, self.regularizers = trainer, list(regularizers)
 
     def _model(self):
         return self.trainer.accelerator.unwrap_model(self.trainer.model)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        teacher = self.trainer.smart.teacher
-        if not teacher.restored:  # a resumed run continues the checkpoint's teacher
-            teacher.initialize(self._model())
-        teacher.restored = False
+        for regularizer in self.regularizers:
+            regularizer.on_train_begin(self._model())
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        if not (self.trainer.accelerator.optimizer_step_was_skipped or self.trainer._nonfinite.skipping):
-            self.trainer.smart.teacher.update(self._model())
+        applied = self.trainer.optimizer_step_applied()
+        for regularizer in self.regularizers:
+            regularizer.after_optimizer_step(self._model(), applied)
 
 
 class TaskMetrics:

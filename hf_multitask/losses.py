@@ -16,8 +16,11 @@ def ordinal_log_loss(logits: torch.Tensor, labels: torch.Tensor, alpha: float = 
     Args:
         logits: `(batch, num_classes)`.
         labels: `(batch,)` class ids.
-        alpha: Exponent of the distance weight.
+        alpha: Exponent of the distance weight, > 0 (with 0, 0^0 = 1 would put the gold class into the sum; below 0,
+            its weight would be inf).
     """
+    if not alpha > 0:
+        raise ValueError(f"ordinal_log_loss: alpha must be > 0, got {alpha}")
     num_classes = logits.shape[-1]
     classes = torch.arange(num_classes, device=logits.device)
     distance = (labels.unsqueeze(-1) - classes).abs().to(logits.dtype) ** alpha  # (batch, classes)

@@ -10,6 +10,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .aggregators import get_aggregator
 from .configuration import MultitaskConfig
 from .metrics import metric_key, overall_key
 from .remote_code import CODE_FILES, untravelled_kinds
@@ -223,6 +224,7 @@ def _tags(config, specs, args, extra) -> list[str]:
         tags.append(surgery)
     if getattr(args, "smart_tasks", None):
         tags.append("smart")
+    tags += list(getattr(args, "regularizers", None) or {})
     tags += [tag for spec in specs.values() for tag in spec.task_kind.card_tags(spec)]
     return list(dict.fromkeys([*tags, *(extra or [])]))
 
@@ -306,8 +308,9 @@ def _training_rows(args) -> list[tuple[str, Any]]:
     if getattr(args, "gradient_surgery", None) == "gradvac":
         names += ["gradvac_beta", "gradvac_per_layer"]
     if getattr(args, "smart_tasks", None):
-        names += ["smart_tasks", "smart_lambda", "smart_mu", "smart_steps", "smart_step_size", "smart_noise_var",
+        names += ["smart_tasks", "smart_lambda", "smart_mu", "smart_steps", "smart_step_size", "smart_noise_std",
                   "smart_epsilon", "smart_radius", "smart_momentum"]
+    names += ["regularizers"] if getattr(args, "regularizers", None) else []
     names += ["learning_rate", "head_learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "optim",
               "per_device_train_batch_size", "gradient_accumulation_steps"]
     names += ["max_steps"] if getattr(args, "max_steps", -1) > 0 else ["num_train_epochs"]
@@ -349,16 +352,21 @@ def _training_techniques(args) -> list[str]:
         return []
     items = [f"Task sampling: `{getattr(args, 'task_sampling', 'annealed')}`."]
     surgery = getattr(args, "gradient_surgery", "none")
-    if surgery == "pcgrad":
-        items.append("PCGrad (Yu et al. 2020) on the shared parameters, one batch of every task per step.")
-    elif surgery == "gradvac":
+    if surgery == "gradvac":
         items.append(f"GradVac (Wang et al. 2021) on the shared parameters, β = {args.gradvac_beta:g}, "
                      f"{'one target per layer' if args.gradvac_per_layer else 'one target'}.")
+    elif surgery != "none":
+        title = get_aggregator(surgery).title or f"`{surgery}`"
+        items.append(f"{title} on the shared parameters, one batch of every task per step.")
     elif getattr(args, "task_sampling_grouped", False):
         items.append("Grouped batches: one batch of every task per step, losses summed.")
     if getattr(args, "smart_tasks", None):
         items.append(f"SMART (Jiang et al. 2020) on {', '.join(args.smart_tasks)}: λ_s = {args.smart_lambda:g}, "
                      f"μ = {args.smart_mu:g}, {args.smart_steps} ascent step(s).")
+    for name, options in (getattr(args, "regularizers", None) or {}).items():
+        settings = ", ".join(f"{key} = {value}" for key, value in options.items() if key != "tasks")
+        tasks = ", ".join(options.get("tasks", []))
+        items.append(f"Regulariser `{name}` on {tasks}{': ' + settings if settings else ''}.")
     if getattr(args, "head_learning_rate", None) is not None:
         items.append(f"Separate learning rate for the heads: {args.head_learning_rate:g}.")
     return items

@@ -14,7 +14,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, PredictionOutput, 
 from transformers.utils import logging
 
 from . import conventions
-from .callbacks import NonFiniteGuard, NonFiniteLossError, SamplerEpochCallback, SmartTeacherCallback, TaskMetrics
+from .callbacks import NonFiniteGuard, NonFiniteLossError, RegularizerCallback, SamplerEpochCallback, TaskMetrics
 from .checkpointing import (
     CheckpointError,
     last_complete_checkpoint,
@@ -27,8 +27,8 @@ from .data import MultitaskDataset
 from .evaluation import evaluate_tasks
 from .gradients import GradientSurgery
 from .optim import build_optimizer, head_lr_param_groups
+from .regularizers import Regularizer, build_regularizers
 from .sampling import MultitaskBatchSampler
-from .smart import SmartRegularizer
 from .summed_step import build_loss_weighting, no_decay_names, summed_training_step
 
 logger = logging.get_logger(__name__)
@@ -73,7 +73,7 @@ class MultitaskTrainer(Trainer):
         self.add_callback(SamplerEpochCallback(self))
         self._nonfinite = NonFiniteGuard(list(self.specs), getattr(self.args, "nonfinite_loss_limit", 10))
         self._stateful["nonfinite"] = self._nonfinite
-        self.smart = self._build_smart()
+        self.regularizers = self._build_regularizers()
         self.surgery = self._build_surgery()
         self.loss_weighting = build_loss_weighting(self)
         self._surgery_fresh = True  # the per-task gradient buffer starts a new optimizer step
@@ -88,20 +88,13 @@ class MultitaskTrainer(Trainer):
         wrapped = self.accelerator.unwrap_model(self.model) if hasattr(self, "accelerator") else self.model
         return multitask_base(wrapped)
 
-    def _build_smart(self) -> SmartRegularizer | None:
-        if getattr(self.args, "smart_tasks", None) is None:
-            return None
-        unknown = [name for name in self.args.smart_tasks if name not in self.specs]
-        if unknown:
-            raise ValueError(f"smart_tasks has task(s) {unknown} with no head in the model "
-                             f"(heads: {list(self.specs)})")
-        smart = SmartRegularizer.from_args(self.args)
-        self._task_metric_names += [name for name, on in (("smart_adv", smart.lambda_s > 0),
-                                                          ("smart_breg", smart.teacher is not None)) if on]
-        if smart.teacher is not None:
-            self._stateful["smart"] = smart
-            self.add_callback(SmartTeacherCallback(self))
-        return smart
+    def _build_regularizers(self) -> dict[str, Regularizer]:
+        regularizers = build_regularizers(self.args, list(self.specs))  # docs/regularizers.md
+        self._task_metric_names += [key for regularizer in regularizers.values() for key in regularizer.log_names]
+        self._stateful.update({name: r for name, r in regularizers.items() if r.has_state})
+        if regularizers:
+            self.add_callback(RegularizerCallback(self, regularizers.values()))
+        return regularizers
 
     def _build_surgery(self) -> GradientSurgery | None:
         if not getattr(self.args, "task_sampling_grouped", False) or self.args.gradient_surgery == "none":
@@ -225,6 +218,11 @@ class MultitaskTrainer(Trainer):
                        f"({guard.in_a_row} in a row, limit {guard.limit}, {guard.skipped} in this run)")
         return True
 
+    def optimizer_step_applied(self) -> bool:
+        """Whether the optimizer step that just ran changed the weights: not skipped by the fp16 scaler nor by the
+        non-finite-loss guard (what regularisers' `after_optimizer_step` hooks are told)."""
+        return not (self.accelerator.optimizer_step_was_skipped or self._nonfinite.skipping)
+
     def _batch_in_epoch(self) -> int:
         steps = self.state.global_step * self.args.gradient_accumulation_steps
         return steps % len(self.train_sampler)
@@ -252,10 +250,11 @@ class MultitaskTrainer(Trainer):
         loss = outputs.loss
         if model.training:
             self._task_metrics.add(f"loss_{task_name}", loss * spec.loss_weight)
-        if self.smart is not None and model.training and task_name in self.smart.tasks:
-            loss = loss + self.smart.loss(model, inputs, outputs, spec)
-            for key, value in self.smart.last.items():
-                self._task_metrics.add(f"{key}_{task_name}", value)
+            for regularizer in self.regularizers.values():
+                if regularizer.applies_to(task_name):
+                    loss = loss + regularizer.loss(model, inputs, outputs, spec)
+                    for key, value in regularizer.logs.items():
+                        self._task_metrics.add(f"{key}_{task_name}", value)
         loss = loss * spec.loss_weight
         return (loss, outputs) if return_outputs else loss
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 from transformers import TrainingArguments
 
-from .gradients import SURGERY_METHODS
+from .aggregators import aggregator_names, get_aggregator
 from .loss_weighting import get_loss_weighting
+from .regularizers import build_regularizers
 from .sampling import STRATEGIES
+
+SMART_NOISE_STD = 1e-5  # the paper's σ (Jiang et al. 2020, Sec. 5; MT-DNN's generate_noise uses 1e-5 the same way)
 
 
 @dataclass
@@ -27,8 +33,10 @@ class MultitaskTrainingArguments(TrainingArguments):
     > Parameters that control gradient surgery (see docs/gradients.md)
 
     gradient_surgery (`str`, defaults to `"none"`):
-        `none`, `pcgrad` (Yu et al. 2020) or `gradvac` (Wang et al. 2020), applied to the gradients of the parameters
-        shared by all tasks; heads and PALs keep their own gradients. Anything but `none` turns on grouped batches.
+        A registered aggregator (`aggregator_names()`): `none`, `pcgrad` (Yu et al. 2020), `gradvac` (Wang et al.
+        2020), `mgda`, `upgrad`, `dualproj`, `imtl_g`, `aligned_mtl` (docs/gradients.md), applied to the gradients of
+        the parameters shared by all tasks; heads and PALs keep their own gradients. Anything but `none` turns on
+        grouped batches.
     task_sampling_grouped (`bool`, defaults to `False`):
         Every step takes one batch of `per_device_train_batch_size` examples from every task. `task_sampling` then
         sets each task's loss weight instead of choosing tasks: T p_i with p_i ~ n_i^alpha for `proportional`
@@ -58,12 +66,24 @@ class MultitaskTrainingArguments(TrainingArguments):
         An optimizer step whose loss is NaN or inf for any task on any rank is skipped (no optimizer update at all);
         after this many skipped steps in a row training stops with an error naming the task and the step.
 
+    > Parameters that control regularisers (see docs/regularizers.md)
+
+    regularizers (`dict` or `str`, *optional*, defaults to `None`):
+        `{name: {option: value}}`: the registered regularisers to add to the training loss and their options, each
+        with the `tasks` it applies to, e.g. `{"rdrop": {"tasks": ["sst", "sts"], "alpha": 1.0}}`; a JSON string on
+        the command line. SMART can be configured here (`"smart"`) or with the `smart_*` fields below, not both.
+
     > Parameters that control SMART (Jiang et al. 2020, https://arxiv.org/abs/1911.03437; see docs/smart.md)
 
     smart_tasks (`list[str]` or `None`, defaults to `None`):
         Tasks whose loss gets SMART's λ_s R_s + μ D_Breg; `None` turns SMART off. The CS224N study used SST and STS.
-    smart_noise_var (`float`, defaults to `1e-5`):
-        Variance σ² of the initial perturbation ν_0 ~ N(0, σ²) of the word embeddings.
+    smart_noise_std (`float`, defaults to `1e-5`):
+        Standard deviation σ of the initial perturbation ν_0 ~ N(0, σ²) of the word embeddings (the paper's σ, and
+        what MT-DNN's `adv_noise_var` is used as).
+    smart_noise_var (`float` or `None`, defaults to `None`):
+        Deprecated: the variance σ² that earlier versions took (with the same 1e-5 default, so a noise 316 times the
+        paper's). When set, `smart_noise_std = sqrt(smart_noise_var)` with a `FutureWarning`, which reproduces the old
+        runs; setting both is an error.
     smart_step_size (`float`, defaults to `1e-3`):
         Step size η of the ascent steps ν ← ν + η g / (‖g‖_∞ + ε).
     smart_epsilon (`float`, defaults to `1e-6`):
@@ -98,7 +118,7 @@ class MultitaskTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Group examples of similar length into batches (less padding)."}
     )
     gradient_surgery: str = field(
-        default="none", metadata={"help": f"Gradient surgery on the shared parameters, one of {SURGERY_METHODS}."}
+        default="none", metadata={"help": f"Aggregator of the shared gradients, one of {aggregator_names()}."}
     )
     task_sampling_grouped: bool = field(
         default=False, metadata={"help": "One batch of every task per step (implied by gradient surgery)."}
@@ -113,10 +133,18 @@ class MultitaskTrainingArguments(TrainingArguments):
     nonfinite_loss_limit: int = field(
         default=10, metadata={"help": "Stop after this many steps in a row skipped for a NaN or inf loss."}
     )
+    regularizers: dict | str | None = field(
+        default=None, metadata={"help": 'Regularisers and their options, as JSON: \'{"rdrop": {"tasks": ["sst"]}}\'.'}
+    )
     smart_tasks: list[str] | None = field(
         default=None, metadata={"help": "Tasks regularised with SMART (None: SMART off)."}
     )
-    smart_noise_var: float = field(default=1e-5, metadata={"help": "SMART: variance of the initial noise."})
+    smart_noise_std: float = field(
+        default=SMART_NOISE_STD, metadata={"help": "SMART: standard deviation of the initial noise."}
+    )
+    smart_noise_var: float | None = field(
+        default=None, metadata={"help": "Deprecated (a variance): use smart_noise_std = sqrt(smart_noise_var)."}
+    )
     smart_step_size: float = field(default=1e-3, metadata={"help": "SMART: step size of the ascent steps."})
     smart_epsilon: float = field(default=1e-6, metadata={"help": "SMART: epsilon in g / (max|g| + epsilon)."})
     smart_radius: float | None = field(
@@ -136,18 +164,29 @@ class MultitaskTrainingArguments(TrainingArguments):
             self.dataloader_pin_memory = False  # pinning needs an accelerator; torch would warn at every dataloader
         if self.task_sampling not in STRATEGIES:
             raise ValueError(f"task_sampling must be one of {STRATEGIES}, got {self.task_sampling!r}")
-        if self.gradient_surgery not in SURGERY_METHODS:
-            raise ValueError(f"gradient_surgery must be one of {SURGERY_METHODS}, got {self.gradient_surgery!r}")
+        get_aggregator(self.gradient_surgery)  # an unknown name is an error listing the registered ones
         if not 0.0 < self.gradvac_beta <= 1.0:
             raise ValueError(f"gradvac_beta must be in (0, 1], got {self.gradvac_beta}")
         if self.gradient_surgery != "none":
             self.task_sampling_grouped = True
         self._check_loss_weighting()
         self._check_smart()
+        self._check_regularizers()
         if self.nonfinite_loss_limit < 0:
             raise ValueError(f"nonfinite_loss_limit must be >= 0, got {self.nonfinite_loss_limit}")
         if self.head_learning_rate is not None and self.head_learning_rate < 0:
             raise ValueError(f"head_learning_rate must be >= 0 or None, got {self.head_learning_rate}")
+        self._check_sharding()
+
+    def _check_sharding(self) -> None:
+        """Sharded training (FSDP, DeepSpeed) with what needs whole per-task gradients or whole weights outside the
+        model's forward (grouped batches and gradient surgery, regularisers) is refused until it is supported."""
+        sharded = "fsdp" if self.fsdp else "deepspeed" if self.deepspeed else None
+        if sharded and (self.task_sampling_grouped or self.smart_tasks or self.regularizers):
+            raise ValueError(f"{sharded} with grouped batches (gradient surgery), SMART or other regularisers is not "
+                             "supported yet: they need each task's whole gradient, or the whole weights outside the "
+                             "model's forward. Train them with DDP (torchrun / accelerate launch without "
+                             f"{sharded}), or train with {sharded} without them (docs/scaling.md)")
 
     def _check_loss_weighting(self) -> None:
         if self.loss_weighting == "none":
@@ -168,7 +207,9 @@ class MultitaskTrainingArguments(TrainingArguments):
             self.smart_tasks = [self.smart_tasks] if isinstance(self.smart_tasks, str) else list(self.smart_tasks)
             if not self.smart_tasks:
                 raise ValueError("smart_tasks must name at least one task, or be None to turn SMART off")
-        for name in ("smart_noise_var", "smart_step_size", "smart_epsilon", "smart_lambda", "smart_mu"):
+        if self.smart_noise_var is not None:
+            self._convert_smart_noise_var()
+        for name in ("smart_noise_std", "smart_step_size", "smart_epsilon", "smart_lambda", "smart_mu"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.smart_radius is not None and self.smart_radius <= 0:
@@ -177,6 +218,28 @@ class MultitaskTrainingArguments(TrainingArguments):
             raise ValueError(f"smart_steps must be >= 0, got {self.smart_steps}")
         if not 0.0 <= self.smart_momentum < 1.0:
             raise ValueError(f"smart_momentum must be in [0, 1), got {self.smart_momentum}")
+
+
+    def _convert_smart_noise_var(self) -> None:
+        if self.smart_noise_var < 0:
+            raise ValueError(f"smart_noise_var must be >= 0, got {self.smart_noise_var}")
+        if self.smart_noise_std != SMART_NOISE_STD:
+            raise ValueError("smart_noise_var (deprecated) and smart_noise_std are both set: give smart_noise_std")
+        self.smart_noise_std, self.smart_noise_var = math.sqrt(self.smart_noise_var), None
+        warnings.warn(f"smart_noise_var is deprecated: it was a variance; using smart_noise_std = "
+                      f"sqrt(smart_noise_var) = {self.smart_noise_std:.4g}, which reproduces the old runs. The new "
+                      f"default is the paper's σ, smart_noise_std = {SMART_NOISE_STD:g} (docs/smart.md).",
+                      FutureWarning, stacklevel=3)
+
+    def _check_regularizers(self) -> None:
+        if isinstance(self.regularizers, str):
+            try:
+                self.regularizers = json.loads(self.regularizers)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"regularizers must be a JSON object, got {self.regularizers!r}: {e}") from None
+        if self.regularizers is not None and not isinstance(self.regularizers, dict):
+            raise ValueError(f"regularizers must be a dict {{name: {{option: value}}}}, got {self.regularizers!r}")
+        build_regularizers(self)  # unknown names and options, bad values: errors now, not when training starts
 
 
 def _has_accelerator() -> bool:

@@ -1,10 +1,10 @@
 """Train a tiny model for a few steps and save its weights; run alone or under `torchrun --nproc_per_node 2`.
 
 Usage: dist_train_script.py DATA_DIR TOKENIZER_DIR OUT_DIR PER_DEVICE_BATCH MODE [MODE ...]
-Each MODE (`none`, `pcgrad`, `gradvac`, `plain`, `uncertainty`, `dwa`) trains from the same initial weights with
-dropout off and writes OUT_DIR/<mode>.safetensors on rank 0. `plain` is ungrouped single-task batches; `none`,
-`pcgrad`, `gradvac` are grouped batches with that gradient surgery; `uncertainty` and `dwa` are grouped batches with
-that loss weighting (DWA's window: one optimizer step, so its weights move within the run).
+Each MODE (`plain`, `smart`, a loss weighting `uncertainty` or `dwa`, or a registered aggregator: `none`, `pcgrad`,
+`gradvac`, `upgrad`, ...) trains from the same initial weights with dropout off and writes OUT_DIR/<mode>.safetensors
+on rank 0. `plain` is ungrouped single-task batches, `smart` the same with SMART on every task; the others are
+grouped batches with that aggregator or loss weighting (DWA's window: one optimizer step, so its weights move).
 """
 
 import os
@@ -35,9 +35,9 @@ def main(data_dir: str, tokenizer_dir: str, out_dir: str, batch_size: str, *mode
     for mode in modes:
         torch.manual_seed(0)
         model = MultitaskModel(MultitaskConfig(encoder=config, tasks=tasks, classifier_dropout=0.0))
-        surgery = {} if mode == "plain" else {"gradient_surgery": mode, "task_sampling_grouped": True}
-        if mode in ("uncertainty", "dwa"):
-            surgery = {"loss_weighting": mode, "dwa_period": 1}
+        surgery = {"plain": {}, "smart": {"smart_tasks": [t.name for t in tasks]},
+                   "uncertainty": {"loss_weighting": "uncertainty"}, "dwa": {"loss_weighting": "dwa", "dwa_period": 1}
+                   }.get(mode, {"gradient_surgery": mode, "task_sampling_grouped": True})
         args = MultitaskTrainingArguments(
             output_dir=f"{out_dir}/{mode}", per_device_train_batch_size=int(batch_size),
             max_steps=int(os.environ.get("STEPS", 4)),

@@ -5,8 +5,9 @@ Usage: resume_script.py DATA_DIR TOKENIZER_DIR OUT_DIR ACTION MODE [MODE ...]
             $KILL_AT is saved; one MODE), `kill_saving` (SIGKILL it while that checkpoint is being written: after
             the Trainer's files, before ours; keeps one checkpoint), `resume` (continue from the last complete
             checkpoint).
-    MODE:   `plain` (annealed sampling), `pcgrad`, `gradvac`, `smart`, `pal`, `uncertainty`, `dwa` (loss weightings;
-            DWA's window is one optimizer step, so its state matters at the kill).
+    MODE:   `plain` (annealed sampling), `smart`, `pal`, `rdrop`, a gradient aggregator (`pcgrad`, `gradvac`,
+            `upgrad`, ...), or a loss weighting (`uncertainty`, `dwa`: DWA's window is one optimizer step, so its
+            state matters at the kill).
 Each MODE trains in OUT_DIR/<mode> (dropout on, so the RNG state matters too) and, on rank 0, writes its final
 weights to OUT_DIR/<mode>.safetensors. Runs alone or under `torchrun`; $BATCH is the per-process batch size.
 """
@@ -30,6 +31,7 @@ from hf_multitask import (
     load_task_data,
     tokenize_task,
 )
+from hf_multitask.aggregators import aggregator_names
 
 MODES = {
     "plain": {},
@@ -37,9 +39,12 @@ MODES = {
     "gradvac": {"task_sampling_grouped": True, "gradient_surgery": "gradvac"},
     "smart": {"smart_tasks": ["sst", "sts"]},
     "pal": {},
+    "rdrop": {"regularizers": {"rdrop": {"tasks": ["sst", "quora", "sts"]}}},
     "uncertainty": {"task_sampling_grouped": True, "loss_weighting": "uncertainty"},
     "dwa": {"task_sampling_grouped": True, "loss_weighting": "dwa", "dwa_period": 1},
 }
+MODES.update({name: {"task_sampling_grouped": True, "gradient_surgery": name}  # every other registered aggregator
+              for name in aggregator_names() if name not in MODES and name != "none"})
 
 
 class KillAfterSave(TrainerCallback):
@@ -49,7 +54,8 @@ class KillAfterSave(TrainerCallback):
         self.step = step
 
     def on_save(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
+        if state.global_step == self.step and os.environ.get("KILL_RANK", os.environ.get("RANK", "0")) == \
+                os.environ.get("RANK", "0"):  # $KILL_RANK: kill that rank only (one node of two)
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -82,7 +88,7 @@ def build_trainer(mode: str, data_dir: str, tokenizer, out_dir: str) -> Multitas
         save_strategy="steps", save_steps=int(os.environ.get("SAVE_STEPS", 4 if not grouped else 2)),
         logging_steps=1, report_to=[], use_cpu=True, seed=0, ddp_find_unused_parameters=True,
         save_total_limit=int(os.environ["LIMIT"]) if "LIMIT" in os.environ else None,
-        task_sampling="annealed", **MODES[mode],
+        task_sampling="annealed", ddp_timeout=int(os.environ.get("DDP_TIMEOUT", 1800)), **MODES[mode],
     )
     return MultitaskTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
 

@@ -18,7 +18,8 @@ BUDGET = 25_600  # training examples per row
 def test_ablation_configs_exist():
     names = {path.stem for path in CONFIGS}
     assert {"frozen", "cross_annealed", "bi_annealed", "round_robin", "proportional", "pal", "grouped_none",
-            "pcgrad", "gradvac", "uncertainty", "smart", "ordinal", "transfer", "best"} <= names
+            "pcgrad", "gradvac", "smart", "rdrop", "ordinal", "transfer", "best", "mgda", "upgrad", "dualproj",
+            "imtl_g", "aligned_mtl", "uncertainty"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -65,8 +66,14 @@ CHANGES = {
     "grouped_none": {"task_sampling_grouped": True, "gradient_surgery": "none"},
     "pcgrad": {"task_sampling_grouped": True, "gradient_surgery": "pcgrad"},
     "gradvac": {"task_sampling_grouped": True, "gradient_surgery": "gradvac"},
+    "mgda": {"task_sampling_grouped": True, "gradient_surgery": "mgda"},
+    "upgrad": {"task_sampling_grouped": True, "gradient_surgery": "upgrad"},
+    "dualproj": {"task_sampling_grouped": True, "gradient_surgery": "dualproj"},
+    "imtl_g": {"task_sampling_grouped": True, "gradient_surgery": "imtl_g"},
+    "aligned_mtl": {"task_sampling_grouped": True, "gradient_surgery": "aligned_mtl"},
     "uncertainty": {"task_sampling_grouped": True, "gradient_surgery": "none", "loss_weighting": "uncertainty"},
     "smart": {"smart_tasks": ["sst", "sts"]},
+    "rdrop": {"regularizers": {"rdrop": {"tasks": ["sst", "quora", "sts"], "alpha": 1.0}}},
     "ordinal": {"task_overrides": {"sst": {"loss": "ordinal"}}},
     "transfer": {"init_heads_from": "runs/ablation/r800_frozen"},
     "best": {"task_sampling": "round_robin", "init_heads_from": "runs/ablation/r800_frozen"},

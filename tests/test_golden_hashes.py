@@ -1,12 +1,20 @@
 """Behaviour pins: the weights after a 30-step run of a tiny model, for each training mode, hash to the values
 recorded before the task-kinds refactor (tests/fixtures/golden_hashes.json). A refactor that moves code must not
-move a single bit. The hashes hold for this torch version on the x86-64 CPU kind the project develops on
-(`python tests/test_golden_hashes.py` prints them anew where that changes)."""
+move a single bit. The hashes hold for this torch version on the x86-64 CPU kind the project develops on.
+
+A change meant to alter one mode's numerics re-records that mode alone, and says so in its commit message:
+`GOLDEN_RECORD=smart python -m pytest tests/test_golden_hashes.py -k smart` writes the new hash into the fixture
+(comma-separated modes for several) and skips the check for it.
+
+Re-recorded on purpose: `pcgrad` and `gradvac` when the aggregator registry moved their coefficients to float64 on
+the Gram matrix divided by its largest diagonal entry (per step, the update moved by at most 2.5e-7 of its largest
+entry; 30 AdamW steps amplify that into other bits). Grouped `none` was recorded before that change and still holds."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -26,13 +34,16 @@ from hf_multitask import (
 GOLDEN = Path(__file__).parent / "fixtures" / "golden_hashes.json"
 MODES = {
     "plain": {},
+    # grouped none runs the summed-loss step (one backward of the sum): its hash is the per-task-buffer step's before
+    # the aggregator registry (aa78593), bit for bit; the registry's combine had moved it by float summation order
+    "none": {"task_sampling_grouped": True, "gradient_surgery": "none"},
     "pcgrad": {"task_sampling_grouped": True, "gradient_surgery": "pcgrad"},
     "gradvac": {"task_sampling_grouped": True, "gradient_surgery": "gradvac"},
     "smart": {"smart_tasks": ["sst", "quora", "sts"]},
     "pal": {},
-    # grouped none's hash is the same from the per-task-buffer step (commit aa78593) and the summed-loss step;
-    # uncertainty and dwa were recorded when they were added
-    "grouped_none": {"task_sampling_grouped": True, "gradient_surgery": "none"},
+    # the deprecated variance, converted to its square root (σ = √1e-5, the default before 2026-12-01)
+    "smart_noise_var": {"smart_tasks": ["sst", "quora", "sts"], "smart_noise_var": 1e-5},
+    # the loss weightings (summed-loss step), recorded when they were added
     "uncertainty": {"loss_weighting": "uncertainty"},
     "dwa": {"loss_weighting": "dwa", "dwa_period": 5},
 }
@@ -69,5 +80,10 @@ def run_mode(mode: str, bert_config, tokenizer, data_dir, out_dir) -> str:
 def test_training_weights_match_the_recorded_hash(mode, bert_config, tokenizer, data_dir, tmp_path):
     if torch.__version__.split("+")[0] != json.loads(GOLDEN.read_text())["torch"]:
         pytest.skip("hashes recorded with another torch version")
-    expected = json.loads(GOLDEN.read_text())["modes"][mode]
-    assert run_mode(mode, bert_config, tokenizer, data_dir, tmp_path / "out") == expected
+    golden = json.loads(GOLDEN.read_text())
+    found = run_mode(mode, bert_config, tokenizer, data_dir, tmp_path / "out")
+    if mode in os.environ.get("GOLDEN_RECORD", "").split(","):
+        golden["modes"][mode] = found
+        GOLDEN.write_text(json.dumps(golden, indent=1) + "\n")
+        pytest.skip(f"recorded the {mode!r} hash: {found}")
+    assert found == golden["modes"][mode]

@@ -163,12 +163,12 @@ def test_surgery_state_round_trips():
     state = surgery.state_dict()
     _, restored = _surgery_setup("gradvac")
     restored.load_state_dict(state)
-    assert torch.equal(restored.targets, surgery.targets)
+    assert torch.equal(restored.aggregator.targets, surgery.aggregator.targets)
     assert torch.equal(torch.randperm(5, generator=restored.generator), torch.randperm(5, generator=surgery.generator))
 
 
 def test_unknown_surgery_method_is_rejected():
     from hf_multitask.gradients import GradientSurgery
 
-    with pytest.raises(ValueError, match="gradient_surgery must be one of"):
-        GradientSurgery("mgda", [torch.nn.Parameter(torch.zeros(1))], num_tasks=2)
+    with pytest.raises(ValueError, match="gradient_surgery must be one of .*did you mean 'pcgrad'"):
+        GradientSurgery("pcgard", [torch.nn.Parameter(torch.zeros(1))], num_tasks=2)

@@ -60,6 +60,18 @@ def test_task_loss_ordinal_uses_the_spec_alpha():
                                                                    rel=1e-5)
 
 
+@pytest.mark.parametrize("alpha", [0.0, -1.0, float("nan")])
+def test_ordinal_log_loss_rejects_an_alpha_that_is_not_positive(alpha):
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        ordinal_log_loss(torch.randn(2, 5), torch.tensor([0, 3]), alpha)
+
+
+@pytest.mark.parametrize("loss", ["ordinal", "cross_entropy+ordinal"])
+def test_a_task_spec_rejects_an_ordinal_alpha_that_is_not_positive(loss):
+    with pytest.raises(ValueError, match="'sst': ordinal_alpha must be > 0, got 0"):
+        get_task("sst", loss=loss, ordinal_alpha=0.0)
+
+
 def test_symmetric_kl_is_zero_for_equal_inputs():
     logits = torch.randn(6, 5)
     assert symmetric_kl(logits, logits.clone()).item() == 0.0

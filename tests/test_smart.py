@@ -18,7 +18,7 @@ from hf_multitask import (
     cs224n_tasks,
     get_task,
 )
-from hf_multitask.smart import ascent_step, ema_update_, embedding_forward, init_noise, smart_divergence
+from hf_multitask.regularizers.smart import ascent_step, ema_update_, embedding_forward, init_noise, smart_divergence
 from hf_multitask.trainer import load_training_state, save_training_state
 
 from .conftest import make_model, make_trainer, snapshot
@@ -46,11 +46,11 @@ def test_smart_divergence_is_the_squared_error_for_regression():
     assert smart_divergence("regression", a, b, "sum").item() == pytest.approx(5.0)
 
 
-def test_init_noise_is_float32_with_the_requested_variance():
+def test_init_noise_is_float32_with_the_requested_standard_deviation():
     torch.manual_seed(0)
-    noise = init_noise(torch.zeros(64, 32, 16, dtype=torch.bfloat16), noise_var=1e-4)
+    noise = init_noise(torch.zeros(64, 32, 16, dtype=torch.bfloat16), noise_std=1e-2)
     assert noise.dtype == torch.float32
-    assert noise.var().item() == pytest.approx(1e-4, rel=0.05)
+    assert noise.std().item() == pytest.approx(1e-2, rel=0.02)
 
 
 def test_ascent_step_moves_each_token_by_the_step_size_in_the_infinity_norm():
@@ -61,7 +61,7 @@ def test_ascent_step_moves_each_token_by_the_step_size_in_the_infinity_norm():
 
 
 def test_ascent_step_respects_the_radius():
-    noise = init_noise(torch.zeros(2, 5, 8), noise_var=1.0, radius=0.5)
+    noise = init_noise(torch.zeros(2, 5, 8), noise_std=1.0, radius=0.5)
     assert noise.abs().max() <= 0.5
     moved = ascent_step(noise, torch.randn(2, 5, 8), step_size=1.0, epsilon=1e-6, radius=0.5)
     assert moved.abs().max() <= 0.5
@@ -89,7 +89,7 @@ def test_ema_update_follows_the_momentum_formula():
 def test_adversarial_loss_is_zero_without_noise_or_steps(bert_config, tokenized, tokenizer, tmp_path):
     model = make_model(bert_config)
     trainer = make_trainer(model, tokenized, tokenizer, tmp_path / "out", **TRAINER_ARGS)
-    smart = SmartRegularizer(["sst"], noise_var=0.0, steps=0)
+    smart = SmartRegularizer(["sst"], noise_std=0.0, steps=0)
     for task in ("sst", "sts"):
         batch = batch_of(trainer, task)
         clean = model(**batch).logits
@@ -139,7 +139,7 @@ def test_radius_bounds_the_adversarial_noise_on_a_model(bert_config, tokenized, 
     batch = batch_of(make_trainer(model, tokenized, tokenizer, tmp_path / "out", **TRAINER_ARGS), "sst")
     clean = model(**batch).logits
     embeds, forward = embedding_forward(model, batch)
-    smart = SmartRegularizer(["sst"], noise_var=1.0, step_size=0.1, steps=2, radius=1e-3)
+    smart = SmartRegularizer(["sst"], noise_std=1.0, step_size=0.1, steps=2, radius=1e-3)
     noises = smart.adversarial_noise(forward, embeds, clean, "classification")
     assert noises[0].abs().max() <= torch.tensor(1e-3)  # the float32 radius
 
@@ -231,10 +231,28 @@ def test_training_state_rejects_values_that_are_not_tensors_or_json(tmp_path):
 
 
 @pytest.mark.parametrize("field, value", [("smart_steps", -1), ("smart_momentum", 1.0), ("smart_radius", 0.0),
-                                          ("smart_noise_var", -1e-5), ("smart_lambda", -1.0), ("smart_tasks", [])])
+                                          ("smart_noise_std", -1e-5), ("smart_noise_var", -1e-5),
+                                          ("smart_lambda", -1.0), ("smart_tasks", [])])
 def test_invalid_smart_arguments_are_rejected(tmp_path, field, value):
     with pytest.raises(ValueError, match=field):
         MultitaskTrainingArguments(str(tmp_path), report_to=[], **{field: value})
+
+
+def test_the_default_noise_is_the_papers_standard_deviation(tmp_path):
+    args = MultitaskTrainingArguments(str(tmp_path), report_to=[], smart_tasks=["sst"])
+    assert args.smart_noise_std == 1e-5
+    smart = SmartRegularizer(**{**SmartRegularizer.options_from_args(args), "steps": 0})  # ν = ν_0
+    torch.manual_seed(0)
+    noise = smart.adversarial_noise(None, [torch.zeros(64, 32, 16)], torch.zeros(64, 2), "classification")[0]
+    assert noise.std().item() == pytest.approx(1e-5, rel=0.02)
+
+
+def test_deprecated_noise_var_converts_to_its_square_root_with_a_warning(tmp_path):
+    with pytest.warns(FutureWarning, match=r"smart_noise_var is deprecated.*sqrt\(smart_noise_var\) = 0.003162"):
+        args = MultitaskTrainingArguments(str(tmp_path), report_to=[], smart_tasks=["sst"], smart_noise_var=1e-5)
+    assert args.smart_noise_std == pytest.approx(1e-5**0.5) and args.smart_noise_var is None
+    with pytest.raises(ValueError, match="smart_noise_var .* and smart_noise_std are both set"):
+        MultitaskTrainingArguments(str(tmp_path), report_to=[], smart_noise_var=1e-5, smart_noise_std=1e-3)
 
 
 def test_unknown_smart_tasks_are_rejected(bert_config, tokenized, tokenizer, tmp_path):
@@ -258,7 +276,7 @@ def test_teacher_follows_the_momentum_formula_after_a_step(bert_config, tokenize
     trainer = make_trainer(model, tokenized, tokenizer, tmp_path / "out", **(TRAINER_ARGS | dict(max_steps=1)),
                            smart_momentum=0.9)
     trainer.train()
-    teacher = trainer.smart.teacher
+    teacher = trainer.regularizers["smart"].teacher
     assert teacher.num_updates == 1
     for name, param in model.named_parameters():
         torch.testing.assert_close(teacher.shadow[name], 0.9 * before[name] + 0.1 * param.detach())
@@ -283,7 +301,7 @@ def test_each_smart_option_trains_a_tiny_model(bert_config, tokenized, tokenizer
     assert torch.isfinite(torch.tensor(trainer.state.log_history[-1]["train_loss"]))
     assert not torch.equal(before["encoder.encoder.layer.0.attention.self.query.weight"],
                            model.encoder.encoder.layer[0].attention.self.query.weight)
-    assert (trainer.smart.teacher is None) == (option == "adversarial_only")
+    assert (trainer.regularizers["smart"].teacher is None) == (option == "adversarial_only")
 
 
 @pytest.mark.parametrize("loss", ["ordinal", "cross_entropy+ordinal"])
@@ -344,9 +362,9 @@ def test_resumed_run_continues_the_teacher(bert_config, tokenized, tokenizer, tm
     resumed = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path / "again" / "out",
                            **(TRAINER_ARGS | options))
     resumed.train(resume_from_checkpoint=str(checkpoint))
-    assert resumed.smart.teacher.num_updates == 4
-    for name, tensor in full.smart.teacher.shadow.items():
-        torch.testing.assert_close(resumed.smart.teacher.shadow[name], tensor, rtol=1e-5, atol=1e-6)
+    assert resumed.regularizers["smart"].teacher.num_updates == 4
+    for name, tensor in full.regularizers["smart"].teacher.shadow.items():
+        torch.testing.assert_close(resumed.regularizers["smart"].teacher.shadow[name], tensor, rtol=1e-5, atol=1e-6)
 
 
 # ---- several processes ----
@@ -372,7 +390,8 @@ def _distributed_main(data_dir: str, tokenizer_dir: str, out_dir: str) -> None:
                                       smart_tasks=["sst", "sts"])
     trainer = MultitaskTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
     trainer.train()
-    save_file(dict(trainer.smart.teacher.shadow), f"{out_dir}/teacher{trainer.args.process_index}.safetensors")
+    teacher = trainer.regularizers["smart"].teacher
+    save_file(dict(teacher.shadow), f"{out_dir}/teacher{trainer.args.process_index}.safetensors")
 
 
 @pytest.mark.slow
@@ -401,7 +420,8 @@ def test_smart_trains_a_model_with_pals(bert_config, tokenized, tokenizer, tmp_p
     trainer = MultitaskTrainer(model=model, args=args, train_dataset=tokenized["train"], processing_class=tokenizer)
     before = {n: p.clone() for n, p in model.named_parameters() if "pal" in n}
     trainer.train()
-    assert any(n.startswith("pal") or ".pal" in n for n in trainer.smart.teacher.shadow)  # the teacher has PALs too
+    teacher = trainer.regularizers["smart"].teacher
+    assert any(n.startswith("pal") or ".pal" in n for n in teacher.shadow)  # the teacher has PALs too
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters() if "pal" in n)
     logged = {k for entry in trainer.state.log_history for k in entry}
     assert logged & {"smart_adv_sst", "smart_adv_sts"}

@@ -333,3 +333,18 @@ def test_the_hf_token_and_choice_collators_become_ours(bert_config, tokenizer, t
     with pytest.raises(ValueError, match=r"DataCollatorForTokenClassification\(padding='max_length'"):
         MultitaskTrainer(model=model, args=args_for(tmp_path), train_dataset=dataset,
                          data_collator=DataCollatorForTokenClassification(tokenizer, padding="max_length"))
+
+
+def test_words_cut_off_by_max_length_are_not_scored(tokenizer):
+    spec = ner_task(max_length=8)  # [CLS] a man w ##i ##t ##h [SEP]: the last two words are cut off
+    kind = spec.task_kind
+    logits = np.full((1, 3, len(TAGS)), np.nan, dtype=np.float32)
+    logits[0, :, :] = -1.0
+    logits[0, 0, TAGS.index("B-PER")] = logits[0, 1, TAGS.index("I-PER")] = logits[0, 2, TAGS.index("O")] = 1.0
+    gold = [[TAGS.index(t) for t in ("B-PER", "I-PER", "O", "O", "B-ANI")]]  # 5 words, 3 predicted
+    assert kind.compute_metrics(spec, logits, gold) == {"f1": 1.0, "precision": 1.0, "recall": 1.0, "accuracy": 1.0}
+    from datasets import Dataset
+
+    words = Dataset.from_dict({"tokens": [["a", "man", "with", "a", "cat"]], "labels": gold})
+    features = tokenize_task(words, spec, tokenizer)
+    assert first_subtokens(features[0]["word_ids"]) == [1, 2, 3] and len(features[0]["input_ids"]) == 8  # 3 words

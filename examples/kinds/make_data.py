@@ -1,4 +1,4 @@
-"""Small data files for examples/kinds/sst_quiz_ner.yaml: SST-5 beside a multiple-choice and a token-classification task.
+"""Small data files for examples/kinds/sst_quiz_ner.yaml: SST-5 beside a multiple-choice and a token task.
 
 - `sst-{train,dev}.tsv`: links to the CS224N SST files (nothing copied).
 - `quiz-{train,dev}.tsv` (multiple choice, real text): a Quora question and four candidates, of which one is the

@@ -34,7 +34,9 @@ class ClassificationKind(TaskKind):
         if spec.score_range is not None:
             raise ValueError(f"TaskSpec {spec.name!r}: score_range is for regression tasks; a classification task "
                              "has label_names")
-        super().check_spec(spec)
+        super().check_spec(spec)  # sets the default loss
+        if "ordinal" in spec.loss and not spec.ordinal_alpha > 0:  # 0 weighs the gold class in, < 0 gives inf
+            raise ValueError(f"TaskSpec {spec.name!r}: ordinal_alpha must be > 0, got {spec.ordinal_alpha}")
 
     def num_labels(self, spec) -> int:
         return len(spec.label_names)

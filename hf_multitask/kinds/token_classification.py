@@ -165,11 +165,14 @@ class TokenClassificationKind(ClassificationKind):
         from ..metrics import load_metric
 
         predicted, labels = self.predictions(spec, logits), label_array(labels)
+        width = max(predicted.shape[1], labels.shape[1])  # per word: truncated words have gold but no prediction
+        predicted, labels = (np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=IGNORE)
+                             for a in (predicted, labels))
         gold_tags, predicted_tags = [], []
         for gold_row, predicted_row in zip(labels, predicted):
-            scored = (gold_row != IGNORE) & (predicted_row[:len(gold_row)] != IGNORE)
+            scored = (gold_row != IGNORE) & (predicted_row != IGNORE)
             gold_tags.append([spec.label_names[i] for i in gold_row[scored]])
-            predicted_tags.append([spec.label_names[i] for i in predicted_row[:len(gold_row)][scored]])
+            predicted_tags.append([spec.label_names[i] for i in predicted_row[scored]])
         result = load_metric("seqeval").compute(predictions=predicted_tags, references=gold_tags,
                                                 scheme=spec.extra.get("scheme"))
         return {key: result[key] for key in ("f1", "precision", "recall", "accuracy")}

@@ -1,0 +1,150 @@
+"""The aggregator interface and registry: Gram matrices of the per-task gradients in, combination weights out.
+
+An aggregator sees only the `[K, T, T]` Gram matrices of the T task gradients (one per segment: a layer, or the
+whole shared model) and its own state, never the `[T, P]` gradients themselves. [`aggregate`] normalises each Gram
+matrix by its largest diagonal entry before the method sees it, and rescales the weights afterwards so that the
+update has the degree of homogeneity the method declares. The `[T, P]` buffer, and the one `combine` path that
+turns weights into `.grad`, are in `aggregators/surgery.py`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from ..utils import did_you_mean
+
+
+class Aggregator:
+    """One gradient aggregation method: weights of the task gradients from their (normalised) Gram matrices.
+
+    The update written into `.grad` is `sum_i w[k, i] g_i` on each segment k. Subclasses set the class attributes
+    and implement [`weights`]; stateful ones (GradVac's targets) also `state_dict` / `load_state_dict`, whose
+    tensors go into every checkpoint and are identical on every rank (every rank computes them from the same
+    averaged Gram matrices).
+
+    Attributes:
+        name: The `gradient_surgery` value that selects the method.
+        title: The method and its paper, for model cards: `"PCGrad (Yu et al. 2020)"`.
+        degree: Homogeneity degree d: gradients scaled by c > 0 give c**d times the update (1 for PCGrad, GradVac,
+            MGDA-style methods; 0 for methods whose update does not depend on the gradients' scale).
+        per_segment: `True`: `weights` gets one Gram matrix per segment (GradVac's per-layer targets) and returns
+            one weight vector per segment; `False`: it gets the whole model's Gram matrix, `[1, T, T]`.
+
+    Args:
+        num_tasks: T.
+        num_segments: K, the number of segments (layers) of a per-segment method.
+        options: The method's options, by their `MultitaskTrainingArguments` names (e.g. `gradvac_beta`); options
+            of other methods are ignored.
+    """
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    degree: ClassVar[int] = 1
+    per_segment: ClassVar[bool] = False
+
+    def __init__(self, num_tasks: int, num_segments: int = 1, **options) -> None:
+        self.num_tasks, self.num_segments = num_tasks, num_segments
+
+    def weights(self, grams: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, int]:
+        """Weights `[K', T]` (float64) for normalised Gram matrices `[K', T, T]` (float64, largest diagonal 1).
+
+        Args:
+            grams: K' = K for a per-segment method, else 1. Every matrix has a largest diagonal entry of 1, except
+                all-zero ones (every gradient zero on that segment): the method must accept them (their weights
+                are then replaced by 1), and it is not called at all when every matrix is zero.
+            generator: The run's one seeded generator, for random visiting orders (the same on every rank).
+
+        Returns:
+            The weights and the number of adjustments made (projections, active constraints; logged per step).
+        """
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
+
+AGGREGATORS: dict[str, type[Aggregator]] = {}
+
+
+def register_aggregator(cls: type[Aggregator]) -> type[Aggregator]:
+    """Register an [`Aggregator`] subclass under `cls.name` (usable as a class decorator); returns it.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from hf_multitask.aggregators import AGGREGATORS, Aggregator, aggregator_names, register_aggregator
+    >>> @register_aggregator
+    ... class Mean(Aggregator):
+    ...     name = "mean"
+    ...     def weights(self, grams, generator):
+    ...         return torch.full(grams.shape[:2], 1.0 / grams.shape[1], dtype=grams.dtype), 0
+    >>> "mean" in aggregator_names()
+    True
+    >>> del AGGREGATORS["mean"]
+
+    ```
+    """
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    if cls.degree not in (0, 1):
+        raise ValueError(f"{cls.__name__}.degree must be 0 or 1, got {cls.degree}")
+    known = AGGREGATORS.get(cls.name)
+    if known is not None and known.__qualname__ != cls.__qualname__:
+        raise ValueError(f"An aggregator called {cls.name!r} is already registered ({known.__qualname__})")
+    AGGREGATORS[cls.name] = cls
+    return cls
+
+
+def aggregator_names() -> tuple[str, ...]:
+    """The registered `gradient_surgery` values, `none` first."""
+    return tuple(sorted(AGGREGATORS, key=lambda name: (name != "none", name)))
+
+
+def get_aggregator(name: str) -> type[Aggregator]:
+    """The aggregator class registered as `name`; an unknown name is an error listing the known ones."""
+    if name not in AGGREGATORS:
+        raise ValueError(f"gradient_surgery must be one of {aggregator_names()}, got {name!r}"
+                         f"{did_you_mean(name, AGGREGATORS)}")
+    return AGGREGATORS[name]
+
+
+def aggregate(aggregator: Aggregator, grams: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, int]:
+    """Weights `[K, T]` (float64, on the CPU) of the task gradients on each of the K segments, from Gram matrices.
+
+    Each Gram matrix the method sees (per segment, or the sum over segments) is divided by its largest diagonal
+    entry s, so that no threshold inside a method depends on the gradients' scale and nothing overflows; the
+    weights are then multiplied by s ** ((degree - 1) / 2), which gives the update its declared degree (the Gram
+    matrix scales as c**2). An all-zero Gram matrix (every gradient zero) gets weights 1: the plain sum.
+
+    Args:
+        aggregator: The method.
+        grams: `[K, T, T]` Gram matrices of the task gradients on each segment (any float dtype, finite).
+        generator: Passed on to the method (visiting orders).
+    """
+    grams = grams.detach().to("cpu", torch.float64)  # [K, T, T]: the methods' small loops run on the CPU
+    seen = grams if aggregator.per_segment else grams.sum(0, keepdim=True)
+    scale = seen.diagonal(dim1=1, dim2=2).amax(1)  # (K',) largest squared norm
+    nonzero = scale > 0
+    safe = torch.where(nonzero, scale, torch.ones_like(scale))
+    weights = torch.ones(seen.shape[:2], dtype=torch.float64)
+    count = 0
+    if nonzero.any():  # an all-zero segment among others reaches the method as zeros; its weights are set to 1
+        found, count = aggregator.weights(seen / safe[:, None, None], generator)
+        found = found.to(weights) * safe[:, None] ** ((aggregator.degree - 1) / 2)
+        weights = torch.where(nonzero[:, None], found, weights)
+    return weights.expand(grams.shape[0], -1), count
+
+
+def visiting_orders(num_tasks: int, generator: torch.Generator | None = None) -> list[list[int]]:
+    """For each task i, the other tasks j in a random order (the order PCGrad and GradVac visit them in)."""
+    orders = []
+    for i in range(num_tasks):
+        others = torch.randperm(num_tasks - 1, generator=generator).tolist()
+        orders.append([j if j < i else j + 1 for j in others])
+    return orders

@@ -1,0 +1,171 @@
+"""The `[T, P]` buffer of per-task gradients and the one `combine` path from it to `.grad`, for every aggregator.
+
+`combine` reads the buffer twice: once for the `[K, T, T]` Gram matrices, once to write the weighted sum of the
+rows into preallocated storage. Training (`GradientSurgery`), the benchmarks and the tests all go through it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Aggregator, aggregate, get_aggregator
+
+
+def segment_runs(segments: torch.Tensor) -> list[tuple[int, int, int]]:
+    """`(segment id, start, end)` of every run of equal ids in `segments` `(P,)`."""
+    change = torch.nonzero(segments[1:] != segments[:-1]).flatten().add(1).tolist()
+    starts, ends = [0, *change], [*change, segments.numel()]
+    return [(int(segments[s]), s, e) for s, e in zip(starts, ends)]
+
+
+def segment_grams(grads: torch.Tensor, runs: list[tuple[int, int, int]], num_segments: int,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+    """Gram matrix of the task gradients restricted to each segment: `[K, T, T]` (into `out` when given)."""
+    grams = grads.new_zeros(num_segments, grads.shape[0], grads.shape[0]) if out is None else out.zero_()
+    for k, start, end in runs:
+        block = grads[:, start:end]
+        grams[k] += block @ block.T
+    return grams
+
+
+def gram_matrices(grads: torch.Tensor, runs: list[tuple[int, int, int]], num_segments: int,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+    """The `[K, T, T]` Gram matrices as float64, finite whenever `grads` is.
+
+    They are computed in `grads`' dtype (into `out` when given); if that overflows (float32 from |g| ~ 1.8e19),
+    they are computed again on `grads` divided by its largest absolute entry m and multiplied by m^2 in float64.
+    """
+    grams = segment_grams(grads, runs, num_segments, out)
+    if bool(torch.isfinite(grams).all()):
+        return grams.double()
+    largest = grads.abs().amax()
+    if not bool(torch.isfinite(largest)) or largest == 0:
+        return grams.double()  # the gradients themselves are not finite
+    return segment_grams(grads / largest, runs, num_segments).double() * largest.double() ** 2
+
+
+def cosines_from_gram(gram: torch.Tensor) -> torch.Tensor:
+    """Pairwise cosines `[..., T, T]` from Gram matrices (0 where a gradient is zero)."""
+    norms = gram.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt()
+    products = norms[..., :, None] * norms[..., None, :]
+    return torch.where(products > 0, gram / torch.where(products > 0, products, 1.0), 0.0)
+
+
+def task_cosines(grads: torch.Tensor) -> torch.Tensor:
+    """Pairwise cosine similarity `[T, T]` between task gradients (0 where a gradient is zero)."""
+    return cosines_from_gram(gram_matrices(grads, [(0, 0, grads.shape[1])], 1)[0])
+
+
+def combine(aggregator: Aggregator, grads: torch.Tensor, generator: torch.Generator,
+            runs: list[tuple[int, int, int]] | None = None, out: torch.Tensor | None = None,
+            grams_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The update `(P,)` of `aggregator` for the task gradients `grads` `[T, P]`: sum_i w[k, i] g_i on segment k.
+
+    Args:
+        aggregator: The method; a per-segment one gets one Gram matrix per segment of `runs`.
+        grads: `[T, P]` per-task gradients (float32 in training).
+        generator: The run's seeded generator (visiting orders), advanced identically on every rank.
+        runs: `(segment, start, end)` ranges covering `grads`' columns (`segment_runs`); `None`: one segment.
+        out: `(P,)` storage for the update (allocated when `None`); training passes the same one every step.
+        grams_out: `[K, T, T]` storage for the Gram matrices in `grads`' dtype.
+
+    Returns:
+        The update (`out`), the float64 Gram matrices `[K, T, T]` and the method's adjustment count. Gradients
+        that are not finite (NaN or inf in `grads`) get weights 1: the plain sum, as without surgery.
+    """
+    runs = [(0, 0, grads.shape[1])] if runs is None else runs
+    num_segments = max(k for k, _, _ in runs) + 1 if runs else 1
+    out = torch.empty(grads.shape[1], dtype=grads.dtype, device=grads.device) if out is None else out
+    grams = gram_matrices(grads, runs, num_segments, grams_out)
+    if bool(torch.isfinite(grams).all()):
+        weights, count = aggregate(aggregator, grams, generator)
+    else:
+        weights, count = torch.ones(num_segments, grads.shape[0], dtype=torch.float64), 0
+    weights = weights.to(dtype=grads.dtype, device=grads.device)
+    if not aggregator.per_segment:  # (1, T) @ (T, P) written straight into `out`: no temporary
+        torch.mm(weights[:1], grads, out=out.unsqueeze(0))
+    else:
+        for k, start, end in runs:
+            torch.mm(weights[k:k + 1], grads[:, start:end], out=out[start:end].unsqueeze(0))
+    return out, grams, count
+
+
+class GradientSurgery:
+    """Per-task gradients of the shared parameters in one flat `[T, P]` buffer, and the aggregator applied to them.
+
+    The Trainer adds each task's shared gradients into its row ([`accumulate`]), averages the buffer across ranks,
+    then [`combine`] writes the aggregated update into the shared parameters' `.grad` (the same on every rank: one
+    seeded generator orders PCGrad's and GradVac's visits). The generator's state and the aggregator's own state
+    (GradVac's targets) are in [`state_dict`] for checkpoints.
+
+    Args:
+        method: A registered aggregator (`aggregator_names()`): `none` (plain sum), `pcgrad`, `gradvac`, ...
+        params: The shared trainable parameters, in a fixed order.
+        num_tasks: T.
+        seed: Seeds the generator of the visiting orders.
+        gradvac_beta: EMA rate of GradVac's targets.
+        gradvac_per_layer: A per-segment method (GradVac) gets one Gram matrix per parameter group (`segment_ids`)
+            instead of one overall.
+        segment_ids: Group id (`MultitaskModel.parameter_group(name)`) of every parameter, for `gradvac_per_layer`.
+    """
+
+    def __init__(self, method: str, params: list[torch.nn.Parameter], num_tasks: int, seed: int = 0,
+                 gradvac_beta: float = 0.01, gradvac_per_layer: bool = True, segment_ids: list | None = None):
+        cls = get_aggregator(method)
+        self.method, self.params, self.num_tasks = method, params, num_tasks
+        self.numels = [p.numel() for p in params]
+        size = sum(self.numels)
+        device = params[0].device if params else torch.device("cpu")
+        self.buffer = torch.zeros(num_tasks, size, dtype=torch.float32, device=device)
+        self.total = torch.empty(size, dtype=torch.float32, device=device)  # the update, rewritten every step
+        per_layer = cls.per_segment and gradvac_per_layer and segment_ids is not None
+        ids = segment_ids if per_layer else [0] * len(params)
+        dense = {s: k for k, s in enumerate(dict.fromkeys(ids))}  # relabel to 0..K-1
+        self.segments = torch.repeat_interleave(torch.tensor([dense[s] for s in ids], dtype=torch.long),
+                                                torch.tensor(self.numels, dtype=torch.long)).to(device)
+        self.runs = segment_runs(self.segments) if size else []
+        self.grams = torch.empty(max(len(dense), 1), num_tasks, num_tasks, dtype=torch.float32, device=device)
+        self.aggregator = cls(num_tasks, max(len(dense), 1), gradvac_beta=gradvac_beta)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.cosine_sum = torch.zeros(num_tasks, num_tasks, dtype=torch.float64)
+        self.steps = self.adjustments = 0
+
+    def zero_(self) -> None:
+        self.buffer.zero_()
+
+    def accumulate(self, task_index: int) -> None:
+        """Add the shared parameters' current `.grad` to row `task_index`, then clear those `.grad`s."""
+        for row, p in zip(self.buffer[task_index].split(self.numels), self.params):
+            if p.grad is not None:
+                row.view_as(p).add_(p.grad)
+            p.grad = None
+
+    def combine(self) -> None:
+        """Aggregate the buffer's rows and write the update into the shared parameters' `.grad`."""
+        if not self.params:
+            return
+        total, grams, count = combine(self.aggregator, self.buffer, self.generator, self.runs, self.total, self.grams)
+        self.cosine_sum += cosines_from_gram(grams.sum(0)).cpu()
+        self.steps += 1
+        self.adjustments += count
+        for p, flat in zip(self.params, total.split(self.numels)):
+            p.grad = flat.view_as(p).to(p.dtype)
+
+    def pop_stats(self, task_names: list[str]) -> dict[str, float]:
+        """Mean pairwise cosines and adjustments per step since the last call (for logging)."""
+        if self.steps == 0:
+            return {}
+        mean = self.cosine_sum / self.steps
+        stats = {f"grad_cos_{a}_{b}": round(float(mean[i, j]), 4)
+                 for i, a in enumerate(task_names) for j, b in enumerate(task_names) if i < j}
+        stats["surgery_adjustments_per_step"] = round(self.adjustments / self.steps, 4)
+        self.cosine_sum.zero_()
+        self.steps = self.adjustments = 0
+        return stats
+
+    def state_dict(self) -> dict:
+        return {**self.aggregator.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.aggregator.load_state_dict({k: v for k, v in state.items() if k != "generator"})
+        self.generator.set_state(state["generator"])
