@@ -1,0 +1,155 @@
+"""The GPU check, ready to run: a BERT-base-sized multitask model (random weights: speed depends on shapes, not
+weights) in bf16 on one GPU, in a few minutes, with nothing to download (synthetic batches, no tokenizer files).
+
+Printed and written as JSON, each as the median of interleaved repeats with a 95% interval of the per-repeat ratio:
+
+- the time of the multitask step (`MultitaskTrainer`, one SST-shaped batch; its inverse is the throughput ratio)
+  against the plain HF `Trainer` + `BertForSequenceClassification` step on the same batch;
+- the grouped PCGrad and GradVac steps against the summed-loss step over the same three task batches;
+- the SMART step (R_s with K = 1 and the Bregman term) against the plain multitask step;
+- the peak GPU memory of each variant (`torch.cuda.max_memory_allocated` over one step).
+
+    python benchmarks/gpu_check.py --output benchmarks/results/gpu_check.json     # one GPU, bf16
+    python benchmarks/gpu_check.py --smoke                                        # tiny model, CPU, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+
+import torch
+from bench_stats import median_interval
+from bench_steps import ready
+from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+
+from hf_multitask import MultitaskConfig, MultitaskModel, MultitaskTrainer, MultitaskTrainingArguments, cs224n_tasks
+
+# variant: (what it is compared with, MultitaskTrainingArguments overrides; None: the plain HF Trainer)
+VARIANTS = {
+    "hf_trainer": ("hf_trainer", None),
+    "multitask": ("hf_trainer", {}),
+    "smart": ("multitask", {"smart_tasks": ["sst"]}),
+    "summed": ("summed", {"task_sampling_grouped": True}),
+    "pcgrad": ("summed", {"gradient_surgery": "pcgrad"}),
+    "gradvac": ("summed", {"gradient_surgery": "gradvac"}),
+}
+
+
+def encoder_config(smoke: bool) -> BertConfig:
+    if smoke:
+        return BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=37)
+    return BertConfig()  # bert-base-uncased's shapes: 12 layers, hidden 768, 12 heads, vocabulary 30,522
+
+
+def synthetic_batch(config: BertConfig, spec, batch_size: int, length: int, generator: torch.Generator) -> dict:
+    """Random token ids with the task's shape: one segment, or two (a cross-encoded pair); labels of its kind."""
+    ids = torch.randint(5, config.vocab_size, (batch_size, length), generator=generator)
+    types = torch.zeros_like(ids)
+    if spec.is_pair:
+        types[:, length // 2:] = 1
+    labels = (torch.rand(batch_size, generator=generator) * 5 if spec.kind == "regression"
+              else torch.randint(0, spec.num_labels, (batch_size,), generator=generator))
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": types, "labels": labels,
+            "task_name": spec.name}
+
+
+def build(args) -> dict[str, tuple]:
+    """`{variant: (trainer, batch)}` on the device, in bf16 autocast unless `--smoke`."""
+    config, tasks = encoder_config(args.smoke), cs224n_tasks()
+    generator = torch.Generator().manual_seed(0)
+    batches = {spec.name: synthetic_batch(config, spec, args.batch_size, args.length, generator) for spec in tasks}
+    common = dict(output_dir=tempfile.mkdtemp(), report_to=[], use_cpu=args.smoke, bf16=not args.smoke,
+                  per_device_train_batch_size=args.batch_size, learning_rate=1e-5, disable_tqdm=True)
+    setups = {}
+    for name, (_, overrides) in VARIANTS.items():
+        torch.manual_seed(0)
+        if overrides is None:
+            model = BertForSequenceClassification(BertConfig(**config.to_dict(), num_labels=tasks[0].num_labels))
+            trainer = Trainer(model=model, args=TrainingArguments(**common))
+            batch = {k: v for k, v in batches["sst"].items() if k != "task_name"}
+        else:
+            grouped = overrides.get("task_sampling_grouped") or "gradient_surgery" in overrides
+            specs = tasks if grouped else tasks[:1]
+            model = MultitaskModel(MultitaskConfig(encoder=config, tasks=specs, pooling="cls"))
+            trainer = MultitaskTrainer(model=model, args=MultitaskTrainingArguments(**common, **overrides),
+                                       data_collator=lambda features: features)  # batches come collated
+            for regularizer in trainer.regularizers.values():
+                regularizer.on_train_begin(trainer.model)
+            batch = {s.name: batches[s.name] for s in specs} if grouped else batches["sst"]
+        trainer.model = trainer.model_wrapped = trainer.accelerator.prepare_model(trainer.model)  # bf16 autocast
+        setups[name] = (ready(trainer), batch)
+    return setups
+
+
+def timed_step(trainer, batch) -> float:
+    """One optimizer step (forward, backward, surgery or regularisers, AdamW), synchronised; seconds."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    trainer.training_step(trainer.model, batch)
+    trainer.optimizer.step()
+    for regularizer in getattr(trainer, "regularizers", {}).values():
+        regularizer.after_optimizer_step(trainer.model, applied=True)
+    trainer.model.zero_grad(set_to_none=True)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def peak_memory(setups: dict) -> dict[str, float]:
+    """GiB allocated at the peak of one step of each variant (0 on the CPU)."""
+    peaks = {}
+    for name, (trainer, batch) in setups.items():
+        if not torch.cuda.is_available():
+            peaks[name] = 0.0
+            continue
+        torch.cuda.reset_peak_memory_stats()
+        timed_step(trainer, batch)
+        peaks[name] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return peaks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--length", type=int, default=128, help="tokens per sequence")
+    parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU, 3 repeats: checks the script")
+    parser.add_argument("--output", help="write the results as JSON here")
+    args = parser.parse_args()
+    if args.smoke:
+        args.repeats, args.warmup, args.batch_size, args.length = 3, 1, 4, 16
+    elif not torch.cuda.is_available():
+        raise SystemExit("gpu_check: no GPU here (torch.cuda.is_available() is False); --smoke checks the script")
+    setups = build(args)
+    times = {name: [] for name in setups}
+    for repeat in range(args.warmup + args.repeats):
+        for name, (trainer, batch) in setups.items():  # interleaved
+            seconds = timed_step(trainer, batch)
+            if repeat >= args.warmup:
+                times[name].append(seconds)
+    result = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (smoke)",
+              "dtype": "fp32 (smoke)" if args.smoke else "bf16 autocast", "torch": torch.__version__,
+              "encoder": "tiny (smoke)" if args.smoke else "BERT-base shapes, random weights",
+              "batch": [args.batch_size, args.length], "repeats": args.repeats, "variants": {}}
+    peaks = peak_memory(setups)
+    for name, (baseline, _) in VARIANTS.items():
+        ratios = [a / b for a, b in zip(times[name], times[baseline])]
+        low, high = median_interval(ratios)
+        result["variants"][name] = {"step_ms": round(1000 * statistics.median(times[name]), 2), "against": baseline,
+                                    "time_ratio": round(statistics.median(ratios), 3),
+                                    "time_ratio_95": [round(low, 3), round(high, 3)], "peak_gib": peaks[name]}
+    print(json.dumps(result, indent=2))
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
