@@ -9,7 +9,22 @@ from .configuration import MultitaskConfig, is_multitask_model
 from .data import MultitaskCollator, MultitaskDataset, load_task_data, load_task_split, load_tokenized, tokenize_task
 from .export import export_task
 from .inference import MultitaskPipeline, normalize_ptb, predict
-from .kinds import ClassificationKind, RegressionKind, TaskKind, get_kind, register_kind
+from .kinds import (
+    ClassificationKind,
+    MultipleChoiceKind,
+    RegressionKind,
+    TaskKind,
+    TokenClassificationKind,
+    get_kind,
+    register_kind,
+)
+from .loss_weighting import (
+    DynamicWeightAverage,
+    LossWeighting,
+    UncertaintyWeighting,
+    get_loss_weighting,
+    register_loss_weighting,
+)
 from .losses import ordinal_log_loss, symmetric_kl, task_loss
 from .metrics import compute_task_metrics, metric_key, overall_score
 from .model_card import render_model_card, write_model_card
@@ -93,4 +108,11 @@ __all__ = [
     "get_regularizer",
     "register_regularizer",
     "symmetric_kl",
+    "MultipleChoiceKind",
+    "TokenClassificationKind",
+    "DynamicWeightAverage",
+    "LossWeighting",
+    "UncertaintyWeighting",
+    "get_loss_weighting",
+    "register_loss_weighting",
 ]
