@@ -103,7 +103,7 @@ def train_step(trainer: MultitaskTrainer, batch) -> float:
     start = time.perf_counter()
     trainer.training_step(model, batch)
     trainer.optimizer.step()
-    for regularizer in trainer.regularizers.values():
+    for regularizer in getattr(trainer, "regularizers", {}).values():  # (a plain HF Trainer has none)
         regularizer.after_optimizer_step(model, applied=True)  # what the Trainer's on_optimizer_step callback does
     model.zero_grad(set_to_none=True)
     if torch.cuda.is_available():

@@ -19,9 +19,9 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
 
 import torch
+from bench_smart import train_step
 from bench_stats import median_interval
 from bench_steps import ready
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
@@ -86,21 +86,6 @@ def build(args) -> dict[str, tuple]:
     return setups
 
 
-def timed_step(trainer, batch) -> float:
-    """One optimizer step (forward, backward, surgery or regularisers, AdamW), synchronised; seconds."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    trainer.training_step(trainer.model, batch)
-    trainer.optimizer.step()
-    for regularizer in getattr(trainer, "regularizers", {}).values():
-        regularizer.after_optimizer_step(trainer.model, applied=True)
-    trainer.model.zero_grad(set_to_none=True)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 def peak_memory(setups: dict) -> dict[str, float]:
     """GiB allocated at the peak of one step of each variant (0 on the CPU)."""
     peaks = {}
@@ -109,7 +94,7 @@ def peak_memory(setups: dict) -> dict[str, float]:
             peaks[name] = 0.0
             continue
         torch.cuda.reset_peak_memory_stats()
-        timed_step(trainer, batch)
+        train_step(trainer, batch)
         peaks[name] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     return peaks
 
@@ -131,7 +116,7 @@ def main() -> None:
     times = {name: [] for name in setups}
     for repeat in range(args.warmup + args.repeats):
         for name, (trainer, batch) in setups.items():  # interleaved
-            seconds = timed_step(trainer, batch)
+            seconds = train_step(trainer, batch)
             if repeat >= args.warmup:
                 times[name].append(seconds)
     result = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (smoke)",

@@ -173,22 +173,24 @@ def batches(model, task_name: str, features, tokenizer, batch_size: int = 32) ->
     """Padded batches of tokenised `features` (a list of dicts or a tokenised `Dataset`), collated as in training and
     moved to the model's device, with `torch.no_grad()` and the model in eval mode while they are consumed (put back
     in training mode afterwards if it was in it). The one way hf-multitask feeds a model outside the Trainer."""
+    for _, batch in _batches_with_rows(model, task_name, features, tokenizer, batch_size):
+        yield batch
+
+
+def _batches_with_rows(model, task_name: str, features, tokenizer, batch_size: int) -> Iterator[tuple[list, dict]]:
+    """[`batches`], each with the rows (feature dicts) it was collated from."""
     collator = MultitaskCollator(tokenizer, specs=model.specs)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for rows in _row_chunks(features, batch_size):
+            for start in range(0, len(features), batch_size):
+                chunk = features[start:start + batch_size]  # a Dataset's slice is a dict of columns
+                rows = chunk if isinstance(chunk, list) else [dict(zip(chunk, row)) for row in zip(*chunk.values())]
                 batch = collator.collate_one(task_name, rows)
-                yield {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                yield rows, {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     finally:
         model.train(was_training)
-
-
-def _row_chunks(features, batch_size: int) -> Iterator[list[dict]]:
-    for start in range(0, len(features), batch_size):
-        chunk = features[start:start + batch_size]  # a Dataset's slice is a dict of columns
-        yield chunk if isinstance(chunk, list) else [dict(zip(chunk, row)) for row in zip(*chunk.values())]
 
 
 def task_logits(model, task_name: str, features, tokenizer, batch_size: int = 32) -> np.ndarray:
@@ -198,8 +200,7 @@ def task_logits(model, task_name: str, features, tokenizer, batch_size: int = 32
     spec = task_spec(model, task_name)
     kind = spec.task_kind
     outputs = []
-    for rows, batch in zip(_row_chunks(features, batch_size), batches(model, task_name, features, tokenizer,
-                                                                      batch_size)):
+    for rows, batch in _batches_with_rows(model, task_name, features, tokenizer, batch_size):
         logits = model(**batch).logits.float().cpu()
         if not kind.token_level:
             outputs.append(logits)
@@ -309,7 +310,6 @@ def add_tokenizer(model, folder: str | os.PathLike, tokenizer=None) -> bool:
             return False
     tokenizer.save_pretrained(str(folder))
     return True
-
 
 
 # ---- errors of an evaluation ----
