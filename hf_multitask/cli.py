@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import gzip
+import io
 import json
 import os
 import sys
@@ -161,6 +163,9 @@ def evaluate(argv: list[str]) -> dict:
                         help="Also write the N worst-predicted examples of each task (one more prediction pass).")
     parser.add_argument("--errors_output", help="JSON lines, or a .tsv, for them (default: "
                                                 "MODEL_DIR/<split>_errors.jsonl).")
+    parser.add_argument("--predictions", metavar="PATH",
+                        help="Also write every example's prediction and gold label as JSON lines (gzipped when PATH "
+                             "ends in .gz): task, id, labels and the fields `predict` gives.")
     args = parser.parse_args(argv)
     if args.errors < 0:
         raise SystemExit(f"--errors must be >= 0, got {args.errors}")
@@ -178,20 +183,36 @@ def evaluate(argv: list[str]) -> dict:
     metrics = trainer.evaluate(eval_data, metric_key_prefix=args.split)
     print_metrics_table(metrics, specs, prefix=args.split)
     _write_json(Path(args.output or Path(args.model_dir) / f"{args.split}_results.json"), metrics)
+    if args.errors or args.predictions:  # one more prediction pass, per example in file order
+        logits = {spec.name: task_logits(model, spec.name, eval_data[spec.name], tokenizer, args.batch_size)
+                  for spec in specs}
     if args.errors:
-        records = [record for spec in specs for record in worst_examples(
-            spec, raw[spec.name], task_logits(model, spec.name, eval_data[spec.name], tokenizer, args.batch_size),
-            args.errors)]
+        records = [record for spec in specs
+                   for record in worst_examples(spec, raw[spec.name], logits[spec.name], args.errors)]
         path = Path(args.errors_output or Path(args.model_dir) / f"{args.split}_errors.jsonl")
         _write_records(path, records)
         print(f"the {args.errors} worst examples of each task written to {path}")
+    if args.predictions:
+        records = [record for spec in specs for record in example_records(spec, raw[spec.name], logits[spec.name])]
+        _write_records(Path(args.predictions), records)
+        print(f"{len(records)} predictions written to {args.predictions}")
     return metrics
 
 
+def example_records(spec, dataset, logits) -> list[dict]:
+    """Per example of `dataset` (in order): `task`, `id` (the row's id, else its index), the gold `labels` and the
+    kind's prediction fields (`label`/`label_id`/`probability`, `score`, ...)."""
+    ids = dataset["id"] if "id" in dataset.column_names else range(len(dataset))
+    outputs = spec.task_kind.prediction_records(spec, logits)
+    return [{"task": spec.name, "id": example_id, "labels": gold, **fields}
+            for example_id, gold, fields in zip(ids, dataset["labels"], outputs, strict=True)]
+
+
 def _write_records(path: Path, records: list[dict]) -> None:
-    """JSON lines, or a TSV (standard quoting, empty cells for fields a record lacks) when `path` ends in .tsv."""
+    """JSON lines (gzipped when `path` ends in .gz), or a TSV (standard quoting, empty cells for fields a record
+    lacks) when `path` ends in .tsv."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="") as handle:
+    with _open_text(path) as handle:
         if path.suffix != ".tsv":
             handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
             return
@@ -199,6 +220,13 @@ def _write_records(path: Path, records: list[dict]) -> None:
                                 restval="", lineterminator="\n")
         writer.writeheader()
         writer.writerows(records)
+
+
+def _open_text(path: Path):
+    """`path` for writing text; gzipped when it ends in .gz, with no timestamp in the header (same bytes each run)."""
+    if path.suffix != ".gz":
+        return open(path, "w", encoding="utf-8", newline="")
+    return io.TextIOWrapper(gzip.GzipFile(path, "wb", mtime=0), encoding="utf-8", newline="")
 
 
 def predict(argv: list[str]) -> list[dict]:

@@ -121,8 +121,8 @@ class MultitaskModel(PreTrainedModel):
                 nn.init.zeros_(module.weight)
             else:
                 nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+            if module.bias is not None:  # `bias_init`: a regression head's `initial_bias` option
+                nn.init.constant_(module.bias, getattr(module, "bias_init", 0.0))
 
     def get_input_embeddings(self) -> nn.Module:
         return self.encoder.get_input_embeddings()

@@ -1,9 +1,11 @@
 import csv
+import gzip
 import json
 
 import numpy as np
 import pytest
 import torch
+from scipy.stats import pearsonr
 from transformers import AutoModelForSequenceClassification
 
 from hf_multitask import MultitaskConfig, MultitaskModel, cs224n_tasks, load_task_data, predict
@@ -49,6 +51,30 @@ def test_evaluate_errors_as_tsv(model_dir, data_dir):
                                  "sentence", "gold_probability"]
     assert [r["task"] for r in rows] == ["sts", "sts", "sst", "sst"]
     assert rows[2]["sentence1"] == "" and float(rows[2]["gold_probability"]) < 1
+
+
+def test_evaluate_writes_every_prediction_and_they_give_the_reported_metrics(model_dir, data_dir, tiny_model):
+    """`--predictions x.jsonl.gz`: one record per dev example in file order (task, id, gold `labels`, the
+    prediction); accuracy and Pearson r recomputed from the records equal the metrics `evaluate` reports, and the
+    gzip has no timestamp (the same bytes on a second run)."""
+    out = model_dir / "preds.jsonl.gz"
+    main(["evaluate", str(model_dir), "--data", str(data_dir), "--predictions", str(out)])
+    metrics = json.loads((model_dir / "dev_results.json").read_text())
+    first = out.read_bytes()
+    with gzip.open(out, "rt", encoding="utf-8") as handle:
+        records = [json.loads(line) for line in handle]
+    for task in ("sst", "quora", "sts"):
+        gold = load_task_data(tiny_model.specs[task], data_dir, splits=("dev",))["dev"]
+        rows = [r for r in records if r["task"] == task]
+        assert [r["id"] for r in rows] == gold["id"] and [r["labels"] for r in rows] == pytest.approx(gold["labels"])
+        if task == "sts":
+            value = pearsonr([r["score"] for r in rows], [r["labels"] for r in rows])[0]
+            assert value == pytest.approx(metrics["dev_sts_pearson"], abs=1e-5)
+        else:
+            accuracy = np.mean([r["label_id"] == r["labels"] for r in rows])
+            assert accuracy == pytest.approx(metrics[f"dev_{task}_accuracy"], abs=1e-9)
+    main(["evaluate", str(model_dir), "--data", str(data_dir), "--predictions", str(out)])
+    assert out.read_bytes() == first
 
 
 def test_evaluate_without_errors_writes_no_errors_file(model_dir, data_dir):

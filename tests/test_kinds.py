@@ -1,6 +1,7 @@
 """Task kinds: the registry, what each built-in kind rejects when a spec is built, and a kind defined only in
 tests/ (tests/toy_kind.py) that trains, evaluates, saves, reloads, predicts and writes a card with no library edit."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -22,7 +23,7 @@ from hf_multitask.inference import predict_logits
 from hf_multitask.kinds import KINDS, ClassificationKind, get_kind, register_kind
 from hf_multitask.model_card import render_model_card
 
-from .conftest import write_tsv
+from .conftest import make_model, write_tsv
 from .toy_kind import LEVEL_KIND, LEVELS, MLPHead
 
 LEVEL_ROWS = [("a bad film", "low"), ("an awful movie", "low"), ("it is a film", "mid"), ("it was fine", "mid"),
@@ -125,3 +126,22 @@ def test_toy_kind_through_the_command_line(level_data, bert_config, tokenizer, t
     main(["evaluate", str(tmp_path / "model"), "--data", str(level_data), "--errors", "2"])
     errors = [json.loads(line) for line in (tmp_path / "model" / "dev_errors.jsonl").read_text().splitlines()]
     assert len(errors) == 2 and {"gold", "prediction"} <= set(errors[0])
+
+
+def test_regression_initial_bias_starts_at_the_range_centre_and_is_saved(bert_config, tmp_path):
+    """`extra={"initial_bias": "center"}` starts the head's bias at the middle of score_range (2.5 for STS's 0-5)
+    instead of 0; a saved model loads the trained bias, not the starting one; bad values and bi-encoding refused."""
+    centred = dataclasses.replace(get_task("sts"), extra={"initial_bias": "center"})
+    model = make_model(bert_config, [get_task("sst"), centred])
+    assert model.heads["sts"].out_proj.bias.item() == 2.5
+    assert model.heads["sst"].out_proj.bias.abs().max().item() == 0.0
+    with torch.no_grad():
+        model.heads["sts"].out_proj.bias.fill_(1.25)
+    model.save_pretrained(tmp_path)
+    assert MultitaskModel.from_pretrained(tmp_path).heads["sts"].out_proj.bias.item() == 1.25
+    negative = dataclasses.replace(centred, extra={"initial_bias": -1})
+    assert make_model(bert_config, [negative]).heads["sts"].out_proj.bias.item() == -1.0
+    with pytest.raises(ValueError, match="initial_bias must be 'center' or a finite number"):
+        dataclasses.replace(centred, extra={"initial_bias": "middle"})
+    with pytest.raises(ValueError, match="bi-encoded regression head is a scaled cosine"):
+        dataclasses.replace(centred, pair_encoding="bi")

@@ -19,11 +19,15 @@ class RegressionKind(TaskKind):
 
     The head is dropout + linear to one output on the pooled sentence (or cross-encoded pair); for a bi-encoded
     pair it is the cosine of the two sentence vectors scaled onto the range (sentence-transformers' convention).
+
+    Option (`TaskSpec.extra`): `initial_bias`, the linear head's starting bias: `"center"` (the middle of
+    `score_range`, so that early updates need not first learn the scores' offset from 0) or a number; 0 by default.
     """
 
     name = "regression"
     losses = ("mse",)
     metrics = ("pearson", "spearman")
+    options = ("initial_bias",)
 
     def check_spec(self, spec) -> None:
         if spec.score_range is None or len(spec.score_range) != 2 or spec.score_range[0] >= spec.score_range[1]:
@@ -33,6 +37,21 @@ class RegressionKind(TaskKind):
                              "has a score_range")
         spec.score_range = (float(spec.score_range[0]), float(spec.score_range[1]))
         super().check_spec(spec)
+        if "initial_bias" in spec.extra:
+            self.initial_bias(spec)  # validates it
+
+    def initial_bias(self, spec) -> float:
+        """The head's starting bias (`extra["initial_bias"]`: `"center"`, a number, or absent for 0)."""
+        value = spec.extra.get("initial_bias", 0.0)
+        if spec.is_bi_encoded and "initial_bias" in spec.extra:
+            raise ValueError(f"TaskSpec {spec.name!r}: extra initial_bias needs a linear head; a bi-encoded "
+                             "regression head is a scaled cosine without a bias")
+        if value == "center":
+            return (spec.score_range[0] + spec.score_range[1]) / 2
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"TaskSpec {spec.name!r}: extra initial_bias must be 'center' or a finite number, "
+                             f"got {value!r}")
+        return float(value)
 
     def num_labels(self, spec) -> int:
         return 1
@@ -40,7 +59,11 @@ class RegressionKind(TaskKind):
     # ---- the model ----
 
     def build_head(self, spec, hidden_size: int, dropout: float):
-        return CosineRegressionHead(spec.score_range) if spec.is_bi_encoded else SentenceHead(hidden_size, 1, dropout)
+        if spec.is_bi_encoded:
+            return CosineRegressionHead(spec.score_range)
+        head = SentenceHead(hidden_size, 1, dropout)
+        head.out_proj.bias_init = self.initial_bias(spec)  # read by the model's `_init_weights`
+        return head
 
     def loss(self, spec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(logits.float().view(-1), labels.float().view(-1))
