@@ -1,47 +1,60 @@
-"""The CS224N-shaped ablation study as a resumable queue: one training run per row, one at a time.
+"""The CS224N-shaped ablation study as a resumable queue: one training run per row and seed, one at a time.
 
 Every row of the `main` group is a config file under `examples/cs224n/ablation/` (plus the plain-HF single-task
-reference, `examples/cs224n/single_task_hf.py`) with the same budget of 25,600 training examples. A row is done
-when its output directory holds `eval_results.json` and the `row.json` this queue writes after the run (command,
-start and end, wall seconds and peak RSS measured around the subprocess, machine, versions, git commit). A crashed
-row is recorded as failed and runs again on the next `run`; a stopped queue leaves its row not done, so running
-`run` again continues where it stopped. A row that starts from another row's heads is stale once that row has
-been run again after it (`run --rerun`), and runs again too. `table` rewrites the table between the
-`ablation-table` markers of docs/results.md from the results; rows not run yet say so.
+reference, `examples/cs224n/single_task_hf.py`) with the same budget of 25,600 training examples, run with each of
+its seeds (`SEEDS`; the seed moves head init, data order and dropout). A run trains into
+`runs/ablation/r800_<row>/seed<S>/` and writes every dev example's prediction from its evaluation pass
+(`--predictions_file`), which the queue checks against the metrics the run reported. Its results are archived in the
+repository, `benchmarks/results/ablation/<row>/seed<S>/` (`eval_results.json`, `dev_predictions.jsonl.gz` and the
+`run.json` this queue writes: command, start and end, wall seconds, peak RSS, the machine's load during the run,
+versions, git commit): the archive is what says a run is done, so the queue resumes on a fresh clone. A crashed run
+is recorded as failed and runs again on the next `run`; a stopped queue leaves its run not done. A row that starts
+from another row's heads (`transfer`, `best` from `frozen`) pairs seed with seed, and is stale once that row's run
+of the same seed was run again after it. While `runs/ablation/.pause` exists the queue waits before starting the
+next run (to time a benchmark on a quiet machine). `benchmarks/ablation_stats.py` turns the archive into
+docs/results.md's table.
 
-    python benchmarks/ablation.py run [ROW ...]            # rows not done yet, in order (all when none named)
+    python benchmarks/ablation.py run [ROW ...]            # runs not done yet, seed by seed (all rows when none named)
+    python benchmarks/ablation.py run --seeds 42,43 frozen # only these seeds
     python benchmarks/ablation.py run --rerun frozen       # run a done row again (its dependents become stale)
     python benchmarks/ablation.py run --smoke frozen       # 2 steps on 64 examples in /tmp; never in the docs
-    python benchmarks/ablation.py run --group short        # the earlier short-budget rows (docs/results.md)
+    python benchmarks/ablation.py run --group short        # the earlier short-budget rows (one seed)
     python benchmarks/ablation.py status [--group short]
-    python benchmarks/ablation.py table                    # the main group into docs/results.md
-    python benchmarks/ablation.py table --group short --stdout
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
 import importlib.metadata
 import json
 import os
 import platform
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = "examples/cs224n/ablation"
 DOCS = "docs/results.md"
 MARKERS = ("<!-- ablation-table:start -->", "<!-- ablation-table:end -->")
+ARCHIVE = "benchmarks/results/ablation"
+PAUSE = "runs/ablation/.pause"
+DATA_DIR = "../shared/data"
+PREDICTIONS = "dev_predictions.jsonl.gz"
+SEEDS = (42, 43, 44)
 SMOKE_DIR = "/tmp/hf-multitask-ablation-smoke"
 SMOKE_FLAGS = ("--max_train_samples", "64", "--max_eval_samples", "64")
 METRICS = ("eval_sst_accuracy", "eval_quora_accuracy", "eval_sts_pearson", "eval_overall")
@@ -50,22 +63,25 @@ BUSY_SECONDS = 60  # a log written to this recently belongs to a run still going
 
 @dataclass(frozen=True)
 class Row:
-    """One configuration of the study.
+    """One configuration of the study, or one run of it (`at_seed`).
 
     Args:
         name: The row's name on the command line and in the table.
         changes: What the row changes against the main settings (the table's second column).
         command: The command as a user types it (`hf-multitask ...` or `python SCRIPT ...`), run from the repo root.
-        output_dir: Where the run writes `eval_results.json`; the queue adds `row.json`, the log goes to
-            `<output_dir>.log`.
+        output_dir: Where the run writes `eval_results.json`; the log goes to `<output_dir>.log`.
         needs: Rows whose output this row starts from (`init_heads_from`); it is refused until they are done.
+        comparator: The row its effect is measured against (fixed before any result is seen); None for the
+            reference rows themselves.
+        seeds: The seeds the row runs with.
+        seed: Set on one run of the row (`at_seed`): its output and archive are per seed.
 
     Example:
 
     ```python
     >>> row = Row("frozen", "heads only", ("hf-multitask", "train", "frozen.yaml"), "runs/ablation/r800_frozen")
-    >>> row.display
-    'hf-multitask train frozen.yaml'
+    >>> row.at_seed(43).display
+    'hf-multitask train frozen.yaml --seed 43 --output_dir runs/ablation/r800_frozen/seed43'
     ```
     """
 
@@ -74,6 +90,9 @@ class Row:
     command: tuple[str, ...]
     output_dir: str
     needs: tuple[str, ...] = ()
+    comparator: str | None = None
+    seeds: tuple[int, ...] = SEEDS
+    seed: int | None = None
 
     @property
     def display(self) -> str:
@@ -83,43 +102,72 @@ class Row:
     def is_cli(self) -> bool:
         return self.command[0] == "hf-multitask"
 
+    @property
+    def label(self) -> str:
+        return self.name if self.seed is None else f"{self.name} seed {self.seed}"
+
     def log_path(self, root: Path) -> Path:
         return root / f"{self.output_dir}.log"
 
+    def archive(self, root: Path) -> Path:
+        """Where the run's results are kept: `benchmarks/results/ablation/<row>[/seed<S>]`."""
+        return root / ARCHIVE / self.name / ("" if self.seed is None else f"seed{self.seed}")
 
-def config_row(name: str, changes: str, needs: tuple[str, ...] = ()) -> Row:
+    def at_seed(self, seed: int) -> Row:
+        """The run of this row with `seed`: its own output directory, and the heads of the needed rows' run with
+        the same seed."""
+        output_dir = f"{self.output_dir}/seed{seed}"
+        extra = ("--seed", str(seed), "--output_dir", output_dir,
+                 "--predictions_file" if self.is_cli else "--predictions", f"{output_dir}/{PREDICTIONS}")
+        for name in self.needs:
+            extra += ("--init_heads_from", f"{rows_by_name()[name].output_dir}/seed{seed}")
+        return replace(self, command=self.command + extra, output_dir=output_dir, seed=seed)
+
+    def runs(self, seeds: tuple[int, ...] | None = None) -> list[Row]:
+        return [self.at_seed(seed) for seed in self.seeds if seeds is None or seed in seeds]
+
+
+def config_row(name: str, changes: str, comparator: str | None = "cross_annealed", **fields) -> Row:
     """A row whose config is `examples/cs224n/ablation/<name>.yaml`; its output_dir is read from the file."""
     path = f"{CONFIG_DIR}/{name}.yaml"
     output_dir = yaml.safe_load((REPO / path).read_text(encoding="utf-8"))["output_dir"]
-    return Row(name, changes, ("hf-multitask", "train", path), output_dir, needs)
+    return Row(name, changes, ("hf-multitask", "train", path), output_dir, comparator=comparator, **fields)
 
 
 def main_rows() -> list[Row]:
-    """The study at 25,600 training examples per row, in the table's (and the queue's) order."""
+    """The study at 25,600 training examples per row, in the table's (and the queue's) order. Comparators: the
+    main job's settings (`cross_annealed`) for every row but the gradient methods and the loss weighting, which are
+    measured against grouped batches without surgery (`grouped_none`); `aa` is the main settings with three other
+    seeds, against themselves: what "no effect" looks like."""
+    grouped = {"comparator": "grouped_none"}
     return [
         config_row("frozen", "encoder frozen, heads only (lr 1e-2, round-robin)"),
-        config_row("cross_annealed", "none: the main job's settings (cross-encoding, annealed sampling)"),
+        config_row("cross_annealed", "none: the main job's settings (cross-encoding, annealed sampling)", None),
+        Row("aa", "none: the main job's settings with seeds 45-47 (A/A: no effect by construction)",
+            ("hf-multitask", "train", f"{CONFIG_DIR}/cross_annealed.yaml"), "runs/ablation/r800_aa",
+            comparator="cross_annealed", seeds=(45, 46, 47)),
         config_row("bi_annealed", "bi-encoded pairs"),
         config_row("round_robin", "round-robin task sampling"),
         config_row("proportional", "proportional task sampling"),
         config_row("pal", "+ PALs (rank 102)"),
+        config_row("sts_bias_center", "STS head's bias starts at 2.5, the middle of the score range"),
         config_row("grouped_none", "grouped batches (one per task per step), no surgery"),
-        config_row("pcgrad", "grouped batches + PCGrad"),
-        config_row("gradvac", "grouped batches + GradVac"),
-        config_row("mgda", "grouped batches + MGDA"),
-        config_row("upgrad", "grouped batches + UPGrad"),
-        config_row("dualproj", "grouped batches + DualProj"),
-        config_row("imtl_g", "grouped batches + IMTL-G"),
-        config_row("aligned_mtl", "grouped batches + Aligned-MTL"),
-        config_row("uncertainty", "grouped batches + uncertainty loss weighting"),
+        config_row("pcgrad", "grouped batches + PCGrad", **grouped),
+        config_row("gradvac", "grouped batches + GradVac", **grouped),
+        config_row("mgda", "grouped batches + MGDA", **grouped),
+        config_row("upgrad", "grouped batches + UPGrad", **grouped),
+        config_row("dualproj", "grouped batches + DualProj", **grouped),
+        config_row("imtl_g", "grouped batches + IMTL-G", **grouped),
+        config_row("aligned_mtl", "grouped batches + Aligned-MTL", **grouped),
+        config_row("uncertainty", "grouped batches + uncertainty loss weighting", **grouped),
         config_row("smart", "+ SMART on SST and STS"),
         config_row("rdrop", "+ R-Drop on all three tasks (α = 1)"),
         config_row("ordinal", "+ ordinal log loss on SST"),
         config_row("transfer", "full fine-tuning from the frozen row's heads", needs=("frozen",)),
         config_row("best", "round-robin + the frozen row's heads", needs=("frozen",)),
         Row("single_task_hf", "3 separate single-task fine-tunes, plain HF Trainer, 267 batches of 32 each",
-            ("python", "examples/cs224n/single_task_hf.py", "--output_dir", "runs/ablation/r800_single_task_hf"),
-            "runs/ablation/r800_single_task_hf"),
+            ("python", "examples/cs224n/single_task_hf.py"), "runs/ablation/r800_single_task_hf",
+            comparator="cross_annealed"),
     ]
 
 
@@ -140,7 +188,7 @@ def short_rows() -> list[Row]:
         "main_grouped_gradvac": ("--max_steps", "466", *grouped, "gradvac"),
     }
     return [Row(name, " ".join(extra), (*main, *extra, "--output_dir", f"runs/ablation/{name}"),
-                f"runs/ablation/{name}") for name, extra in flags.items()]
+                f"runs/ablation/{name}", seeds=(42,)) for name, extra in flags.items()]
 
 
 GROUPS = {"main": main_rows, "short": short_rows}
@@ -157,30 +205,33 @@ def read_json(path: Path) -> dict | None:
 
 
 def row_state(row: Row, root: Path) -> tuple[str, dict | None, dict | None]:
-    """`(state, record, metrics)`: state is `done`, `failed` or `not run`.
+    """`(state, record, metrics)` of a run, from its archive: state is `done`, `failed` or `not run`.
 
-    Done: `eval_results.json` and a `row.json` saying done.
+    Done: `eval_results.json`, the predictions and a `run.json` saying done.
     """
-    out = root / row.output_dir
-    record, metrics = read_json(out / "row.json"), read_json(out / "eval_results.json")
+    archive = row.archive(root)
+    record, metrics = read_json(archive / "run.json"), read_json(archive / "eval_results.json")
     if record is not None:
-        if record.get("status") == "done" and metrics is not None:
+        if record.get("status") == "done" and metrics is not None and (archive / PREDICTIONS).is_file():
             return "done", record, metrics
         if record.get("status") == "failed":
             return "failed", record, None
     return "not run", record, None
 
 
+def needed_runs(row: Row) -> list[Row]:
+    """The runs `row` starts from: the needed rows' run with the same seed."""
+    needed = [rows_by_name()[name] for name in row.needs]
+    return [r if row.seed is None else r.at_seed(row.seed) for r in needed]
+
+
 def stale_reason(row: Row, record: dict | None, root: Path) -> str | None:
-    """Why a done row's results (`record`, its `row.json`) are out of date: a row it starts from finished again
+    """Why a done run's results (`record`, its `run.json`) are out of date: a run it starts from finished again
     after it started."""
-    for name in row.needs:
-        needed = rows_by_name().get(name)
-        if needed is None or record is None:
-            continue
+    for needed in needed_runs(row):
         state, needed_record, _ = row_state(needed, root)
-        if state == "done" and needed_record.get("end", "") > record.get("start", ""):
-            return (f"row {name!r} was run again after this row started ({needed_record['end']} > "
+        if record is not None and state == "done" and needed_record.get("end", "") > record.get("start", ""):
+            return (f"{needed.label!r} was run again after this run started ({needed_record['end']} > "
                     f"{record['start']}): its heads changed")
     return None
 
@@ -219,11 +270,13 @@ def row_argv(row: Row, root: Path, smoke: bool) -> list[str]:
     """The subprocess's argv: this venv's python for `hf-multitask` and `python`, plus the smoke overrides."""
     head = [sys.executable, "-m", "hf_multitask.cli"] if row.is_cli else [sys.executable]
     argv = [*head, *row.command[1:]]
-    if smoke:
+    if smoke:  # later flags win: the budget, output and heads source move under `root`
         steps = ("--max_steps", "2") if row.is_cli else ("--max_steps_per_task", "2")
         argv += [*steps, *SMOKE_FLAGS, "--output_dir", str(root / row.output_dir)]
-        if row.needs:  # start from the smoke run of the row it depends on
-            argv += ["--init_heads_from", str(root / rows_by_name()[row.needs[0]].output_dir)]
+        if row.seed is not None:
+            argv += ["--predictions_file" if row.is_cli else "--predictions", str(root / row.output_dir / PREDICTIONS)]
+        for needed in needed_runs(row):
+            argv += ["--init_heads_from", str(root / needed.output_dir)]
     elif row.is_cli and any((root / row.output_dir).glob("checkpoint-*")):
         argv += ["--resume_from_checkpoint", "true"]  # only rows that save checkpoints (none of the configs do)
     return argv
@@ -234,30 +287,43 @@ def rows_by_name(group: str = "main") -> dict[str, Row]:
 
 
 def refusal(row: Row, root: Path) -> str | None:
-    """Why `row` cannot run now (a row it needs is not done, or its log is being written), or None."""
-    for name in row.needs:
-        if row_state(rows_by_name()[name], root)[0] != "done":
-            source = root / rows_by_name()[name].output_dir
-            return (f"row {row.name!r} starts from the heads of row {name!r} ({source}), which is not done: "
-                    f"run `python benchmarks/ablation.py run {name}` first")
+    """Why `row` cannot run now (a run it needs is not done or its model is not on this machine, or its log is
+    being written), or None."""
+    for needed in needed_runs(row):
+        source = root / needed.output_dir
+        if row_state(needed, root)[0] != "done" or not (source / "config.json").is_file():
+            seeds = "" if needed.seed is None else f" --seeds {needed.seed}"
+            return (f"{row.label!r} starts from the heads of {needed.label!r} ({source}), which is not done on this "
+                    f"machine: run `python benchmarks/ablation.py run{seeds} {needed.name}` first (with --rerun if "
+                    "its results were archived elsewhere)")
     log = row.log_path(root)
     if log.is_file() and time.time() - log.stat().st_mtime < BUSY_SECONDS:
-        return (f"row {row.name!r}: {log} was written less than {BUSY_SECONDS} s ago, so another run of this row "
-                "seems to be going on; wait for it (or for a minute after a crash) and run again")
+        return (f"{row.label!r}: {log} was written less than {BUSY_SECONDS} s ago, so another run of it seems to be "
+                "going on; wait for it (or for a minute after a crash) and run again")
     return None
 
 
-def run_row(row: Row, root: Path, smoke: bool = False) -> dict:
-    """Run one row as a subprocess (HF_HUB_OFFLINE=1, output to its log), then write and return its `row.json`.
+class LoadSampler(threading.Thread):
+    """Samples the 1-minute load average every `interval` seconds while a run goes on: how busy the machine was."""
 
-    Wall time and peak RSS (`ru_maxrss` of this child alone, from `wait4`) are measured here, around the process.
-    Interrupting the queue stops the child and writes nothing: the row stays not done.
-    """
-    out, log = root / row.output_dir, row.log_path(root)
-    out.mkdir(parents=True, exist_ok=True)
-    argv = row_argv(row, root, smoke)
+    def __init__(self, interval: float = 30.0):
+        super().__init__(daemon=True)
+        self.interval, self.samples, self.stopped = interval, [os.getloadavg()[0]], threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            self.samples.append(os.getloadavg()[0])
+
+    def summary(self) -> dict:
+        self.stopped.set()
+        return {"mean": round(sum(self.samples) / len(self.samples), 2), "max": round(max(self.samples), 2),
+                "samples": len(self.samples)}
+
+
+def run_logged(argv: list[str], log: Path) -> tuple[int, float]:
+    """Run `argv` from the repo root with HF_HUB_OFFLINE=1, output to `log`. Returns (exit code, peak RSS in MB of
+    the child alone, from `wait4`); interrupting stops the child."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    start, began = datetime.now(timezone.utc), time.monotonic()
     with open(log, "w", encoding="utf-8") as handle:
         process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT)
         try:
@@ -266,16 +332,81 @@ def run_row(row: Row, root: Path, smoke: bool = False) -> dict:
             process.terminate()
             process.wait()
             raise
-    process.returncode = os.waitstatus_to_exitcode(status)
-    ok = process.returncode == 0 and (out / "eval_results.json").is_file()
-    record = {"row": row.name, "status": "done" if ok else "failed", "command": row.display, "argv": argv,
-              "exit_code": process.returncode, "log": str(log), "smoke": smoke,
-              "start": start.isoformat(timespec="seconds"),
-              "end": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "wall_seconds": round(time.monotonic() - began, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-              "machine": machine_info(), **software_info()}
-    (out / "row.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024
+
+
+def run_row(row: Row, root: Path, smoke: bool = False) -> dict:
+    """Run one row (or one seed of it) as a subprocess (it writes its dev predictions from its evaluation pass),
+    check the predictions against the metrics it reported, archive the results with `run.json`, and return the
+    record.
+
+    Wall time (training and evaluation) and peak RSS are measured around the process, the load average sampled
+    during it. Interrupting the queue stops the child and archives nothing: the
+    run stays not done.
+    """
+    out, log, archive = root / row.output_dir, row.log_path(root), row.archive(root)
+    out.mkdir(parents=True, exist_ok=True)
+    argv = row_argv(row, root, smoke)
+    start, began, load = datetime.now(timezone.utc), time.monotonic(), LoadSampler()
+    load.start()
+    code, rss = run_logged(argv, log)
+    wall, load_summary = time.monotonic() - began, load.summary()
+    problem = None if code == 0 and (out / "eval_results.json").is_file() else f"exit code {code}"
+    if problem is None and row.seed is not None:
+        problem = check_predictions(out / PREDICTIONS, read_json(out / "eval_results.json"))
+    record = {"row": row.name, "seed": row.seed, "status": "failed" if problem else "done", "problem": problem,
+              "command": row.display, "argv": argv, "exit_code": code, "log": str(log),
+              "smoke": smoke, "start": start.isoformat(timespec="seconds"),
+              "end": datetime.now(timezone.utc).isoformat(timespec="seconds"), "wall_seconds": round(wall, 1),
+              "peak_rss_mb": round(rss, 1), "load_average": load_summary, "machine": machine_info(),
+              **software_info()}
+    archive.mkdir(parents=True, exist_ok=True)
+    for name in ("eval_results.json", PREDICTIONS):
+        if problem is None and (out / name).is_file():
+            shutil.copyfile(out / name, archive / name)
+    (archive / "run.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return record
+
+
+def read_predictions(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """`{task: {"id", "gold", "predicted"}}` from a predictions file: the predicted class id (`label_id`) of a
+    classification task, the score of a regression one, in file order."""
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        records = [json.loads(line) for line in handle]
+    tasks: dict[str, dict[str, list]] = {}
+    for record in records:
+        task = tasks.setdefault(record["task"], {"id": [], "gold": [], "predicted": []})
+        task["id"].append(record["id"])
+        task["gold"].append(record["labels"])
+        task["predicted"].append(record["score"] if "score" in record else record["label_id"])
+    return {name: {key: np.asarray(values) for key, values in task.items()} for name, task in tasks.items()}
+
+
+def task_score(gold: np.ndarray, predicted: np.ndarray) -> tuple[str, float]:
+    """(metric, value): accuracy for integer predictions (class ids), Pearson r for float ones (scores)."""
+    if np.issubdtype(predicted.dtype, np.integer):
+        return "accuracy", float((gold == predicted).mean())
+    return "pearson", float(np.corrcoef(gold.astype(float), predicted.astype(float))[0, 1])
+
+
+def metrics_from_predictions(path: Path) -> dict[str, float]:
+    """`eval_<task>_<metric>` and `eval_overall` (mean of accuracies and (r + 1) / 2) recomputed from a file."""
+    metrics, unit = {}, []
+    for task, data in read_predictions(path).items():
+        metric, value = task_score(data["gold"], data["predicted"])
+        metrics[f"eval_{task}_{metric}"] = value
+        unit.append((value + 1) / 2 if metric == "pearson" else value)
+    metrics["eval_overall"] = float(np.mean(unit))
+    return metrics
+
+
+def check_predictions(path: Path, metrics: dict) -> str | None:
+    """None when the metrics recomputed from the predictions file equal those training reported (1e-4), else why."""
+    if not path.is_file():
+        return f"no predictions file {path}"
+    again = metrics_from_predictions(path)
+    wrong = {k: (v, metrics.get(k)) for k, v in again.items() if metrics.get(k) is None or abs(v - metrics[k]) > 1e-4}
+    return f"{path}: metrics from the predictions differ from eval_results.json: {wrong}" if wrong else None
 
 
 def process_alive(pid: int) -> bool:
@@ -313,31 +444,48 @@ def select_rows(group: str, names: list[str]) -> list[Row]:
     return [row for row in rows if not names or row.name in names]
 
 
-def run_queue(rows: list[Row], root: Path, smoke: bool = False, rerun: tuple[str, ...] = ()) -> int:
-    """Run the rows not done yet, the stale ones and those in `rerun` (smoke: every row), one at a time.
+def expand_runs(rows: list[Row], seeds: tuple[int, ...] | None = None) -> list[Row]:
+    """Every row's runs, seed by seed: the first seed of every row, then the second, ... (`seeds`: only those)."""
+    depth = max((len(row.seeds) for row in rows), default=0)
+    return [row.at_seed(row.seeds[i]) for i in range(depth) for row in rows
+            if i < len(row.seeds) and (seeds is None or row.seeds[i] in seeds)]
+
+
+def wait_while_paused(root: Path, poll: float = 30.0) -> None:
+    """Wait while `runs/ablation/.pause` exists (someone is timing a benchmark)."""
+    pause = root / PAUSE
+    if pause.exists():
+        print(f"paused: {pause} exists; the next run starts when it is removed", flush=True)
+    while pause.exists():
+        time.sleep(poll)
+
+
+def run_queue(runs: list[Row], root: Path, smoke: bool = False, rerun: tuple[str, ...] = ()) -> int:
+    """Run the runs not done yet, the stale ones and those of the rows in `rerun` (smoke: every run), one at a time.
 
     Returns the number failed or refused."""
     problems = 0
-    for row in rows:
+    for row in runs:
         state, record, _ = row_state(row, root)
         if not smoke and row.name not in rerun and state == "done":
             stale = stale_reason(row, record, root)
             if stale is None:
-                print(f"skip {row.name}: done")
+                print(f"skip {row.label}: done")
                 continue
-            print(f"{row.name} is stale, running it again: {stale}")
+            print(f"{row.label} is stale, running it again: {stale}")
         reason = refusal(row, root)
         if reason:
             print(f"refused: {reason}")
             problems += 1
             continue
-        previous = root / row.output_dir / "row.json"
-        if previous.is_file():  # an interrupted rerun leaves the row not done, not with the old record
-            previous.replace(previous.with_name("row.previous.json"))
-        print(f"=== {row.name}: {row.display}  (log: {row.log_path(root)})", flush=True)
+        wait_while_paused(root)
+        previous = row.archive(root) / "run.json"
+        if previous.is_file():  # an interrupted rerun leaves the run not done, not with the old record
+            previous.replace(previous.with_name("run.previous.json"))
+        print(f"=== {row.label}: {row.display}  (log: {row.log_path(root)})", flush=True)
         record = run_row(row, root, smoke)
-        print(f"{record['status']} {row.name} in {format_seconds(record['wall_seconds'])}"
-              + ("" if record["status"] == "done" else f"; see {record['log']}"), flush=True)
+        print(f"{record['status']} {row.label} in {format_seconds(record['wall_seconds'])}"
+              + ("" if record["status"] == "done" else f"; {record.get('problem')}; see {record['log']}"), flush=True)
         problems += record["status"] != "done"
     return problems
 
@@ -355,30 +503,6 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-def short_machine(record: dict) -> str:
-    machine = record.get("machine")
-    return f"{machine['nproc']} cores, {machine['cpu']}" if machine else "dev machine (see above)"
-
-
-def table_line(row: Row, root: Path) -> str:
-    state, record, metrics = row_state(row, root)
-    if state == "done" and stale_reason(row, record, root) is not None:
-        cells = ["stale: to run again"] * len(METRICS) + ["—", "—"]
-    elif state == "done":
-        cells = [f"{metrics[key]:.4f}" if key in metrics else "—" for key in METRICS]
-        cells += [format_seconds(record["wall_seconds"]), short_machine(record)]
-    else:
-        cells = [state if state == "failed" else "not run yet"] * len(METRICS) + ["—", "—"]
-    command = row.display.replace("|", "\\|")
-    return "| " + " | ".join([row.name, row.changes, f"`{command}`", *cells]) + " |"
-
-
-def render_table(rows: list[Row], root: Path) -> str:
-    """The markdown table of `rows`, in their order, from the results under `root`."""
-    header = "| row | what changes | command | SST acc | Quora acc | STS r | overall | wall time | machine |"
-    return "\n".join([header, "|---|---|---|---:|---:|---:|---:|---:|---|", *(table_line(r, root) for r in rows)])
-
-
 def replace_between_markers(text: str, table: str, source: str = DOCS) -> str:
     """`text` with everything between the two `ablation-table` markers replaced by `table`."""
     start, end = text.find(MARKERS[0]), text.find(MARKERS[1])
@@ -387,53 +511,50 @@ def replace_between_markers(text: str, table: str, source: str = DOCS) -> str:
     return text[: start + len(MARKERS[0])] + "\n" + table + "\n" + text[end:]
 
 
-def print_status(rows: list[Row], root: Path) -> None:
-    for row in rows:
+def print_status(runs: list[Row], root: Path) -> None:
+    """One line per run: done (overall, wall time, mean load), stale, failed (why) or not run (or why refused)."""
+    for row in runs:
         state, record, metrics = row_state(row, root)
         detail = ""
         if state == "done":
-            overall = metrics.get("eval_overall", float("nan"))
-            detail = f"overall {overall:.4f}, {format_seconds(record['wall_seconds'])}"
+            load = record.get("load_average") or {}
+            detail = (f"overall {metrics.get('eval_overall', float('nan')):.4f}, "
+                      f"{format_seconds(record['wall_seconds'])}, load {load.get('mean', '?')}")
             stale = stale_reason(row, record, root)
             if stale:
                 state, detail = "stale", f"{detail}; runs again on the next `run`: {stale}"
         elif state == "failed":
-            detail = f"exit code {record.get('exit_code')}, log {record.get('log')}; runs again on the next `run`"
+            detail = f"{record.get('problem') or record.get('exit_code')}, log {record.get('log')}; runs again"
         else:
             detail = refusal(row, root) or ""
-        print(f"{row.name:<22} {state:<8} {detail}")
+        print(f"{row.label:<26} {state:<8} {detail}")
+    done = sum(row_state(row, root)[0] == "done" for row in runs)
+    print(f"{done} of {len(runs)} runs done")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=("run", "table", "status"))
+    parser.add_argument("action", choices=("run", "status"))
     parser.add_argument("rows", nargs="*", help="Rows to run (default: every row of the group).")
     parser.add_argument("--group", choices=sorted(GROUPS), default="main")
+    parser.add_argument("--seeds", type=lambda text: tuple(int(v) for v in text.split(",")),
+                        help="Only the runs with these seeds, comma-separated: --seeds 42,43.")
     parser.add_argument("--smoke", action="store_true", help="2 steps, 64 examples per task, in --smoke_dir.")
     parser.add_argument("--smoke_dir", default=SMOKE_DIR)
-    parser.add_argument("--stdout", action="store_true", help="table: print it instead of writing docs/results.md.")
     parser.add_argument("--rerun", action="store_true",
                         help="run: run the named rows again even when done (rows that start from them then "
                              "count as stale and run again too).")
     args = parser.parse_intermixed_args(argv)  # rows and flags in any order
-    rows, root = select_rows(args.group, args.rows), Path(args.smoke_dir) if args.smoke else REPO
+    root = Path(args.smoke_dir) if args.smoke else REPO
+    runs = expand_runs(select_rows(args.group, args.rows), args.seeds)
     if args.action == "status":
-        print_status(rows, root)
-    elif args.action == "table":
-        table = render_table(rows, REPO)  # never the smoke results
-        if args.stdout or args.group != "main":
-            print(table)
-        else:
-            docs = REPO / DOCS
-            docs.write_text(replace_between_markers(docs.read_text(encoding="utf-8"), table), encoding="utf-8")
-            print(f"table of {len(rows)} rows written to {docs}")
-    else:
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `kill` also stops the running row
-        with queue_lock(root):
-            if args.rerun and not args.rows:
-                raise SystemExit("--rerun needs the rows to run again, by name")
-            return min(run_queue(rows, root, args.smoke, tuple(args.rows) if args.rerun else ()), 1)
-    return 0
+        print_status(runs, root)
+        return 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `kill` also stops the running row
+    with queue_lock(root):
+        if args.rerun and not args.rows:
+            raise SystemExit("--rerun needs the rows to run again, by name")
+        return min(run_queue(runs, root, args.smoke, tuple(args.rows) if args.rerun else ()), 1)
 
 
 if __name__ == "__main__":

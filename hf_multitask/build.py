@@ -73,6 +73,9 @@ class DataArguments:
     eval_split: str = field(default="dev", metadata={"help": "Split name of the evaluation files."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N rows of each task."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N eval rows per task."})
+    predictions_file: str | None = field(default=None, metadata={
+        "help": "After training, also write every eval example's prediction and gold label here (JSON lines, "
+                "gzipped for .gz; the format of `hf-multitask evaluate --predictions`), from the evaluation pass."})
 
 
 def build_task_specs(model_args: ModelArguments) -> list[TaskSpec]:

@@ -123,13 +123,33 @@ def train(argv: list[str]) -> dict:
     resume = training_args.resume_from_checkpoint
     # `--resume_from_checkpoint true` (or `last`): the last complete checkpoint of output_dir
     trainer.train(resume_from_checkpoint=True if str(resume).lower() in ("true", "last") else resume)
-    metrics = trainer.evaluate()
+    metrics = _evaluate_after_training(trainer, specs, eval_data, data_args.predictions_file)
     trainer.save_model(training_args.output_dir)
     trainer.save_state()
     if trainer.is_world_process_zero():
         print_metrics_table(metrics, specs)
         _write_json(Path(training_args.output_dir) / "eval_results.json", metrics)
     return metrics
+
+
+def _evaluate_after_training(trainer, specs, eval_data, predictions_file: str | None) -> dict:
+    """`trainer.evaluate()`, or with `predictions_file`, `trainer.predict` on the same data: the same metrics
+    (logged as evaluate logs them) and every example's prediction written from that pass."""
+    if not predictions_file:
+        return trainer.evaluate()
+    output = trainer.predict(eval_data, metric_key_prefix="eval")
+    trainer.log(output.metrics)
+    records = []
+    for spec in specs:
+        logits = output.predictions[spec.name]
+        if spec.task_kind.token_level:  # per-token logits; the per-word outputs come from the kind's own pass
+            logits = task_logits(trainer.model, spec.name, eval_data[spec.name], trainer.processing_class,
+                                 trainer.args.per_device_eval_batch_size)
+        records += example_records(spec, eval_data[spec.name], logits)
+    if trainer.is_world_process_zero():
+        _write_records(Path(predictions_file), records)
+        print(f"{len(records)} predictions written to {predictions_file}")
+    return output.metrics
 
 
 def _print_summary(model, specs, train_data, args) -> None:

@@ -73,6 +73,7 @@ CHANGES = {
     "aligned_mtl": {"task_sampling_grouped": True, "gradient_surgery": "aligned_mtl"},
     "uncertainty": {"task_sampling_grouped": True, "gradient_surgery": "none", "loss_weighting": "uncertainty"},
     "smart": {"smart_tasks": ["sst", "sts"]},
+    "sts_bias_center": {"task_overrides": {"sts": {"extra": {"initial_bias": "center"}}}},
     "rdrop": {"regularizers": {"rdrop": {"tasks": ["sst", "quora", "sts"], "alpha": 1.0}}},
     "ordinal": {"task_overrides": {"sst": {"loss": "ordinal"}}},
     "transfer": {"init_heads_from": "runs/ablation/r800_frozen"},

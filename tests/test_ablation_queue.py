@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
 import os
@@ -9,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -17,73 +19,58 @@ ablation = sys.modules["ablation"] = importlib.util.module_from_spec(_spec)  # d
 _spec.loader.exec_module(ablation)
 
 METRICS = {"eval_sst_accuracy": 0.5, "eval_quora_accuracy": 0.8, "eval_sts_pearson": 0.85, "eval_overall": 0.7083}
-LEGACY_FOOTER = """\
-	Command being timed: "hf-multitask train examples/cs224n/main.yaml --max_steps 400 --output_dir runs/ablation/x"
-	Elapsed (wall clock) time (h:mm:ss or m:ss): 6:10.60
-	Maximum resident set size (kbytes): 3350188
-	Exit status: {status}
-"""
+
+
+def write_predictions(path: Path, sst=(1, 0, 2, 2), sts=(0.5, 2.0, 4.0)) -> None:
+    """A predictions file: SST predicted ids against gold (1, 0, 2, 3): 3 of 4 right; STS scores against (1, 2, 5)."""
+    records = [{"task": "sst", "id": f"s{i}", "labels": g, "label_id": p} for i, (g, p) in enumerate(zip(
+        (1, 0, 2, 3), sst))] + [{"task": "sts", "id": f"t{i}", "labels": g, "score": p}
+                                for i, (g, p) in enumerate(zip((1.0, 2.0, 5.0), sts))]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(r) + "\n" for r in records)
 
 
 def write_result(root: Path, row, status: str | None = "done", metrics: dict | None = METRICS, **record) -> Path:
-    out = root / row.output_dir
-    out.mkdir(parents=True, exist_ok=True)
+    """A run's archive as the queue leaves it (and its model directory, for the rows that start from it)."""
+    archive = row.archive(root)
+    archive.mkdir(parents=True, exist_ok=True)
+    (root / row.output_dir).mkdir(parents=True, exist_ok=True)
+    (root / row.output_dir / "config.json").write_text("{}")
     if metrics is not None:
-        (out / "eval_results.json").write_text(json.dumps(metrics))
+        (archive / "eval_results.json").write_text(json.dumps(metrics))
+        write_predictions(archive / ablation.PREDICTIONS)
     if status is not None:
-        record = {"status": status, "wall_seconds": 581.0, "log": f"{out}.log",
+        record = {"status": status, "wall_seconds": 581.0, "log": f"{root / row.output_dir}.log",
                   "machine": {"nproc": 2, "cpu": "AMD EPYC"}, **record}
-        (out / "row.json").write_text(json.dumps(record))
-    return out
+        (archive / "run.json").write_text(json.dumps(record))
+    return archive
 
 
-def fake_row(name: str, code: str = "", needs=()) -> ablation.Row:
-    return ablation.Row(name, f"changes of {name}", ("python", "-c", code), f"runs/ablation/{name}", needs)
+def fake_row(name: str, code: str = "", needs=(), seeds=(7,)) -> ablation.Row:
+    return ablation.Row(name, f"changes of {name}", ("python", "-c", code), f"runs/ablation/{name}", needs,
+                        seeds=seeds)
 
 
 def test_row_state_not_run_without_results(tmp_path):
     assert ablation.row_state(fake_row("a"), tmp_path)[0] == "not run"
 
 
-def test_row_state_done_needs_eval_results_and_row_json(tmp_path):
+def test_row_state_done_needs_eval_results_predictions_and_run_json(tmp_path):
     row = fake_row("a")
     write_result(tmp_path, row, status=None)
     assert ablation.row_state(row, tmp_path)[0] == "not run"  # killed after eval, before the queue's record
     write_result(tmp_path, row, status="done")
     state, record, metrics = ablation.row_state(row, tmp_path)
     assert (state, record["wall_seconds"], metrics) == ("done", 581.0, METRICS)
+    (row.archive(tmp_path) / ablation.PREDICTIONS).unlink()
+    assert ablation.row_state(row, tmp_path)[0] == "not run"
 
 
 def test_row_state_failed_record_is_failed_even_with_stale_results(tmp_path):
     row = fake_row("a")
     write_result(tmp_path, row, status="failed", exit_code=1)
     assert ablation.row_state(row, tmp_path)[0] == "failed"
-
-
-@pytest.mark.parametrize("exit_status", [0, 1])
-def test_row_state_ignores_the_removed_shell_queues_log(tmp_path, exit_status):
-    """benchmarks/ablation_queue.sh (removed) left results and a `/usr/bin/time -v` log but no row.json."""
-    row = fake_row("a")
-    write_result(tmp_path, row, status=None)
-    row.log_path(tmp_path).write_text("training...\n" + LEGACY_FOOTER.format(status=exit_status))
-    assert ablation.row_state(row, tmp_path) == ("not run", None, None)
-
-
-def test_render_table_fills_done_rows_and_marks_the_others(tmp_path):
-    done, failed, missing = fake_row("done_row"), fake_row("failed_row"), fake_row("missing_row")
-    write_result(tmp_path, done)
-    write_result(tmp_path, failed, status="failed", metrics=None)
-    lines = ablation.render_table([done, failed, missing], tmp_path).splitlines()
-    assert lines[0].startswith("| row | what changes | command | SST acc | Quora acc | STS r | overall | wall time")
-    assert [line.split(" | ")[0] for line in lines[2:]] == ["| done_row", "| failed_row", "| missing_row"]
-    assert "| 0.5000 | 0.8000 | 0.8500 | 0.7083 | 9 min 41 s | 2 cores, AMD EPYC |" in lines[2]
-    assert lines[3].endswith("| failed | failed | failed | failed | — | — |")
-    assert lines[4].count("not run yet") == 4 and lines[4].endswith("| — | — |")
-
-
-def test_render_table_escapes_pipes_in_commands(tmp_path):
-    row = ablation.Row("r", "c", ("python", "-c", "a | b"), "runs/ablation/r")
-    assert "`python -c 'a \\| b'`" in ablation.render_table([row], tmp_path)
 
 
 def test_replace_between_markers_keeps_the_rest_of_the_page():
@@ -99,11 +86,17 @@ def test_replace_between_markers_without_markers_is_an_error():
         ablation.replace_between_markers("# Results\n", "| t |", "docs/results.md")
 
 
-def test_transfer_is_refused_until_frozen_is_done(tmp_path):
+def test_transfer_is_refused_until_frozen_of_the_same_seed_is_done_here(tmp_path):
     rows = ablation.rows_by_name()
-    assert "run `python benchmarks/ablation.py run frozen` first" in ablation.refusal(rows["transfer"], tmp_path)
-    write_result(tmp_path, rows["frozen"])
-    assert ablation.refusal(rows["transfer"], tmp_path) is None
+    transfer = rows["transfer"].at_seed(43)
+    assert transfer.command[-2:] == ("--init_heads_from", "runs/ablation/r800_frozen/seed43")
+    assert "run `python benchmarks/ablation.py run --seeds 43 frozen` first" in ablation.refusal(transfer, tmp_path)
+    write_result(tmp_path, rows["frozen"].at_seed(42))
+    assert "'frozen seed 43'" in ablation.refusal(transfer, tmp_path)
+    write_result(tmp_path, rows["frozen"].at_seed(43))
+    assert ablation.refusal(transfer, tmp_path) is None
+    (tmp_path / "runs/ablation/r800_frozen/seed43/config.json").unlink()  # archived, but the model is elsewhere
+    assert "not done on this machine" in ablation.refusal(transfer, tmp_path)
 
 
 def test_a_row_whose_log_is_being_written_is_refused(tmp_path):
@@ -116,16 +109,42 @@ def test_a_row_whose_log_is_being_written_is_refused(tmp_path):
     assert ablation.refusal(row, tmp_path) is None
 
 
-def test_run_row_records_the_run(tmp_path):
-    out = tmp_path / "runs/ablation/ok"
-    code = f"import json; open({str(out / 'eval_results.json')!r}, 'w').write(json.dumps({METRICS!r})); print('hi')"
-    record = ablation.run_row(fake_row("ok", code), tmp_path)
-    assert record["status"] == "done" and record["exit_code"] == 0 and record["wall_seconds"] >= 0
+def script_run(tmp_path, metrics: dict, sst=(1, 0, 2, 2)) -> ablation.Row:
+    """A script row whose run writes `metrics` and the predictions `write_predictions` makes."""
+    out = tmp_path / "runs/ablation/ok/seed7"
+    code = (f"import json, sys; sys.path.insert(0, {str(REPO / 'tests')!r}); from test_ablation_queue import "
+            f"write_predictions; from pathlib import Path; open({str(out / 'eval_results.json')!r}, 'w')"
+            f".write(json.dumps({metrics!r})); write_predictions(Path({str(out / ablation.PREDICTIONS)!r}), "
+            f"sst={sst!r}); print('hi')")
+    return fake_row("ok", code).at_seed(7)
+
+
+# SST 3 of 4 right; STS r of (0.5, 2, 4) against (1, 2, 5); overall = (0.75 + (r + 1) / 2) / 2
+R = float(np.corrcoef([1.0, 2.0, 5.0], [0.5, 2.0, 4.0])[0, 1])
+TRUE = {"eval_sst_accuracy": 0.75, "eval_sts_pearson": R, "eval_overall": (0.75 + (R + 1) / 2) / 2}
+
+
+def test_run_row_records_checks_and_archives_the_run(tmp_path):
+    row = script_run(tmp_path, TRUE)
+    record = ablation.run_row(row, tmp_path)
+    assert record["status"] == "done" and record["exit_code"] == 0 and record["wall_seconds"] >= 0, record
     assert record["peak_rss_mb"] > 1 and record["machine"]["nproc"] >= 1 and "torch" in record
+    assert record["seed"] == 7 and record["load_average"]["samples"] >= 1
     assert record["argv"][0] == sys.executable and record["command"].startswith("python -c ")
-    assert json.loads((out / "row.json").read_text()) == record
-    assert (tmp_path / "runs/ablation/ok.log").read_text() == "hi\n"
-    assert ablation.row_state(fake_row("ok", code), tmp_path)[0] == "done"
+    archive = tmp_path / ablation.ARCHIVE / "ok" / "seed7"
+    assert json.loads((archive / "run.json").read_text()) == record
+    assert json.loads((archive / "eval_results.json").read_text()) == TRUE
+    assert ablation.metrics_from_predictions(archive / ablation.PREDICTIONS) == pytest.approx(TRUE)
+    assert (tmp_path / "runs/ablation/ok/seed7.log").read_text() == "hi\n"
+    assert ablation.row_state(row, tmp_path)[0] == "done"
+
+
+def test_run_row_fails_a_run_whose_predictions_do_not_give_its_metrics(tmp_path):
+    row = script_run(tmp_path, TRUE, sst=(0, 0, 2, 1))  # 2 of 4 right, but 0.75 reported
+    record = ablation.run_row(row, tmp_path)
+    assert record["status"] == "failed" and "eval_sst_accuracy" in record["problem"]
+    assert ablation.row_state(row, tmp_path)[0] == "failed"
+    assert not (row.archive(tmp_path) / "eval_results.json").exists()
 
 
 def test_run_row_records_a_crash_as_failed(tmp_path):
@@ -162,7 +181,7 @@ def test_rerun_runs_a_done_row_again_and_an_interrupted_rerun_leaves_it_not_done
     with pytest.raises(KeyboardInterrupt):
         ablation.run_queue([row], tmp_path, rerun=("done_row",))
     assert ablation.row_state(row, tmp_path)[0] == "not run"
-    assert (tmp_path / row.output_dir / "row.previous.json").is_file()
+    assert (row.archive(tmp_path) / "run.previous.json").is_file()
 
 
 def test_a_row_whose_heads_source_ran_again_is_stale_and_runs_again(tmp_path, monkeypatch):
@@ -173,8 +192,7 @@ def test_a_row_whose_heads_source_ran_again_is_stale_and_runs_again(tmp_path, mo
     assert ablation.stale_reason(rows["transfer"], transfer_record, tmp_path) is None
     write_result(tmp_path, rows["frozen"], start="2026-11-28T01:00:00+00:00", end="2026-11-28T01:05:00+00:00")
     reason = ablation.stale_reason(rows["transfer"], transfer_record, tmp_path)
-    assert "row 'frozen' was run again after this row started" in reason
-    assert "stale: to run again" in ablation.table_line(rows["transfer"], tmp_path)
+    assert "'frozen' was run again after this run started" in reason
     ran = []
     monkeypatch.setattr(ablation, "run_row", lambda row, root, smoke=False: ran.append(row.name) or
                         {"status": "done", "wall_seconds": 1.0})
@@ -190,13 +208,42 @@ def test_run_queue_continues_past_a_refused_row(tmp_path, monkeypatch):
 
 def test_smoke_argv_overrides_budget_output_and_heads_source(tmp_path):
     rows = ablation.rows_by_name()
-    argv = ablation.row_argv(rows["transfer"], tmp_path, smoke=True)
+    argv = ablation.row_argv(rows["transfer"].at_seed(43), tmp_path, smoke=True)
     assert argv[:5] == [sys.executable, "-m", "hf_multitask.cli", "train", "examples/cs224n/ablation/transfer.yaml"]
-    assert argv[5:] == ["--max_steps", "2", *ablation.SMOKE_FLAGS, "--output_dir",
-                        str(tmp_path / "runs/ablation/r800_transfer"), "--init_heads_from",
-                        str(tmp_path / "runs/ablation/r800_frozen")]
-    script = ablation.row_argv(rows["single_task_hf"], tmp_path, smoke=True)
+    out = "runs/ablation/r800_transfer/seed43"
+    assert argv[5:13] == ["--seed", "43", "--output_dir", out, "--predictions_file", f"{out}/{ablation.PREDICTIONS}",
+                          "--init_heads_from", "runs/ablation/r800_frozen/seed43"]
+    assert argv[13:] == ["--max_steps", "2", *ablation.SMOKE_FLAGS, "--output_dir", str(tmp_path / out),
+                         "--predictions_file", str(tmp_path / out / ablation.PREDICTIONS), "--init_heads_from",
+                         str(tmp_path / "runs/ablation/r800_frozen/seed43")]
+    script = ablation.row_argv(rows["single_task_hf"].at_seed(42), tmp_path, smoke=True)
     assert script[1] == "examples/cs224n/single_task_hf.py" and "--max_steps_per_task" in script
+    assert script[-2:] == ["--predictions", str(tmp_path / "runs/ablation/r800_single_task_hf/seed42" /
+                                                ablation.PREDICTIONS)]
+
+
+def test_runs_go_seed_by_seed_and_each_has_its_own_output_and_archive(tmp_path):
+    rows = [ablation.rows_by_name()[name] for name in ("frozen", "aa", "transfer")]
+    runs = ablation.expand_runs(rows)
+    assert [r.label for r in runs] == ["frozen seed 42", "aa seed 45", "transfer seed 42", "frozen seed 43",
+                                       "aa seed 46", "transfer seed 43", "frozen seed 44", "aa seed 47",
+                                       "transfer seed 44"]
+    assert [r.label for r in ablation.expand_runs(rows, seeds=(43, 46))] == ["frozen seed 43", "aa seed 46",
+                                                                              "transfer seed 43"]
+    assert runs[1].command[:3] == ("hf-multitask", "train", "examples/cs224n/ablation/cross_annealed.yaml")
+    assert runs[1].output_dir == "runs/ablation/r800_aa/seed45"
+    assert runs[1].archive(tmp_path) == tmp_path / "benchmarks/results/ablation/aa/seed45"
+
+
+def test_the_queue_waits_while_the_pause_file_exists(tmp_path, monkeypatch):
+    pause = tmp_path / ablation.PAUSE
+    pause.parent.mkdir(parents=True)
+    pause.touch()
+    polls = []
+    monkeypatch.setattr(ablation.time, "sleep", lambda seconds: polls.append(seconds) or (
+        len(polls) == 3 and pause.unlink()))
+    ablation.wait_while_paused(tmp_path, poll=5)
+    assert polls == [5, 5, 5] and not pause.exists()
 
 
 def test_argv_resumes_a_row_that_left_checkpoints(tmp_path):
@@ -209,10 +256,22 @@ def test_argv_resumes_a_row_that_left_checkpoints(tmp_path):
 def test_main_group_has_one_row_per_config_and_new_output_dirs():
     rows = ablation.main_rows()
     configs = {p.stem for p in (REPO / ablation.CONFIG_DIR).glob("*.yaml")}
-    assert {r.name for r in rows if r.is_cli} == configs
+    assert {r.name for r in rows if r.is_cli and r.name != "aa"} == configs
     old = {r.output_dir for r in ablation.short_rows()}
     assert all(r.output_dir.startswith("runs/ablation/r800_") and r.output_dir not in old for r in rows)
+    assert len({r.output_dir for r in rows}) == len(rows)
     assert [r.name for r in rows][0] == "frozen"  # before the rows that start from its heads
+
+
+def test_every_row_has_three_seeds_and_a_comparator_that_runs_with_the_same_seeds():
+    rows = ablation.rows_by_name()
+    assert all(len(row.seeds) >= 3 for row in rows.values())
+    assert [name for name, row in rows.items() if row.comparator is None] == ["cross_annealed"]
+    for row in rows.values():
+        if row.comparator is not None and row.name != "aa":
+            assert rows[row.comparator].seeds == row.seeds
+    assert set(rows["aa"].seeds).isdisjoint(rows["cross_annealed"].seeds)
+    assert {rows[name].comparator for name in ("pcgrad", "gradvac", "mgda", "uncertainty")} == {"grouped_none"}
 
 
 def test_select_rows_keeps_the_group_order_and_rejects_unknown_names():

@@ -1,9 +1,13 @@
+import gzip
 import json
 
+import numpy as np
 import pytest
 import yaml
+from scipy.stats import pearsonr
 from transformers import BertConfig, BertModel
 
+from hf_multitask import get_task, load_task_data
 from hf_multitask.cli import load_config_file, main, parse_train_args
 
 
@@ -50,6 +54,29 @@ def test_train_evaluate_predict_end_to_end(config_file, tmp_path, data_dir, caps
     main(["predict", str(run), "--task", "sts", "--file", str(data_dir / "sts-dev.tsv"), "--output", str(out)])
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 8 and all(isinstance(r["score"], float) for r in records)
+
+
+def test_train_writes_the_predictions_of_its_evaluation_pass(config_file, tmp_path, data_dir):
+    """`--predictions_file`: the metrics come from the same pass as the predictions, so they can be recomputed from
+    them exactly; `hf-multitask evaluate --predictions` on the saved model writes the same records."""
+    path = tmp_path / "run" / "dev_predictions.jsonl.gz"
+    main(["train", str(config_file), "--max_steps", "2", "--predictions_file", str(path)])
+    results = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+    with gzip.open(path, "rt") as handle:
+        records = [json.loads(line) for line in handle]
+    sst = [r for r in records if r["task"] == "sst"]
+    assert len(sst) == len(load_task_data(get_task("sst"), data_dir, splits=("dev",))["dev"])
+    assert np.mean([r["label_id"] == r["labels"] for r in sst]) == pytest.approx(results["eval_sst_accuracy"])
+    sts = [r for r in records if r["task"] == "sts"]
+    r = pearsonr([x["score"] for x in sts], [x["labels"] for x in sts])[0]
+    assert r == pytest.approx(results["eval_sts_pearson"], abs=1e-6)
+    again = tmp_path / "again.jsonl.gz"
+    main(["evaluate", str(tmp_path / "run"), "--data", str(data_dir), "--predictions", str(again)])
+    with gzip.open(again, "rt") as handle:
+        evaluated = [json.loads(line) for line in handle]
+    assert [(x["task"], x["id"], x.get("label_id")) for x in evaluated] == [
+        (x["task"], x["id"], x.get("label_id")) for x in records]
+    assert [x.get("score") for x in evaluated] == pytest.approx([x.get("score") for x in records], abs=1e-5)
 
 
 def test_config_file_rejects_unknown_keys(tmp_path):

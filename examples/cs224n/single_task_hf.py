@@ -13,7 +13,8 @@ output directory gets `eval_results.json` with `eval_sst_accuracy`, `eval_quora_
 `eval_overall` = (sst + quora + (r + 1) / 2) / 3 and each task's wall time (loading, training and
 evaluation).
 
-    HF_HUB_OFFLINE=1 python examples/cs224n/single_task_hf.py --output_dir runs/ablation/r800_single_task_hf
+    HF_HUB_OFFLINE=1 python examples/cs224n/single_task_hf.py --output_dir runs/ablation/r800_single_task_hf \\
+        --predictions runs/ablation/r800_single_task_hf/dev_predictions.jsonl.gz  # per-example dev predictions too
     python examples/cs224n/single_task_hf.py --output_dir /tmp/smoke --max_steps_per_task 2 \\
         --max_train_samples 64 --max_eval_samples 64                   # a smoke run
 """
@@ -21,6 +22,7 @@ evaluation).
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import time
 from pathlib import Path
@@ -52,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_train_samples", type=int, help="Keep the first N training rows of each task.")
     parser.add_argument("--max_eval_samples", type=int, help="Keep the first N dev rows of each task.")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--predictions", metavar="PATH", help="Also write every dev example's prediction as JSON "
+                        "lines (gzipped for .gz), in `hf-multitask evaluate --predictions`' format.")
     return parser.parse_args(argv)
 
 
@@ -67,9 +71,10 @@ def load_split(task: str, data_dir: str, split: str, limit: int | None, tokenize
         texts = [batch[c] for c in columns]
         return tokenizer(*texts, truncation=True, max_length=128)
 
+    ids = dataset["id"]
     dataset = dataset.map(encode, batched=True, remove_columns=[c for c in dataset.column_names if c != "labels"])
     # MSELoss needs float32 targets like the float32 logits (the files' scores load as float64)
-    return dataset.cast_column("labels", Value("float32")) if spec.kind == "regression" else dataset
+    return (dataset.cast_column("labels", Value("float32")) if spec.kind == "regression" else dataset), ids
 
 
 def metric_fn(metric: str):
@@ -84,8 +89,20 @@ def metric_fn(metric: str):
     return compute
 
 
-def fine_tune(task: str, args: argparse.Namespace, encoder: str, tokenizer) -> tuple[float, float]:
-    """Fine-tune a fresh model on one task and evaluate it on dev. Returns (metric, wall seconds)."""
+def prediction_records(task: str, ids: list, output) -> list[dict]:
+    """`hf-multitask evaluate --predictions`' records from a `trainer.predict` output: task, id, gold `labels` and
+    `label_id` (classification) or `score` (regression)."""
+    logits, gold = np.asarray(output.predictions), np.asarray(output.label_ids)
+    if TASKS[task][1] == 1:
+        fields = [{"score": float(v)} for v in logits.reshape(-1)]
+    else:
+        fields = [{"label_id": int(v)} for v in logits.argmax(-1)]
+    return [{"task": task, "id": i, "labels": g.item(), **f} for i, g, f in zip(ids, gold, fields, strict=True)]
+
+
+def fine_tune(task: str, args: argparse.Namespace, encoder: str, tokenizer) -> tuple[float, float, list[dict]]:
+    """Fine-tune a fresh model on one task and evaluate it on dev. Returns (metric, wall seconds, per-example
+    prediction records)."""
     start = time.perf_counter()
     metric, num_labels = TASKS[task]
     set_seed(args.seed)
@@ -99,15 +116,15 @@ def fine_tune(task: str, args: argparse.Namespace, encoder: str, tokenizer) -> t
         train_sampling_strategy="group_by_length", eval_strategy="no", save_strategy="no", report_to="none",
         dataloader_pin_memory=False,
     )
+    dev, ids = load_split(task, args.data_dir, "dev", args.max_eval_samples, tokenizer)
     trainer = Trainer(
         model=model, args=training_args, processing_class=tokenizer,
-        train_dataset=load_split(task, args.data_dir, "train", args.max_train_samples, tokenizer),
-        eval_dataset=load_split(task, args.data_dir, "dev", args.max_eval_samples, tokenizer),
-        data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=metric_fn(metric),
+        train_dataset=load_split(task, args.data_dir, "train", args.max_train_samples, tokenizer)[0],
+        eval_dataset=dev, data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=metric_fn(metric),
     )
     trainer.train()
-    value = trainer.evaluate()[f"eval_{metric}"]
-    return value, time.perf_counter() - start
+    output = trainer.predict(dev, metric_key_prefix="eval")  # the metrics `evaluate` gives, and the predictions
+    return output.metrics[f"eval_{metric}"], time.perf_counter() - start, prediction_records(task, ids, output)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -115,8 +132,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     encoder = resolve_encoder_path(args.model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(encoder)
     results = {"max_steps_per_task": args.max_steps_per_task, "train_examples_per_task": 32 * args.max_steps_per_task}
+    records = []
     for task in args.tasks:
-        value, seconds = fine_tune(task, args, encoder, tokenizer)
+        value, seconds, task_records = fine_tune(task, args, encoder, tokenizer)
+        records += task_records
         results[f"eval_{task}_{TASKS[task][0]}"] = value
         results[f"wall_seconds_{task}"] = round(seconds, 1)
         print(f"{task}: {TASKS[task][0]} {value:.4f} ({seconds:.0f} s)")
@@ -128,6 +147,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"metrics written to {path}")
+    if args.predictions:
+        opener = gzip.open if args.predictions.endswith(".gz") else open
+        with opener(args.predictions, "wt", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(r) + "\n" for r in records)
+        print(f"{len(records)} predictions written to {args.predictions}")
     return results
 
 
