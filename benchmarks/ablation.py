@@ -14,7 +14,7 @@ of the same seed was run again after it. While `runs/ablation/.pause` exists the
 next run (to time a benchmark on a quiet machine). `benchmarks/ablation_stats.py` turns the archive into
 docs/results.md's table.
 
-    python benchmarks/ablation.py run [ROW ...]            # runs not done yet, seed by seed (all rows when none named)
+    python benchmarks/ablation.py run [ROW ...]            # runs not done yet, row by row (all rows when none named)
     python benchmarks/ablation.py run --seeds 42,43 frozen # only these seeds
     python benchmarks/ablation.py run --rerun frozen       # run a done row again (its dependents become stale)
     python benchmarks/ablation.py run --smoke frozen       # 2 steps on 64 examples in /tmp; never in the docs
@@ -445,10 +445,9 @@ def select_rows(group: str, names: list[str]) -> list[Row]:
 
 
 def expand_runs(rows: list[Row], seeds: tuple[int, ...] | None = None) -> list[Row]:
-    """Every row's runs, seed by seed: the first seed of every row, then the second, ... (`seeds`: only those)."""
-    depth = max((len(row.seeds) for row in rows), default=0)
-    return [row.at_seed(row.seeds[i]) for i in range(depth) for row in rows
-            if i < len(row.seeds) and (seeds is None or row.seeds[i] in seeds)]
+    """Every row's runs, row by row (all seeds of the first row, then of the second, ...: a row and its comparator
+    complete early, so verdicts arrive while the queue goes on); `seeds`: only those."""
+    return [run for row in rows for run in row.runs(seeds)]
 
 
 def wait_while_paused(root: Path, poll: float = 30.0) -> None:

@@ -222,17 +222,17 @@ def test_smoke_argv_overrides_budget_output_and_heads_source(tmp_path):
                                                 ablation.PREDICTIONS)]
 
 
-def test_runs_go_seed_by_seed_and_each_has_its_own_output_and_archive(tmp_path):
+def test_runs_go_row_by_row_and_each_has_its_own_output_and_archive(tmp_path):
     rows = [ablation.rows_by_name()[name] for name in ("frozen", "aa", "transfer")]
     runs = ablation.expand_runs(rows)
-    assert [r.label for r in runs] == ["frozen seed 42", "aa seed 45", "transfer seed 42", "frozen seed 43",
-                                       "aa seed 46", "transfer seed 43", "frozen seed 44", "aa seed 47",
+    assert [r.label for r in runs] == ["frozen seed 42", "frozen seed 43", "frozen seed 44", "aa seed 45",
+                                       "aa seed 46", "aa seed 47", "transfer seed 42", "transfer seed 43",
                                        "transfer seed 44"]
     assert [r.label for r in ablation.expand_runs(rows, seeds=(43, 46))] == ["frozen seed 43", "aa seed 46",
                                                                               "transfer seed 43"]
-    assert runs[1].command[:3] == ("hf-multitask", "train", "examples/cs224n/ablation/cross_annealed.yaml")
-    assert runs[1].output_dir == "runs/ablation/r800_aa/seed45"
-    assert runs[1].archive(tmp_path) == tmp_path / "benchmarks/results/ablation/aa/seed45"
+    assert runs[3].command[:3] == ("hf-multitask", "train", "examples/cs224n/ablation/cross_annealed.yaml")
+    assert runs[3].output_dir == "runs/ablation/r800_aa/seed45"
+    assert runs[3].archive(tmp_path) == tmp_path / "benchmarks/results/ablation/aa/seed45"
 
 
 def test_the_queue_waits_while_the_pause_file_exists(tmp_path, monkeypatch):
