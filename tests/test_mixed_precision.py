@@ -80,11 +80,15 @@ def spy_buffer(surgery) -> list[torch.Tensor]:
 
 
 def test_active_scaler_is_none_without_loss_scaling(bert_config, tokenized, tokenizer, tmp_path):
-    """fp32 and bf16 runs have no scaler; a disabled scaler counts as none."""
-    trainer, _, _ = grouped_trainer(bert_config, tokenized, tokenizer, tmp_path, "pcgrad", bf16=True)
+    """bf16 runs have no scaler, and neither has `fp16=True` on a CPU: accelerate 1.15 keeps the flag but neither
+    scales nor autocasts (a Trainer-level fp16 test on a CPU trains in fp32). A disabled scaler counts as none."""
+    trainer, _, _ = grouped_trainer(bert_config, tokenized, tokenizer, tmp_path / "bf16", "pcgrad", bf16=True)
     assert trainer.accelerator.mixed_precision == "bf16" and active_scaler(trainer.accelerator) is None
     trainer.accelerator.scaler = torch.amp.GradScaler("cpu", enabled=False)
     assert active_scaler(trainer.accelerator) is None
+    trainer, _, _ = grouped_trainer(bert_config, tokenized, tokenizer, tmp_path / "fp16", "pcgrad", fp16=True)
+    accelerator = trainer.accelerator
+    assert accelerator.mixed_precision == "fp16" and accelerator.scaler is None and not accelerator.native_amp
 
 
 @pytest.mark.parametrize("method", ["pcgrad", "gradvac", "unit_sum"])
@@ -171,11 +175,14 @@ def test_the_step_after_an_overflow_trains(bert_config, tokenized, tokenizer, tm
     assert optimizer.state and all(state["step"] == 1 for state in optimizer.state.values())
 
 
-@pytest.mark.parametrize("grouped", [True, False])
-def test_a_nan_loss_under_the_scaler_skips_the_step(grouped, bert_config, tokenized, tokenizer, tmp_path):
+@pytest.mark.parametrize("step", ["surgery", "summed", "ungrouped"])
+def test_a_nan_loss_under_the_scaler_skips_the_step(step, bert_config, tokenized, tokenizer, tmp_path):
     """The loss guard drops the gradients; under the scaler it leaves one NaN gradient, since `scaler.step` refuses
-    an optimizer whose `unscale_` saw none ("No inf checks were recorded"), and the step is skipped."""
-    trainer, inputs, optimizer = grouped_trainer(bert_config, tokenized, tokenizer, tmp_path, "pcgrad")
+    an optimizer whose `unscale_` saw none ("No inf checks were recorded"), and the step is skipped: in the grouped
+    step with surgery, the grouped summed-loss step (`gradient_surgery="none"`) and a one-task batch."""
+    method, options = ("none", dict(task_sampling_grouped=True)) if step == "summed" else ("pcgrad", {})
+    trainer, inputs, optimizer = grouped_trainer(bert_config, tokenized, tokenizer, tmp_path, method, **options)
+    assert (trainer.surgery is None) == (step == "summed")
     compute_loss = trainer.compute_loss
 
     def nan_for_sts(model, batch, *args, **kwargs):
@@ -183,13 +190,14 @@ def test_a_nan_loss_under_the_scaler_skips_the_step(grouped, bert_config, tokeni
         return loss * float("nan") if batch["task_name"] == "sts" else loss
 
     trainer.compute_loss = nan_for_sts
-    inputs = inputs if grouped else inputs["sts"]
+    inputs = inputs["sts"] if step == "ungrouped" else inputs
     before = snapshot(trainer.model)
     loss, _ = scaled_step(trainer, inputs, optimizer, torch.amp.GradScaler("cpu", init_scale=2.0 ** 4))
     assert not torch.isfinite(loss)
     guard = trainer._nonfinite
     assert guard.skipping and guard.skipped == 1
     assert all(torch.equal(before[n], p) for n, p in trainer.model.named_parameters()) and optimizer.state == {}
+    assert trainer.accelerator.scaler.get_scale() == 2.0 ** 3  # the scaler counted the skip as an overflow
 
 
 def test_drop_gradients_without_a_scaler_leaves_no_gradient(bert_config):
