@@ -26,6 +26,7 @@ from .conventions import multitask_base
 from .data import MultitaskDataset
 from .evaluation import evaluate_tasks
 from .gradients import GradientSurgery
+from .mixed_precision import active_scaler, combine_unscaled, drop_gradients
 from .optim import build_optimizer, head_lr_param_groups
 from .regularizers import Regularizer, build_regularizers
 from .sampling import MultitaskBatchSampler
@@ -190,7 +191,7 @@ class MultitaskTrainer(Trainer):
             self._surgery_fresh = True
             if not self._skip_update_if_nonfinite(model):
                 self._average_grouped_gradients(model)
-                self.surgery.combine()
+                combine_unscaled(self.surgery, active_scaler(self.accelerator), model)  # fp16: mixed_precision.py
         return total
 
     def get_decay_parameter_names(self, model) -> list[str]:
@@ -207,7 +208,7 @@ class MultitaskTrainer(Trainer):
         if not bad:
             guard.in_a_row = 0
             return False
-        model.zero_grad(set_to_none=True)
+        drop_gradients(model, active_scaler(self.accelerator))  # under fp16's scaler: one NaN gradient
         guard.in_a_row, guard.skipped, guard.unlogged = guard.in_a_row + 1, guard.skipped + 1, guard.unlogged + 1
         step = self.state.global_step + 1
         if guard.in_a_row > guard.limit:
