@@ -2,29 +2,45 @@
 
 Usage: torchrun --nproc_per_node 2 fsdp_surgery_script.py OUT_DIR METHOD [METHOD ...]
 
-For each METHOD (a registered aggregator), every rank trains the sharded model for STEPS grouped steps (one batch of
-every task, its own batch of each: a different slice of the global batch per rank) with `ShardedGradientSurgery`
-and SGD, and writes OUT_DIR/<method>-rank<r>.json (its buffer's shape, its surgery's state and logged stats).
-Rank 0 also writes the sharded run's final weights (gathered) to <method>-sharded.safetensors, then trains the
-unwrapped model alone with `GradientSurgery` on the global batches (each rank's batch with loss / world, as FSDP2
-averages over ranks) and writes <method>-whole.safetensors. Vocabulary 99 and intermediate size 37 make uneven
-shards (50 / 49 rows, 19 / 18).
+For each METHOD (a registered aggregator), every rank runs the Python block of docs/scaling.md's section "Gradient
+surgery under FSDP2" as it stands (`fully_shard`, `ShardedGradientSurgery`, AdamW) for STEPS grouped steps, each
+rank on its own batch of every task (its slice of the global batch), and writes OUT_DIR/<method>-rank<r>.json (its
+buffer's shape, its surgery's state and logged stats, the type and shape of `.grad` after `combine`, the error for a
+replicated parameter). Rank 0 also writes the sharded run's final weights (gathered) to
+<method>-sharded.safetensors, then trains the unwrapped model alone with `GradientSurgery` on the global batches
+(each rank's batch with loss / world, as FSDP2 averages over ranks) and writes <method>-whole.safetensors.
+Vocabulary 99 and intermediate size 37 make uneven shards (50 / 49 rows, 19 / 18).
 """
 
 import json
+import re
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
-from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import Replicate, distribute_tensor
+from torch.distributed.tensor import DTensor, Replicate, distribute_tensor
 from transformers import BertConfig
 
 from hf_multitask import GradientSurgery, MultitaskConfig, MultitaskModel, cs224n_tasks
 from hf_multitask.aggregators import ShardedGradientSurgery
 
 STEPS, BATCH, LENGTH = 3, 2, 9
+# AdamW's step is ~lr whatever the gradient's size, so rounding-level gradients of parameters whose exact gradient is
+# zero (attention key biases) move by ~lr too, differently in the two runs. With LEARNING_RATE = 1e-2 here (methods
+# pcgrad gradvac) the runs differed by up to 1.4e-5 and 2.5e-5, in key biases only, all else < 3e-7 (this session's
+# development box: 2 CPU cores AMD EPYC, torch 2.13.0 CPU). 1e-3 keeps that under the test's 1e-5 (4e-7 measured)
+# and still moves weights by 3e-3, while a missing all-reduce makes the runs differ by 6.6e-4 and 3.1e-3.
+LEARNING_RATE = 1e-3
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "scaling.md"
+
+
+def docs_block() -> str:
+    """The Python block of docs/scaling.md's section on gradient surgery under FSDP2."""
+    text = DOCS.read_text(encoding="utf-8")
+    section = text[text.index("## Gradient surgery under FSDP2"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
 def make_model() -> MultitaskModel:
@@ -45,35 +61,6 @@ def make_batch(task_name: str, step: int, rank: int) -> dict:
     return {"task_name": task_name, "input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
-def make_surgery(cls, model: MultitaskModel, method: str):
-    shared = model.named_shared_parameters()
-    names = {"names": [n for n, _ in shared]} if cls is ShardedGradientSurgery else {}
-    return cls(method, [p for _, p in shared], num_tasks=len(model.config.task_names), seed=0,
-               segment_ids=[model.parameter_group(n) for n, _ in shared], **names)
-
-
-def train(model: MultitaskModel, surgery, ranks: list[int], world: int) -> list[str]:
-    """STEPS grouped steps: per task, backward of each rank's loss in `ranks` (divided by `world`), accumulate;
-    then combine and an SGD step. Returns the type names of the shared parameters' `.grad` after `combine`.
-
-    SGD, not AdamW: AdamW divides by the root of the second moment, which turns rounding-level gradients of
-    parameters whose exact gradient is zero (attention key biases) into steps of size ~lr, and so compares
-    rounding rather than surgery (with AdamW(lr=1e-2) the two runs differed by 2.5e-5 in key biases only).
-    """
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
-    for step in range(STEPS):
-        surgery.zero_()
-        for index, task_name in enumerate(model.config.task_names):
-            for rank in ranks:
-                (model(**make_batch(task_name, step, rank)).loss / world).backward()
-            surgery.accumulate(index)
-        surgery.combine()
-        grad_types = sorted({type(p.grad).__name__ for p in surgery.params})
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return grad_types
-
-
 def replicated_is_refused(mesh) -> str:
     """The error for a replicated (not sharded) DTensor parameter."""
     param = torch.nn.Parameter(distribute_tensor(torch.zeros(4), mesh, [Replicate()]))
@@ -84,17 +71,25 @@ def replicated_is_refused(mesh) -> str:
     return ""
 
 
-def run_sharded(out_dir: str, method: str, rank: int, world: int) -> None:
-    model = make_model()
-    for layer in model.encoder.encoder.layer:
-        fully_shard(layer)
-    fully_shard(model)
-    surgery = make_surgery(ShardedGradientSurgery, model, method)
-    grad_types = train(model, surgery, [rank], 1)  # FSDP2 averages each task's gradient over the ranks
+def grads_after_combine(surgery: ShardedGradientSurgery) -> list[str]:
+    """Combine the last step's rows once more and describe the shared `.grad`s: type, and whether each DTensor's
+    local shard has the parameter's local shape (this advances the generator: call after reading the state)."""
+    surgery.combine()
+    return sorted({f"{type(p.grad).__name__} "
+                   f"{isinstance(p.grad, DTensor) and p.grad.to_local().shape == p.to_local().shape}"
+                   for p in surgery.params})
+
+
+def run_sharded(out_dir: str, method: str, rank: int) -> None:
+    task_names = cs224n_tasks()
+    loader = [{t.name: make_batch(t.name, step, rank) for t in task_names} for step in range(STEPS)]
+    namespace = {"model": make_model(), "loader": loader, "method": method, "learning_rate": LEARNING_RATE}
+    exec(compile(docs_block(), str(DOCS), "exec"), namespace)
+    model, surgery = namespace["model"], namespace["surgery"]
     stats = surgery.pop_stats(model.config.task_names)
     state = {k: v.tolist() if torch.is_tensor(v) else v for k, v in surgery.state_dict().items()}
     report = {"buffer": list(surgery.buffer.shape), "shared": sum(p.numel() for p in surgery.params),
-              "stats": stats, "state": state, "grad_types": grad_types,
+              "stats": stats, "state": state, "grads": grads_after_combine(surgery),
               "refused": replicated_is_refused(surgery.params[0].device_mesh)}
     with open(f"{out_dir}/{method}-rank{rank}.json", "w") as f:
         json.dump(report, f)
@@ -104,8 +99,21 @@ def run_sharded(out_dir: str, method: str, rank: int, world: int) -> None:
 
 
 def run_whole(out_dir: str, method: str, world: int) -> None:
+    """The same steps in one process: each task's gradient is the mean over the ranks' batches."""
     model = make_model()
-    train(model, make_surgery(GradientSurgery, model, method), list(range(world)), world)
+    shared = model.named_shared_parameters()
+    surgery = GradientSurgery(method, [p for _, p in shared], num_tasks=len(model.config.task_names), seed=0,
+                              segment_ids=[model.parameter_group(n) for n, _ in shared])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
+    for step in range(STEPS):
+        surgery.zero_()
+        for index, task_name in enumerate(model.config.task_names):
+            for rank in range(world):
+                (model(**make_batch(task_name, step, rank)).loss / world).backward()
+            surgery.accumulate(index)
+        surgery.combine()
+        optimizer.step()
+        optimizer.zero_grad()
     weights = {n: p.detach().contiguous() for n, p in model.named_parameters()}
     save_file(weights, f"{out_dir}/{method}-whole.safetensors")
 
@@ -115,7 +123,7 @@ def main(out_dir: str, *methods: str) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     for method in methods:
-        run_sharded(out_dir, method, rank, world)
+        run_sharded(out_dir, method, rank)
         if rank == 0:
             run_whole(out_dir, method, world)
         dist.barrier()

@@ -110,9 +110,10 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_two_fsdp2_processes_train_like_whole_gradient_surgery_in_one(tmp_path):
-    """2 processes, gloo, `fully_shard` per encoder layer and on the model: 3 grouped steps of PCGrad and GradVac
-    (per layer) end with the weights of `GradientSurgery` in one process on the global batches, to fp32 tolerance;
-    every rank holds T x (its shard) of the buffer and computes the same coefficients."""
+    """2 processes, gloo, docs/scaling.md's block (`fully_shard` per encoder layer and on the model, AdamW): 3
+    grouped steps of PCGrad and GradVac (per layer) end with the weights of `GradientSurgery` in one process on the
+    global batches, to fp32 tolerance; every rank holds T x (its shard) of the buffer and computes the same
+    coefficients."""
     from .fsdp_surgery_script import make_model
 
     methods = ["pcgrad", "gradvac"]
@@ -128,7 +129,7 @@ def test_two_fsdp2_processes_train_like_whole_gradient_surgery_in_one(tmp_path):
         assert sharded.keys() == whole.keys() == initial.keys()
         for key in whole:
             torch.testing.assert_close(sharded[key], whole[key], atol=1e-5, rtol=1e-5, msg=f"{method}: {key}")
-        assert max((whole[k] - initial[k]).abs().max() for k in whole) > 0.1  # the steps moved the weights
+        assert max((whole[k] - initial[k]).abs().max() for k in whole) > 1e-3  # moved by 3e-3: >> the tolerance
         ranks = [json.loads((tmp_path / f"{method}-rank{r}.json").read_text()) for r in range(2)]
         assert ranks[0]["stats"] == ranks[1]["stats"] and ranks[0]["state"] == ranks[1]["state"]  # same weights
         assert ranks[0]["stats"]["surgery_adjustments_per_step"] > 0
@@ -136,5 +137,5 @@ def test_two_fsdp2_processes_train_like_whole_gradient_surgery_in_one(tmp_path):
         assert sum(r["buffer"][1] for r in ranks) == shared  # the two shards cover the shared parameters once
         for report in ranks:
             assert report["buffer"][0] == 3 and report["buffer"][1] <= 1.02 * shared / 2  # T x P / world
-            assert report["grad_types"] == ["DTensor"]
+            assert report["grads"] == ["DTensor True"]  # a DTensor with the parameter's local shard shape
             assert "'replicated.weight'" in report["refused"] and "Shard" in report["refused"]

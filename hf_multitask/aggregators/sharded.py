@@ -57,11 +57,19 @@ class ShardedGradientSurgery(GradientSurgery):
     (`tests/test_fsdp_surgery.py`).
 
     Args:
-        method, num_tasks, seed, gradvac_beta, gradvac_per_layer, segment_ids: As for `GradientSurgery`.
-        params: The shared trainable parameters, in a fixed order: DTensors sharded by `fully_shard` on a 1-D mesh.
-        names: The parameters' names, for error messages.
+        method: A registered aggregator (`aggregator_names()`), as for `GradientSurgery`.
+        params: The shared trainable parameters, in the same order on every rank: DTensors sharded by `fully_shard`
+            on one 1-D mesh (`model.named_shared_parameters()` after `fully_shard`).
+        num_tasks: T.
+        seed: Seeds the generator of the visiting orders; the same on every rank.
+        gradvac_beta: EMA rate of GradVac's targets.
+        gradvac_per_layer: A per-segment method (GradVac) gets one Gram matrix per parameter group (`segment_ids`)
+            instead of one overall.
+        segment_ids: Group id (`MultitaskModel.parameter_group(name)`) of every parameter, for `gradvac_per_layer`.
+        names: The parameters' names, for error messages (default `params[i]`).
 
-    Example (after `fully_shard` on each encoder layer and on the model; `shared = model.named_shared_parameters()`):
+    Example (after `fully_shard` on each encoder layer and on the model; `shared = model.named_shared_parameters()`;
+    docs/scaling.md has the whole loop, which the tests run):
 
     ```python
     surgery = ShardedGradientSurgery("pcgrad", [p for _, p in shared], num_tasks=len(batches),
