@@ -5,8 +5,8 @@ Usage: torchrun --nproc_per_node 2 fsdp_surgery_script.py OUT_DIR METHOD [METHOD
 For each METHOD (a registered aggregator), every rank runs the Python block of docs/scaling.md's section "Gradient
 surgery under FSDP2" as it stands (`fully_shard`, `ShardedGradientSurgery`, AdamW) for STEPS grouped steps, each
 rank on its own batch of every task (its slice of the global batch), and writes OUT_DIR/<method>-rank<r>.json (its
-buffer's shape, its surgery's state and logged stats, the type and shape of `.grad` after `combine`, the error for a
-replicated parameter). Rank 0 also writes the sharded run's final weights (gathered) to
+buffer's shape, its surgery's state and logged stats, the type and shape of `.grad` after `combine`, the errors for
+parameters it must refuse). Rank 0 also writes the sharded run's final weights (gathered) to
 <method>-sharded.safetensors, then trains the unwrapped model alone with `GradientSurgery` on the global batches
 (each rank's batch with loss / world, as FSDP2 averages over ranks) and writes <method>-whole.safetensors.
 Vocabulary 99 and intermediate size 37 make uneven shards (50 / 49 rows, 19 / 18).
@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
-from torch.distributed.tensor import DTensor, Replicate, distribute_tensor
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 from transformers import BertConfig
 
 from hf_multitask import GradientSurgery, MultitaskConfig, MultitaskModel, cs224n_tasks
@@ -61,14 +62,21 @@ def make_batch(task_name: str, step: int, rank: int) -> dict:
     return {"task_name": task_name, "input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
-def replicated_is_refused(mesh) -> str:
-    """The error for a replicated (not sharded) DTensor parameter."""
-    param = torch.nn.Parameter(distribute_tensor(torch.zeros(4), mesh, [Replicate()]))
-    try:
-        ShardedGradientSurgery("pcgrad", [param], num_tasks=2, names=["replicated.weight"])
-    except ValueError as error:
-        return str(error)
-    return ""
+def refusals(mesh) -> dict[str, str]:
+    """The errors for a replicated parameter, one on a 2-D mesh, and two sharded over different ranks."""
+    mesh_2d = init_device_mesh("cpu", (2, 1), mesh_dim_names=("all", "own"))  # "own": this rank alone
+    cases = {"replicated": [distribute_tensor(torch.zeros(4), mesh, [Replicate()])],
+             "2-D": [distribute_tensor(torch.zeros(4), mesh_2d, [Shard(0), Replicate()])],
+             "other ranks": [distribute_tensor(torch.zeros(4), mesh, [Shard(0)]),
+                             distribute_tensor(torch.zeros(4), mesh_2d["own"], [Shard(0)])]}
+    errors = dict.fromkeys(cases, "")
+    for case, tensors in cases.items():
+        try:
+            ShardedGradientSurgery("pcgrad", [torch.nn.Parameter(t) for t in tensors], num_tasks=2,
+                                   names=[f"{case}.weight{i}" for i in range(len(tensors))])
+        except ValueError as error:
+            errors[case] = str(error)
+    return errors
 
 
 def grads_after_combine(surgery: ShardedGradientSurgery) -> list[str]:
@@ -90,7 +98,7 @@ def run_sharded(out_dir: str, method: str, rank: int) -> None:
     state = {k: v.tolist() if torch.is_tensor(v) else v for k, v in surgery.state_dict().items()}
     report = {"buffer": list(surgery.buffer.shape), "shared": sum(p.numel() for p in surgery.params),
               "stats": stats, "state": state, "grads": grads_after_combine(surgery),
-              "refused": replicated_is_refused(surgery.params[0].device_mesh)}
+              "refused": refusals(surgery.params[0].device_mesh)}
     with open(f"{out_dir}/{method}-rank{rank}.json", "w") as f:
         json.dump(report, f)
     weights = {n: p.full_tensor().detach().contiguous() for n, p in model.named_parameters()}  # a collective

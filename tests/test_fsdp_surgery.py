@@ -138,4 +138,7 @@ def test_two_fsdp2_processes_train_like_whole_gradient_surgery_in_one(tmp_path):
         for report in ranks:
             assert report["buffer"][0] == 3 and report["buffer"][1] <= 1.02 * shared / 2  # T x P / world
             assert report["grads"] == ["DTensor True"]  # a DTensor with the parameter's local shard shape
-            assert "'replicated.weight'" in report["refused"] and "Shard" in report["refused"]
+            refused = report["refused"]
+            assert "parameter 'replicated.weight0' has placements (Replicate()" in refused["replicated"]
+            assert "parameter '2-D.weight0'" in refused["2-D"] and "2-D mesh" in refused["2-D"]
+            assert "parameter 'other ranks.weight1' is sharded over ranks" in refused["other ranks"]

@@ -28,10 +28,11 @@ def column_segments(numels: list[int], segment_ids: list) -> tuple[list[tuple[in
     return (segment_runs(segments) if segments.numel() else []), max(len(dense), 1)
 
 
-def check_sharded(params: list[torch.nn.Parameter], names: list[str]) -> dist.ProcessGroup:
+def check_sharded(params: list[torch.nn.Parameter], names: list[str]) -> dist.ProcessGroup | None:
     """The process group that `params` are sharded over; an error naming the first parameter that is not a
-    `fully_shard` DTensor sharded on a 1-D mesh (a replicated one would count in the Gram matrices once per rank)."""
-    group, mesh = None, None
+    `fully_shard` DTensor sharded on a 1-D mesh (a replicated one would count in the Gram matrices once per rank),
+    or that is sharded over other ranks than the first (the one all-reduce would miss some columns)."""
+    group, ranks = None, None
     for name, p in zip(names, params):
         if not isinstance(p, DTensor):
             raise ValueError(f"ShardedGradientSurgery: parameter {name!r} is not a DTensor; wrap the model with "
@@ -39,10 +40,11 @@ def check_sharded(params: list[torch.nn.Parameter], names: list[str]) -> dist.Pr
         if p.device_mesh.ndim != 1 or not isinstance(p.placements[0], Shard):
             raise ValueError(f"ShardedGradientSurgery: parameter {name!r} has placements {p.placements} on a "
                              f"{p.device_mesh.ndim}-D mesh; only FSDP2's 1-D sharding (Shard) is supported")
-        if mesh is not None and p.device_mesh != mesh:
-            raise ValueError(f"ShardedGradientSurgery: parameter {name!r} is on another device mesh than "
-                             f"{names[0]!r}; the shared parameters must be sharded over one mesh")
-        mesh, group = p.device_mesh, p.device_mesh.get_group()
+        own = dist.get_process_group_ranks(p.device_mesh.get_group())
+        if ranks is not None and own != ranks:
+            raise ValueError(f"ShardedGradientSurgery: parameter {name!r} is sharded over ranks {own}, parameter "
+                             f"{names[0]!r} over {ranks}; the shared parameters must be sharded over the same ranks")
+        group, ranks = p.device_mesh.get_group(), own
     return group
 
 
