@@ -98,6 +98,8 @@ def test_parameters_not_sharded_by_fully_shard_are_refused_by_name():
     params = [torch.nn.Parameter(torch.zeros(4))]
     with pytest.raises(ValueError, match="parameter 'encoder.w' is not a DTensor.*fully_shard"):
         ShardedGradientSurgery("pcgrad", params, num_tasks=2, names=["encoder.w"])
+    with pytest.raises(ValueError, match="names has 2 entries for 1 params"):
+        ShardedGradientSurgery("pcgrad", params, num_tasks=2, names=["encoder.w", "encoder.b"])
     with pytest.raises(ValueError, match="gradient_surgery must be one of"):
         ShardedGradientSurgery("pcgard", params, num_tasks=2)
 

@@ -92,6 +92,8 @@ class ShardedGradientSurgery(GradientSurgery):
         # GradientSurgery.__init__ is not called: it would allocate the whole [T, P] buffer
         cls = get_aggregator(method)
         names = names if names is not None else [f"params[{i}]" for i in range(len(params))]
+        if len(names) != len(params):
+            raise ValueError(f"ShardedGradientSurgery: names has {len(names)} entries for {len(params)} params")
         self.group = check_sharded(params, names)
         self.method, self.params, self.num_tasks = method, params, num_tasks
         self.shapes = [p.to_local().shape for p in params]  # this rank's shard of each parameter
