@@ -14,6 +14,7 @@ from .base import (
     register_aggregator,
     visiting_orders,
 )
+from .sharded import ShardedGradientSurgery
 from .surgery import (
     GradientSurgery,
     combine,
@@ -25,7 +26,7 @@ from .surgery import (
 )
 
 __all__ = [
-    "AGGREGATORS", "Aggregator", "GradientSurgery", "aggregate", "aggregator_names", "combine", "cosines_from_gram",
-    "get_aggregator", "gram_matrices", "register_aggregator", "segment_grams", "segment_runs", "task_cosines",
-    "visiting_orders",
+    "AGGREGATORS", "Aggregator", "GradientSurgery", "ShardedGradientSurgery", "aggregate", "aggregator_names",
+    "combine", "cosines_from_gram", "get_aggregator", "gram_matrices", "register_aggregator", "segment_grams",
+    "segment_runs", "task_cosines", "visiting_orders",
 ]

@@ -6,6 +6,8 @@ rows into preallocated storage. Training (`GradientSurgery`), the benchmarks and
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .base import Aggregator, aggregate, get_aggregator
@@ -58,7 +60,9 @@ def task_cosines(grads: torch.Tensor) -> torch.Tensor:
 
 def combine(aggregator: Aggregator, grads: torch.Tensor, generator: torch.Generator,
             runs: list[tuple[int, int, int]] | None = None, out: torch.Tensor | None = None,
-            grams_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+            grams_out: torch.Tensor | None = None, num_segments: int | None = None,
+            reduce_grams: Callable[[torch.Tensor], torch.Tensor] | None = None,
+            ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The update `(P,)` of `aggregator` for the task gradients `grads` `[T, P]`: sum_i w[k, i] g_i on segment k.
 
     Args:
@@ -68,15 +72,23 @@ def combine(aggregator: Aggregator, grads: torch.Tensor, generator: torch.Genera
         runs: `(segment, start, end)` ranges covering `grads`' columns (`segment_runs`); `None`: one segment.
         out: `(P,)` storage for the update (allocated when `None`); training passes the same one every step.
         grams_out: `[K, T, T]` storage for the Gram matrices in `grads`' dtype.
+        num_segments: K; `None`: one more than the largest segment id in `runs`. A column shard (FSDP) gives it,
+            since its columns may miss some segments.
+        reduce_grams: Turns the float64 Gram matrices of `grads`' columns into those of the whole gradients before
+            the method sees them; `None`: `grads` is whole. Under FSDP: the sum over ranks of every rank's shard
+            (`aggregators/sharded.py`).
 
     Returns:
         The update (`out`), the float64 Gram matrices `[K, T, T]` and the method's adjustment count. Gradients
         that are not finite (NaN or inf in `grads`) get weights 1: the plain sum, as without surgery.
     """
     runs = [(0, 0, grads.shape[1])] if runs is None else runs
-    num_segments = max(k for k, _, _ in runs) + 1 if runs else 1
+    if num_segments is None:
+        num_segments = max(k for k, _, _ in runs) + 1 if runs else 1
     out = torch.empty(grads.shape[1], dtype=grads.dtype, device=grads.device) if out is None else out
     grams = gram_matrices(grads, runs, num_segments, grams_out)
+    if reduce_grams is not None:
+        grams = reduce_grams(grams)
     if bool(torch.isfinite(grams).all()):
         weights, count = aggregate(aggregator, grams, generator)
     else:
