@@ -251,6 +251,24 @@ def test_smart_noise_stays_float32_under_autocast(dtype, bert_config, tokenized,
         with torch.autocast("cpu", dtype=dtype):
             trainer.training_step(trainer.model, inputs)
     assert len(seen) == 2  # sst and sts, not quora
-    for logits_dtype, start, found in seen:
-        assert logits_dtype == dtype and set(start) == set(found) == {torch.float32}
+    for logits_dtype, start, found in seen:  # the clean reference is float32 too (computed without autocast)
+        assert logits_dtype == torch.float32 and set(start) == set(found) == {torch.float32}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_smart_adversarial_term_under_autocast_is_the_float32_one(dtype, bert_config, tokenized, tokenizer, tmp_path):
+    """R_s under autocast equals R_s without it (dropout off, the same noise draw): its passes and their clean
+    reference run in float32, so σ = 1e-5 is not rounded away and l_s does not measure bf16/fp16 rounding. The
+    clean logits given to it are the autocast ones, as in training."""
+    trainer, inputs, _ = grouped_trainer(bert_config, tokenized, tokenizer, tmp_path, "pcgrad", smart_tasks=["sst"])
+    smart, model, batch = trainer.regularizers["smart"], trainer.model.eval(), inputs["sst"]
+    spec = model.specs["sst"]
+    with torch.autocast("cpu", dtype=dtype):
+        outputs = model(**batch)
+        assert outputs.logits.dtype == dtype
+        mixed = smart.adversarial_loss(model, batch, outputs.logits, spec.task_kind)
+    smart.draws = 0  # the same noise draw again
+    plain = smart.adversarial_loss(model, batch, model(**batch).logits, spec.task_kind)
+    assert mixed.dtype == plain.dtype == torch.float32
+    assert plain > 0 and torch.allclose(mixed, plain, rtol=1e-4, atol=0)
 

@@ -257,15 +257,26 @@ class SmartRegularizer(Regularizer):
 
     def adversarial_loss(self, model: nn.Module, inputs: dict, clean_logits: torch.Tensor,
                          kind: str | TaskKind) -> torch.Tensor:
-        """R_s: l_s between the outputs at x + ν (ν found by `steps` ascent steps) and the clean outputs."""
+        """R_s: l_s between the outputs at x + ν (ν found by `steps` ascent steps) and the clean outputs.
+
+        Under autocast (bf16, fp16) the perturbed passes and their clean reference run in float32, the reference
+        being one more forward pass: σ = 1e-5 on embeddings of size ~0.05 is below bf16's and fp16's resolution, so
+        in the compute dtype ν would mostly round away, and l_s against the autocast clean logits would measure
+        rounding rather than smoothness.
+        """
         embeds, forward = embedding_forward(extract_model_from_parallel(model), inputs)
         masks = [inputs.get(mask) for ids, mask in (("input_ids", "attention_mask"),
                                                    ("input_ids_b", "attention_mask_b")) if inputs.get(ids) is not None]
         noises = [example_noise(x, mask, self.noise_std, self.radius, (self.seed, self.draws, stream),
                                 self.first_example) for stream, (x, mask) in enumerate(zip(embeds, masks))]
         self.draws += 1  # the same count on every rank: every rank trains the same task at each step
-        noises = self.adversarial_noise(forward, embeds, clean_logits, kind, noises)
-        return smart_divergence(kind, forward(noises, False), clean_logits)
+        device = embeds[0].device.type
+        autocast = torch.is_autocast_enabled(device)
+        with torch.autocast(device, enabled=False):
+            if autocast:
+                clean_logits = forward([torch.zeros_like(n) for n in noises], False)  # f(x) in float32
+            noises = self.adversarial_noise(forward, embeds, clean_logits, kind, noises)
+            return smart_divergence(kind, forward(noises, False), clean_logits)
 
     def bregman_loss(self, model: nn.Module, inputs: dict, clean_logits: torch.Tensor,
                      kind: str | TaskKind) -> torch.Tensor:
