@@ -116,10 +116,11 @@ def reference():
 
 def test_reference_rows_use_fresh_seeds_and_keep_the_main_group():
     rows = reference()
-    assert list(rows) == ["single_task_3ep", "frozen", "recipe_3963", "main_job_ttq"]
+    needs = rows["recipe_3963"].needs  # the heads sources run before the recipe, with its seeds
+    assert list(rows) == ["single_task_3ep", *needs, "recipe_3963", "main_job_ttq"]
     ablation_seeds = {seed for row in ablation.main_rows() for seed in row.seeds}
     assert all(set(row.seeds).isdisjoint(ablation_seeds) for row in rows.values())
-    assert rows["recipe_3963"].seeds == rows["single_task_3ep"].seeds == rows["frozen"].seeds == (142, 143, 144)
+    assert all(rows[name].seeds == (142, 143, 144) for name in ("single_task_3ep", *needs, "recipe_3963"))
     assert ablation.rows_by_name()["frozen"].seeds == (42, 43, 44)
 
 
@@ -148,12 +149,20 @@ def test_main_job_ttq_saves_model_only_checkpoints_and_never_resumes(tmp_path):
     assert (smoke.max_steps, smoke.save_steps, smoke.output_dir) == (2, 1, str(tmp_path / run.output_dir))
 
 
-def test_recipe_runs_at_the_reference_budget_from_the_frozen_run_of_its_seed(tmp_path):
+def test_the_recipe_config_parses_at_the_reference_budget():
     model_args, _, training = parse_train_args([str(REPO / reference_runs.RECIPE)])
     build_task_specs(model_args)
     tasks_per_step = len(model_args.tasks) if training.task_sampling_grouped else 1
     assert training.max_steps * training.per_device_train_batch_size * tasks_per_step == 3963 * 32
-    assert "PROVISIONAL" in (REPO / reference_runs.RECIPE).read_text()
+    assert training.output_dir == reference()["recipe_3963"].output_dir == "runs/ablation/ref_recipe_3963"
+
+
+def test_a_recipe_from_the_frozen_heads_starts_from_the_frozen_run_of_its_seed(tmp_path, monkeypatch):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("init_heads_from: runs/ablation/r800_frozen\noutput_dir: runs/ablation/ref_recipe_3963\n")
+    monkeypatch.setattr(reference_runs, "RECIPE", str(recipe))
+    assert [row.name for row in reference_runs.reference_rows()] == ["single_task_3ep", "frozen", "recipe_3963",
+                                                                     "main_job_ttq"]
     run = reference()["recipe_3963"].at_seed(144)
     assert run.command[-2:] == ("--init_heads_from", "runs/ablation/r800_frozen/seed144")
     assert run.comparator == "single_task_3ep"
