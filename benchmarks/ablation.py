@@ -19,6 +19,8 @@ docs/results.md's table.
     python benchmarks/ablation.py run --rerun frozen       # run a done row again (its dependents become stale)
     python benchmarks/ablation.py run --smoke frozen       # 2 steps on 64 examples in /tmp; never in the docs
     python benchmarks/ablation.py run --group short        # the earlier short-budget rows (one seed)
+    python benchmarks/ablation.py run --group reference    # at the single-task reference's budget, and for the
+                                                           # time-to-quality plot (benchmarks/reference_runs.py)
     python benchmarks/ablation.py status [--group short]
 """
 
@@ -46,6 +48,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+# Run as a script, this module is `__main__`; registered as `ablation` too, `reference_runs`' `import ablation`
+# gets this module instead of a second copy with its own classes.
+sys.modules.setdefault("ablation", sys.modules[__name__])
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = "examples/cs224n/ablation"
 DOCS = "docs/results.md"
@@ -75,6 +80,10 @@ class Row:
             reference rows themselves.
         seeds: The seeds the row runs with.
         seed: Set on one run of the row (`at_seed`): its output and archive are per seed.
+        smoke_flags: The flags that cut a `--smoke` run to about 2 steps; empty: `--max_steps 2` (CLI rows) or
+            `--max_steps_per_task 2` (scripts).
+        resumable: False for a row that must never resume from its checkpoints (the rows whose checkpoints are
+            placed on the wall clock: a resumed run's clock would miss the time before the interruption).
 
     Example:
 
@@ -93,6 +102,8 @@ class Row:
     comparator: str | None = None
     seeds: tuple[int, ...] = SEEDS
     seed: int | None = None
+    smoke_flags: tuple[str, ...] = ()
+    resumable: bool = True
 
     @property
     def display(self) -> str:
@@ -191,7 +202,16 @@ def short_rows() -> list[Row]:
                 f"runs/ablation/{name}", seeds=(42,)) for name, extra in flags.items()]
 
 
-GROUPS = {"main": main_rows, "short": short_rows}
+def reference_rows() -> list[Row]:
+    """The runs at the single-task reference's budget and for the time-to-quality plot: in
+    `benchmarks/reference_runs.py`, imported when asked for."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import reference_runs
+
+    return reference_runs.reference_rows()
+
+
+GROUPS = {"main": main_rows, "short": short_rows, "reference": reference_rows}
 
 
 # ---- state of a row ----
@@ -271,19 +291,27 @@ def row_argv(row: Row, root: Path, smoke: bool) -> list[str]:
     head = [sys.executable, "-m", "hf_multitask.cli"] if row.is_cli else [sys.executable]
     argv = [*head, *row.command[1:]]
     if smoke:  # later flags win: the budget, output and heads source move under `root`
-        steps = ("--max_steps", "2") if row.is_cli else ("--max_steps_per_task", "2")
+        steps = row.smoke_flags or (("--max_steps", "2") if row.is_cli else ("--max_steps_per_task", "2"))
         argv += [*steps, *SMOKE_FLAGS, "--output_dir", str(root / row.output_dir)]
         if row.seed is not None:
             argv += ["--predictions_file" if row.is_cli else "--predictions", str(root / row.output_dir / PREDICTIONS)]
         for needed in needed_runs(row):
             argv += ["--init_heads_from", str(root / needed.output_dir)]
-    elif row.is_cli and any((root / row.output_dir).glob("checkpoint-*")):
+    elif row.is_cli and row.resumable and any((root / row.output_dir).glob("checkpoint-*")):
         argv += ["--resume_from_checkpoint", "true"]  # only rows that save checkpoints (none of the configs do)
     return argv
 
 
 def rows_by_name(group: str = "main") -> dict[str, Row]:
     return {row.name: row for row in GROUPS[group]()}
+
+
+def group_flag(run: Row) -> str:
+    """` --group G` for the first group other than `main` that schedules `run` (its row at its seed), else ''."""
+    for group, rows in GROUPS.items():
+        if any(row.name == run.name and run.seed in row.seeds for row in rows()):
+            return "" if group == "main" else f" --group {group}"
+    return ""
 
 
 def refusal(row: Row, root: Path) -> str | None:
@@ -294,8 +322,8 @@ def refusal(row: Row, root: Path) -> str | None:
         if row_state(needed, root)[0] != "done" or not (source / "config.json").is_file():
             seeds = "" if needed.seed is None else f" --seeds {needed.seed}"
             return (f"{row.label!r} starts from the heads of {needed.label!r} ({source}), which is not done on this "
-                    f"machine: run `python benchmarks/ablation.py run{seeds} {needed.name}` first (with --rerun if "
-                    "its results were archived elsewhere)")
+                    f"machine: run `python benchmarks/ablation.py run{group_flag(needed)}{seeds} {needed.name}` "
+                    "first (with --rerun if its results were archived elsewhere)")
     log = row.log_path(root)
     if log.is_file() and time.time() - log.stat().st_mtime < BUSY_SECONDS:
         return (f"{row.label!r}: {log} was written less than {BUSY_SECONDS} s ago, so another run of it seems to be "
@@ -347,7 +375,7 @@ def run_row(row: Row, root: Path, smoke: bool = False) -> dict:
     out, log, archive = root / row.output_dir, row.log_path(root), row.archive(root)
     out.mkdir(parents=True, exist_ok=True)
     argv = row_argv(row, root, smoke)
-    start, began, load = datetime.now(timezone.utc), time.monotonic(), LoadSampler()
+    start, start_unix, began, load = datetime.now(timezone.utc), time.time(), time.monotonic(), LoadSampler()
     load.start()
     code, rss = run_logged(argv, log)
     wall, load_summary = time.monotonic() - began, load.summary()
@@ -356,7 +384,7 @@ def run_row(row: Row, root: Path, smoke: bool = False) -> dict:
         problem = check_predictions(out / PREDICTIONS, read_json(out / "eval_results.json"))
     record = {"row": row.name, "seed": row.seed, "status": "failed" if problem else "done", "problem": problem,
               "command": row.display, "argv": argv, "exit_code": code, "log": str(log),
-              "smoke": smoke, "start": start.isoformat(timespec="seconds"),
+              "smoke": smoke, "start": start.isoformat(timespec="seconds"), "start_unix": round(start_unix, 3),
               "end": datetime.now(timezone.utc).isoformat(timespec="seconds"), "wall_seconds": round(wall, 1),
               "peak_rss_mb": round(rss, 1), "load_average": load_summary, "machine": machine_info(),
               **software_info()}
@@ -502,12 +530,13 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-def replace_between_markers(text: str, table: str, source: str = DOCS) -> str:
-    """`text` with everything between the two `ablation-table` markers replaced by `table`."""
-    start, end = text.find(MARKERS[0]), text.find(MARKERS[1])
+def replace_between_markers(text: str, table: str, source: str = DOCS,
+                            markers: tuple[str, str] = MARKERS) -> str:
+    """`text` with everything between the two markers (the `ablation-table` ones by default) replaced by `table`."""
+    start, end = text.find(markers[0]), text.find(markers[1])
     if start < 0 or end < start:
-        raise SystemExit(f"{source}: no {MARKERS[0]} ... {MARKERS[1]} markers (in that order) to put the table in")
-    return text[: start + len(MARKERS[0])] + "\n" + table + "\n" + text[end:]
+        raise SystemExit(f"{source}: no {markers[0]} ... {markers[1]} markers (in that order) to put the table in")
+    return text[: start + len(markers[0])] + "\n" + table + "\n" + text[end:]
 
 
 def print_status(runs: list[Row], root: Path) -> None:

@@ -12,6 +12,7 @@ row (the main settings against themselves with other seeds) shows how wide "no e
 
     python benchmarks/ablation_stats.py                   # the tables and the plot into docs/ (from the archive)
     python benchmarks/ablation_stats.py --stdout          # print the tables only
+    python benchmarks/ablation_stats.py --group reference # the reference-budget rows' tables (no plot)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import ablation  # noqa: E402  (benchmarks/ is not a package)
 
 TASKS = (("sst", "SST acc"), ("quora", "Quora acc"), ("sts", "STS r"))
 PLOT = "docs/img/ablation_differences.png"
+MARKERS = {"main": ablation.MARKERS, "reference": ("<!-- reference-table:start -->", "<!-- reference-table:end -->")}
 RESAMPLES = 2000
 
 
@@ -115,7 +117,7 @@ class RowResult:
     difference: dict[str, tuple[float, float, float]]
 
 
-def summarize(row: ablation.Row, root: Path, n_resamples: int = RESAMPLES) -> RowResult:
+def summarize(row: ablation.Row, root: Path, n_resamples: int = RESAMPLES, group: str = "main") -> RowResult:
     runs = done_runs(row, root)
     keys = list(scores(runs[0])) if runs else []
     values = {key: [float(scores(run)[key]) for run in runs] for key in keys}
@@ -123,8 +125,8 @@ def summarize(row: ablation.Row, root: Path, n_resamples: int = RESAMPLES) -> Ro
     sd = {key: float(np.std(v, ddof=1)) if len(v) > 1 else float("nan") for key, v in values.items()}
     difference = {}
     if row.comparator is not None:
-        base = {run.seed: run for run in done_runs(ablation.rows_by_name()[row.comparator], root)}
-        base_seeds = ablation.rows_by_name()[row.comparator].seeds
+        comparator = ablation.rows_by_name(group)[row.comparator]
+        base, base_seeds = {run.seed: run for run in done_runs(comparator, root)}, comparator.seeds
         pairs = [(run, base[base_seeds[row.seeds.index(run.seed)]]) for run in runs
                  if base_seeds[row.seeds.index(run.seed)] in base]
         if len(pairs) >= 2:
@@ -211,9 +213,16 @@ def plot_differences(results: list[RowResult], path: Path) -> Path | None:
     return path
 
 
-def render(root: Path, n_resamples: int = RESAMPLES) -> tuple[str, list[RowResult]]:
-    rows = ablation.main_rows()
-    results = [summarize(row, root, n_resamples) for row in rows]
+def table_rows(group: str) -> list[ablation.Row]:
+    """The group's rows that are measured against another or that another is measured against (not the rows that
+    only provide heads, such as the reference group's `frozen`)."""
+    rows = ablation.GROUPS[group]()
+    return [row for row in rows if row.comparator or any(other.comparator == row.name for other in rows)]
+
+
+def render(root: Path, n_resamples: int = RESAMPLES, group: str = "main") -> tuple[str, list[RowResult]]:
+    rows = table_rows(group)
+    results = [summarize(row, root, n_resamples, group) for row in rows]
     text = "\n\n".join([main_table(results), "Paired differences per task:", task_difference_table(results),
                         "Commands:", commands_table(rows)])
     return text, results
@@ -223,15 +232,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stdout", action="store_true", help="Print the tables instead of writing docs/.")
     parser.add_argument("--resamples", type=int, default=RESAMPLES)
+    parser.add_argument("--group", choices=sorted(MARKERS), default="main")
     args = parser.parse_args(argv)
-    text, results = render(ablation.REPO, args.resamples)
+    text, results = render(ablation.REPO, args.resamples, args.group)
     if args.stdout:
         print(text)
         return 0
     docs = ablation.REPO / ablation.DOCS
-    docs.write_text(ablation.replace_between_markers(docs.read_text(encoding="utf-8"), text), encoding="utf-8")
-    plot = plot_differences(results, ablation.REPO / PLOT)
-    print(f"tables written to {docs}" + (f", plot to {plot}" if plot else " (no row has an interval yet: no plot)"))
+    docs.write_text(ablation.replace_between_markers(docs.read_text(encoding="utf-8"), text,
+                                                     markers=MARKERS[args.group]), encoding="utf-8")
+    plot = plot_differences(results, ablation.REPO / PLOT) if args.group == "main" else None
+    why = "no row has an interval yet" if args.group == "main" else f"none for the {args.group} group"
+    print(f"tables written to {docs}" + (f", plot to {plot}" if plot else f" ({why}: no plot)"))
     return 0
 
 
