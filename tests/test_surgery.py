@@ -1,6 +1,7 @@
 """GradientSurgery's `[T, P]` buffer filled during the backward (`capture`): the same bits as the old path (backward,
 then `accumulate` adds `.grad` into a zeroed row), with no `.grad` left alive, over micro-batches, for parameters
-without a gradient, for bf16 and sparse gradients; and the hooks stay out of every other backward."""
+without a gradient, for bf16 and sparse gradients; and the hooks stay out of every other backward. The chunked Gram
+matrix of a segment (`block_gram`)."""
 
 import gc
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from hf_multitask import GradientSurgery
+from hf_multitask.aggregators.surgery import GRAM_CHUNK, block_gram
 
 from .conftest import batch, make_model
 
@@ -151,3 +153,13 @@ def test_capture_inside_capture_is_an_error():
     with surgery.capture(0), pytest.raises(RuntimeError, match=r"capture\(1\) inside capture\(0\)"):
         with surgery.capture(1):
             pass
+
+
+@pytest.mark.parametrize("width", [5, GRAM_CHUNK, GRAM_CHUNK + 3, 3 * GRAM_CHUNK + 7])
+def test_block_gram_equals_the_float64_product_on_a_segment(width):
+    buffer = torch.randn(3, width + 10, generator=torch.Generator().manual_seed(width)) - 0.1
+    segment = buffer[:, 4:4 + width]  # rows a whole buffer width apart, as a GradVac layer's columns are
+    exact = segment.double() @ segment.double().T
+    found = block_gram(segment)
+    assert found.dtype == torch.float32 and found.shape == (3, 3)
+    torch.testing.assert_close(found.double(), exact, rtol=0, atol=1e-6 * width)

@@ -21,13 +21,32 @@ def segment_runs(segments: torch.Tensor) -> list[tuple[int, int, int]]:
     return [(int(segments[s]), s, e) for s, e in zip(starts, ends)]
 
 
+GRAM_CHUNK = 16384  # columns per block of `block_gram`: [T, 16384] float32 is 192 KiB for T = 3, in L2
+
+
+def block_gram(block: torch.Tensor) -> torch.Tensor:
+    """`block @ block.T` `[T, T]` for a wide `block` `[T, L]`, as the sum of the Gram matrices of its column chunks.
+
+    One `bmm` over the `[n, T, GRAM_CHUNK]` view (no copy) and one `mm` for the last `L mod GRAM_CHUNK` columns.
+    A single `[T, L] @ [L, T]` product with T = 3 and L in the millions is a poor shape for BLAS: on [3, 22.6 M]
+    (MiniLM's shared parameters) this takes 0.6x its CPU time, and its entries are far closer to the float64
+    product, being sums of short partial sums (`benchmarks/bench_gram.py`, docs/results.md).
+    """
+    chunks = block.shape[1] // GRAM_CHUNK
+    tail = block[:, chunks * GRAM_CHUNK:]
+    gram = tail @ tail.T
+    if chunks:
+        blocks = block[:, :chunks * GRAM_CHUNK].unflatten(1, (chunks, GRAM_CHUNK)).transpose(0, 1)  # (n, T, C)
+        gram += torch.bmm(blocks, blocks.transpose(1, 2)).sum(0)
+    return gram
+
+
 def segment_grams(grads: torch.Tensor, runs: list[tuple[int, int, int]], num_segments: int,
                   out: torch.Tensor | None = None) -> torch.Tensor:
     """Gram matrix of the task gradients restricted to each segment: `[K, T, T]` (into `out` when given)."""
     grams = grads.new_zeros(num_segments, grads.shape[0], grads.shape[0]) if out is None else out.zero_()
     for k, start, end in runs:
-        block = grads[:, start:end]
-        grams[k] += block @ block.T
+        grams[k] += block_gram(grads[:, start:end])
     return grams
 
 
