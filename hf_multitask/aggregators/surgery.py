@@ -202,8 +202,8 @@ class GradientSurgery:
         after that accumulation ([`store`]) adds it into the row, or copies it there when it is the first since
         [`zero_`], and sets `.grad` back to `None`, so the tensor is freed while the backward goes on. Per task and
         micro-batch that is one pass over P (the copy), where adding `.grad` into a zeroed buffer after the
-        backward took three (zeroing, then reading both and writing), and at most one parameter's gradient is alive
-        at a time. Micro-batches add into the same row.
+        backward took three (zeroing, then reading both and writing), and no gradient outlives its storing (they
+        all lived until the backward ended). Micro-batches add into the same row.
 
         Example (`surgery.buffer[t]` then holds task t's gradient, `.grad` stays `None`):
 
