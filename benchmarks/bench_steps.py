@@ -150,11 +150,12 @@ def step(trainer, batch) -> float:
 
 
 def profile_buffer(setups: dict, steps: int = 8) -> dict[str, dict[str, float]]:
-    """Milliseconds per step inside the per-task buffer's `zero_`, `accumulate` and `combine` (PCGrad, GradVac)."""
+    """Milliseconds per step inside the per-task buffer's `zero_`, `store` (the copies into the rows, run by hooks
+    during each task's backward) and `combine` (PCGrad, GradVac)."""
     results = {}
     for name in ("pcgrad", "gradvac"):
         trainer, batch = setups[name]
-        spent = dict.fromkeys(("zero_", "accumulate", "combine"), 0.0)
+        spent = dict.fromkeys(("zero_", "store", "combine"), 0.0)
         for method in spent:
             original = getattr(trainer.surgery, method)
 

@@ -184,8 +184,8 @@ class MultitaskTrainer(Trainer):
                 loss = self.compute_loss(model, batch) * weights.get(task_name, 1.0)
             loss = loss / getattr(self, "current_gradient_accumulation_steps", 1)  # set by the training loop
             self._nonfinite.record(task_name, loss)
-            self.accelerator.backward(loss)
-            self.surgery.accumulate(task_index[task_name])
+            with self.surgery.capture(task_index[task_name]):  # the shared gradients go into the task's row
+                self.accelerator.backward(loss)
             total += loss.detach()
         if self.accelerator.sync_gradients:
             self._surgery_fresh = True

@@ -13,7 +13,8 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 @pytest.mark.parametrize("script, interval_key", [("bench_smart.py", "ratio_interval_95"),
                                                   ("bench_aggregators.py", "ratio_95"),
-                                                  ("gpu_check.py", "time_ratio_95")])
+                                                  ("gpu_check.py", "time_ratio_95"),
+                                                  ("bench_gram.py", "cpu_ratio_95")])
 def test_smoke_mode_runs_and_reports_ratios_with_intervals(script, interval_key, tmp_path):
     output = tmp_path / "out.json"
     result = subprocess.run([sys.executable, str(BENCHMARKS / script), "--smoke", "--output", str(output)],

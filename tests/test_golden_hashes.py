@@ -8,7 +8,11 @@ A change meant to alter one mode's numerics re-records that mode alone, and says
 
 Re-recorded on purpose: `pcgrad` and `gradvac` when the aggregator registry moved their coefficients to float64 on
 the Gram matrix divided by its largest diagonal entry (per step, the update moved by at most 2.5e-7 of its largest
-entry; 30 AdamW steps amplify that into other bits). Grouped `none` was recorded before that change and still holds."""
+entry; 30 AdamW steps amplify that into other bits). Grouped `none` was recorded before that change and still holds.
+`pcgrad` again when the Gram matrix became a sum of 16384-column chunks (`block_gram`: faster and closer to the
+float64 product; this run's 18,634 shared parameters make one chunk and a tail): the same 30 steps end with weights
+at most 4.0e-7 from the single product's (the last update differs by 1.6e-7 of its largest entry). `gradvac` is
+per layer, and this tiny model's layers are narrower than a chunk: its hash holds."""
 
 from __future__ import annotations
 

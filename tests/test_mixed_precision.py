@@ -7,6 +7,7 @@ fp32. These tests put a real `torch.amp.GradScaler("cpu")` where accelerate keep
 (`unscale_`, `step`, `update`). Every test asserts the dtypes it claims to test.
 """
 
+import contextlib
 import copy
 
 import pytest
@@ -68,14 +69,16 @@ def scaled_step(trainer, inputs, optimizer, scaler, dtype=torch.float16):
 
 def spy_buffer(surgery) -> list[torch.Tensor]:
     """Copies of the buffer `[T, P]` just before the surgery combines it (the scaled per-task gradients)."""
-    seen, accumulate = [], surgery.accumulate
+    seen, capture = [], surgery.capture
 
+    @contextlib.contextmanager
     def spy(task_index):
-        accumulate(task_index)
+        with capture(task_index):
+            yield
         if task_index == surgery.num_tasks - 1:
             seen.append(surgery.buffer.clone())
 
-    surgery.accumulate = spy
+    surgery.capture = spy
     return seen
 
 

@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 import torch
 
@@ -72,20 +74,22 @@ def test_gradient_accumulation_sums_the_micro_batches_before_the_surgery(bert_co
     trainer = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path, gradient_surgery="pcgrad",
                            **(TRAINER_ARGS | dict(max_steps=2)), gradient_accumulation_steps=2)
     surgery, seen = trainer.surgery, []
-    accumulate, combine = surgery.accumulate, surgery.combine
+    capture, combine = surgery.capture, surgery.combine
 
-    def spy_accumulate(task_index):
-        accumulate(task_index)
-        seen.append(("accumulate", task_index, surgery.buffer.clone()))
+    @contextlib.contextmanager
+    def spy_capture(task_index):
+        with capture(task_index):
+            yield
+        seen.append(("capture", task_index, surgery.buffer.clone()))
 
     def spy_combine():
         seen.append(("combine", None, surgery.buffer.clone()))
         combine()
 
-    surgery.accumulate, surgery.combine = spy_accumulate, spy_combine
+    surgery.capture, surgery.combine = spy_capture, spy_combine
     trainer.train()
     kinds = [kind for kind, _, _ in seen]
-    assert kinds == (["accumulate"] * 6 + ["combine"]) * 2  # 2 micro-batches x 3 tasks, then one surgery
+    assert kinds == (["capture"] * 6 + ["combine"]) * 2  # 2 micro-batches x 3 tasks, then one surgery
     first_micro, second_micro, at_combine = seen[2][2], seen[5][2], seen[6][2]
     assert torch.equal(second_micro, at_combine)
     assert first_micro.abs().sum() > 0 and not torch.equal(first_micro, second_micro)  # summed, not restarted

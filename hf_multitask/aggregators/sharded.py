@@ -99,7 +99,11 @@ class ShardedGradientSurgery(GradientSurgery):
         self.shapes = [p.to_local().shape for p in params]  # this rank's shard of each parameter
         self.numels = [p.to_local().numel() for p in params]
         device = params[0].to_local().device if params else torch.device("cpu")
-        self.buffer = torch.zeros(num_tasks, sum(self.numels), dtype=torch.float32, device=device)
+        self._buffer = torch.zeros(num_tasks, sum(self.numels), dtype=torch.float32, device=device)
+        self.slots = [[flat.view(shape) for flat, shape in zip(row.split(self.numels), self.shapes)]
+                      for row in self._buffer]  # this rank's shard of each parameter, per task
+        self.unwritten: list[set[int]] = [set() for _ in range(num_tasks)]
+        self.capturing, self._hooked = None, False
         self.total = torch.empty(sum(self.numels), dtype=torch.float32, device=device)
         per_layer = cls.per_segment and gradvac_per_layer and segment_ids is not None
         self.runs, self.num_segments = column_segments(self.numels, segment_ids if per_layer else [0] * len(params))
@@ -109,12 +113,9 @@ class ShardedGradientSurgery(GradientSurgery):
         self.cosine_sum = torch.zeros(num_tasks, num_tasks, dtype=torch.float64)
         self.steps = self.adjustments = 0
 
-    def accumulate(self, task_index: int) -> None:
-        """Add this rank's shard of the shared parameters' `.grad` to row `task_index`, then clear those `.grad`s."""
-        for row, p, shape in zip(self.buffer[task_index].split(self.numels), self.params, self.shapes):
-            if p.grad is not None:
-                row.view(shape).add_(p.grad.to_local())
-            p.grad = None
+    def store(self, task_index: int, index: int, grad: torch.Tensor) -> None:
+        """[`GradientSurgery.store`] of this rank's shard of `grad` (FSDP2 leaves a DTensor in `.grad`)."""
+        super().store(task_index, index, grad.to_local() if isinstance(grad, DTensor) else grad)
 
     def combine(self) -> None:
         """All-reduce the partial Gram matrices, aggregate, and write this rank's shard of the update into `.grad`."""

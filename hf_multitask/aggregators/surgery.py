@@ -6,6 +6,8 @@ rows into preallocated storage. Training (`GradientSurgery`), the benchmarks and
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -20,13 +22,32 @@ def segment_runs(segments: torch.Tensor) -> list[tuple[int, int, int]]:
     return [(int(segments[s]), s, e) for s, e in zip(starts, ends)]
 
 
+GRAM_CHUNK = 16384  # columns per block of `block_gram`: [T, 16384] float32 is 192 KiB for T = 3, in L2
+
+
+def block_gram(block: torch.Tensor) -> torch.Tensor:
+    """`block @ block.T` `[T, T]` for a wide `block` `[T, L]`, as the sum of the Gram matrices of its column chunks.
+
+    One `bmm` over the `[n, T, GRAM_CHUNK]` view (no copy) and one `mm` for the last `L mod GRAM_CHUNK` columns.
+    A single `[T, L] @ [L, T]` product with T = 3 and L in the millions is a poor shape for BLAS: on [3, 22.6 M]
+    (MiniLM's shared parameters) this takes 0.6x its CPU time, and its entries are far closer to the float64
+    product, being sums of short partial sums (`benchmarks/bench_gram.py`, docs/results.md).
+    """
+    chunks = block.shape[1] // GRAM_CHUNK
+    tail = block[:, chunks * GRAM_CHUNK:]
+    gram = tail @ tail.T
+    if chunks:
+        blocks = block[:, :chunks * GRAM_CHUNK].unflatten(1, (chunks, GRAM_CHUNK)).transpose(0, 1)  # (n, T, C)
+        gram += torch.bmm(blocks, blocks.transpose(1, 2)).sum(0)
+    return gram
+
+
 def segment_grams(grads: torch.Tensor, runs: list[tuple[int, int, int]], num_segments: int,
                   out: torch.Tensor | None = None) -> torch.Tensor:
     """Gram matrix of the task gradients restricted to each segment: `[K, T, T]` (into `out` when given)."""
     grams = grads.new_zeros(num_segments, grads.shape[0], grads.shape[0]) if out is None else out.zero_()
     for k, start, end in runs:
-        block = grads[:, start:end]
-        grams[k] += block @ block.T
+        grams[k] += block_gram(grads[:, start:end])
     return grams
 
 
@@ -105,10 +126,11 @@ def combine(aggregator: Aggregator, grads: torch.Tensor, generator: torch.Genera
 class GradientSurgery:
     """Per-task gradients of the shared parameters in one flat `[T, P]` buffer, and the aggregator applied to them.
 
-    The Trainer adds each task's shared gradients into its row ([`accumulate`]), averages the buffer across ranks,
-    then [`combine`] writes the aggregated update into the shared parameters' `.grad` (the same on every rank: one
-    seeded generator orders PCGrad's and GradVac's visits). The generator's state and the aggregator's own state
-    (GradVac's targets) are in [`state_dict`] for checkpoints.
+    The Trainer runs each task's backward inside [`capture`], which moves every shared gradient into the task's row
+    as autograd produces it; it then averages the buffer across ranks, and [`combine`] writes the aggregated update
+    into the shared parameters' `.grad` (the same on every rank: one seeded generator orders PCGrad's and GradVac's
+    visits). The generator's state and the aggregator's own state (GradVac's targets) are in [`state_dict`] for
+    checkpoints.
 
     Args:
         method: A registered aggregator (`aggregator_names()`): `none` (plain sum), `pcgrad`, `gradvac`, ...
@@ -128,7 +150,11 @@ class GradientSurgery:
         self.numels = [p.numel() for p in params]
         size = sum(self.numels)
         device = params[0].device if params else torch.device("cpu")
-        self.buffer = torch.zeros(num_tasks, size, dtype=torch.float32, device=device)
+        self._buffer = torch.zeros(num_tasks, size, dtype=torch.float32, device=device)
+        self.slots = [[flat.view_as(p) for flat, p in zip(row.split(self.numels), params)] for row in self._buffer]
+        self.unwritten: list[set[int]] = [set() for _ in range(num_tasks)]  # see `zero_`; none: the zeros are real
+        self.capturing: int | None = None  # the row `capture` is filling
+        self._hooked = False
         self.total = torch.empty(size, dtype=torch.float32, device=device)  # the update, rewritten every step
         per_layer = cls.per_segment and gradvac_per_layer and segment_ids is not None
         ids = segment_ids if per_layer else [0] * len(params)
@@ -142,15 +168,98 @@ class GradientSurgery:
         self.cosine_sum = torch.zeros(num_tasks, num_tasks, dtype=torch.float64)
         self.steps = self.adjustments = 0
 
+    @property
+    def buffer(self) -> torch.Tensor:
+        """The `[T, P]` float32 per-task gradients: row t sums task t's gradients since [`zero_`] (0 where none)."""
+        for row, (slots, unwritten) in enumerate(zip(self.slots, self.unwritten)):
+            if len(unwritten) == len(slots):
+                self._buffer[row].zero_()
+            else:
+                for index in unwritten:
+                    slots[index].zero_()
+            unwritten.clear()
+        return self._buffer
+
     def zero_(self) -> None:
-        self.buffer.zero_()
+        """Empty every row, without writing it: each parameter's first gradient after this is copied into its slice
+        (not added to zeros), and the slices that get none are zeroed when [`buffer`] is next read."""
+        self.unwritten = [set(range(len(self.params))) for _ in range(self.num_tasks)]
+
+    def store(self, task_index: int, index: int, grad: torch.Tensor) -> None:
+        """Add `grad` (parameter `index`'s gradient, any float dtype) into its slice of row `task_index`; the first
+        one since [`zero_`] is copied there instead, which gives the same bits as adding it to zeros."""
+        unwritten, slot = self.unwritten[task_index], self.slots[task_index][index]
+        with torch.no_grad():  # backward(create_graph=True) would otherwise record the copy into the graph
+            if index not in unwritten:
+                slot.add_(grad)
+            elif grad.layout == torch.strided:
+                slot.copy_(grad)
+            else:  # a sparse gradient (nn.Embedding(sparse=True)) has no copy_ into a dense tensor
+                slot.zero_().add_(grad)
+        unwritten.discard(index)
 
     def accumulate(self, task_index: int) -> None:
-        """Add the shared parameters' current `.grad` to row `task_index`, then clear those `.grad`s."""
-        for row, p in zip(self.buffer[task_index].split(self.numels), self.params):
+        """Move the shared parameters' current `.grad` into row `task_index` (added to what it holds); clear them."""
+        for index, p in enumerate(self.params):
             if p.grad is not None:
-                row.view_as(p).add_(p.grad)
+                self.store(task_index, index, p.grad)
             p.grad = None
+
+    @contextlib.contextmanager
+    def capture(self, task_index: int):
+        """Within this context, every shared gradient the backward pass accumulates goes into row `task_index`.
+
+        Autograd hands a parameter whose `.grad` is `None` its freshly computed gradient without a copy; a hook
+        after that accumulation ([`store`]) adds it into the row, or copies it there when it is the first since
+        [`zero_`], and sets `.grad` back to `None`, so the tensor is freed while the backward goes on. Per task and
+        micro-batch that is one pass over P (the copy), where adding `.grad` into a zeroed buffer after the
+        backward took three (zeroing, then reading both and writing), and no gradient outlives its storing (they
+        all lived until the backward ended). Micro-batches add into the same row.
+
+        Example (`surgery.buffer[t]` then holds task t's gradient, `.grad` stays `None`):
+
+        ```python
+        >>> import torch
+        >>> layer = torch.nn.Linear(3, 2)
+        >>> surgery = GradientSurgery("pcgrad", list(layer.parameters()), num_tasks=2)
+        >>> for t in range(2):
+        ...     with surgery.capture(t):
+        ...         layer(torch.ones(1, 3)).sum().mul(t + 1).backward()
+        >>> surgery.buffer[1].equal(2 * surgery.buffer[0]), layer.weight.grad is None
+        (True, True)
+
+        ```
+        """
+        if self.capturing is not None:
+            raise RuntimeError(f"capture({task_index}) inside capture({self.capturing}): one task at a time")
+        self.accumulate(task_index)  # a `.grad` already set (none in training) belongs to this row, as before
+        self._install_hooks()
+        self.capturing = task_index
+        try:
+            yield
+        finally:
+            self.capturing = None
+        self.accumulate(task_index)  # what no hook took: a parameter frozen while the hooks were installed
+
+    def _install_hooks(self) -> None:
+        """One post-accumulate-grad hook per shared parameter, installed once, acting only inside [`capture`]. The
+        hooks hold this object weakly and are removed when it is garbage-collected."""
+        if self._hooked:
+            return
+        self._hooked = True
+        surgery = weakref.ref(self)
+
+        def hook_for(index: int):
+            def hook(param: torch.Tensor) -> None:
+                owner = surgery()
+                if owner is not None and owner.capturing is not None and param.grad is not None:
+                    owner.store(owner.capturing, index, param.grad)
+                    param.grad = None
+            return hook
+
+        handles = [p.register_post_accumulate_grad_hook(hook_for(i)) for i, p in enumerate(self.params)
+                   if p.requires_grad]
+        weakref.finalize(self, _remove_hooks, handles)
 
     def combine(self) -> None:
         """Aggregate the buffer's rows and write the update into the shared parameters' `.grad`."""
@@ -181,3 +290,8 @@ class GradientSurgery:
     def load_state_dict(self, state: dict) -> None:
         self.aggregator.load_state_dict({k: v for k, v in state.items() if k != "generator"})
         self.generator.set_state(state["generator"])
+
+
+def _remove_hooks(handles: list) -> None:
+    for handle in handles:
+        handle.remove()
