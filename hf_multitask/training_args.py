@@ -186,7 +186,8 @@ class MultitaskTrainingArguments(TrainingArguments):
             raise ValueError(f"{sharded} with grouped batches (gradient surgery), SMART or other regularisers is not "
                              "supported yet: they need each task's whole gradient, or the whole weights outside the "
                              "model's forward. Train them with DDP (torchrun / accelerate launch without "
-                             f"{sharded}), or train with {sharded} without them (docs/scaling.md)")
+                             f"{sharded}), or train with {sharded} without them; gradient surgery and SMART also run "
+                             "under FSDP2 in a training loop of your own (docs/scaling.md)")
 
     def _check_loss_weighting(self) -> None:
         if self.loss_weighting == "none":

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..kinds import TaskKind, get_kind
 from .base import Regularizer, register_regularizer
+from .smart_fsdp import is_sharded, local_tensor, reshard_all, swapped_shards
 
 PAIRS = (("input_ids", "inputs_embeds"), ("input_ids_b", "inputs_embeds_b"))  # ids -> where the embeddings go
 
@@ -115,7 +116,9 @@ def embedding_forward(model: nn.Module, inputs: dict) -> tuple[list[torch.Tensor
 class EmaTeacher:
     """A float32 EMA θ̃ of the model's trainable parameters, evaluated by swapping it into the model.
 
-    Frozen parameters and buffers are not copied: the teacher shares them with the model.
+    Frozen parameters and buffers are not copied: the teacher shares them with the model. On a model sharded by
+    FSDP2 (DTensor parameters) θ̃ holds this rank's local shards only, and its forward copies them into the model's
+    shards for its length (`smart_fsdp.swapped_shards`); `state_dict` is then this rank's part.
 
     Args:
         momentum: β in θ̃ ← β θ̃ + (1 - β) θ (0.99: the teacher averages about the last 100 steps).
@@ -128,11 +131,14 @@ class EmaTeacher:
         self.restored = False  # set by load_state_dict, consumed by the Trainer when training starts
 
     def initialize(self, model: nn.Module) -> None:
-        """θ̃ ← θ (trainable parameters only)."""
-        self.shadow = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+        """θ̃ ← θ (trainable parameters only; under FSDP2 this rank's shards)."""
+        reshard_all(model)
+        self.shadow = {n: local_tensor(p).detach().float().clone() for n, p in model.named_parameters()
+                       if p.requires_grad}
         self.num_updates = 0
 
     def _params(self, model: nn.Module) -> list[torch.Tensor]:
+        reshard_all(model)  # FSDP2 registers a gathered unit's plain tensors in place of its DTensors; none otherwise
         if self.shadow is None:
             self.initialize(model)
         named = dict(model.named_parameters())
@@ -140,6 +146,10 @@ class EmaTeacher:
         if missing:
             raise ValueError(f"The EMA teacher has parameters the model lacks: {missing[:5]}")
         params = [named[n] for n in self.shadow]
+        wrong = [n for n, p in zip(self.shadow, params) if self.shadow[n].shape != local_tensor(p).shape]
+        if wrong:  # e.g. a teacher of whole tensors on a model sharded since, or the other way round
+            raise ValueError(f"The EMA teacher's shapes differ from the model's (local shards under FSDP2) for "
+                             f"{wrong[:5]}: initialize or load the teacher for the model as it is sharded now")
         if params and next(iter(self.shadow.values())).device != params[0].device:  # after a load or a move
             self.shadow = {n: t.to(p.device) for (n, t), p in zip(self.shadow.items(), params)}
         return params
@@ -147,7 +157,7 @@ class EmaTeacher:
     def update(self, model: nn.Module) -> None:
         """One EMA step towards the model's current parameters; call after every optimizer step."""
         params = self._params(model)
-        ema_update_(list(self.shadow.values()), params, self.momentum)
+        ema_update_(list(self.shadow.values()), [local_tensor(p) for p in params], self.momentum)
         self.num_updates += 1
 
     @torch.no_grad()
@@ -155,13 +165,18 @@ class EmaTeacher:
         """f(x; θ̃): the model's forward with θ̃ swapped in for its trainable parameters, without dropout.
 
         The teacher gives a deterministic target (dropout off); the student's side keeps its training-mode noise.
+        Under FSDP2 `functional_call` would mix plain tensors with the DTensors FSDP2 manages: the local shards are
+        swapped in place instead.
         """
         params = self._params(model)
-        swapped = {n: t if t.dtype == p.dtype else t.to(p.dtype) for (n, t), p in zip(self.shadow.items(), params)}
         kwargs = {k: v for k, v in inputs.items() if k != "labels"}
         was_training = model.training
         model.eval()
         try:
+            if is_sharded(params):
+                with swapped_shards(model, params, list(self.shadow.values())):
+                    return model(**kwargs).logits
+            swapped = {n: t if t.dtype == p.dtype else t.to(p.dtype) for (n, t), p in zip(self.shadow.items(), params)}
             return torch.func.functional_call(model, swapped, args=(), kwargs=kwargs, strict=False).logits
         finally:
             model.train(was_training)
