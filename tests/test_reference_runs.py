@@ -104,7 +104,8 @@ def test_single_task_run_saves_checkpoints_and_a_timeline(tmp_path, encoder_dir,
     assert len(curve) == len({p["seconds"] for points in evaluated.values() for p in points}) > 3
     assert curve[-1]["sst_accuracy"] == pytest.approx(results["eval_sst_accuracy"])  # the final model, same metric
     assert curve[-1]["sts_pearson"] == pytest.approx(results["eval_sts_pearson"], abs=1e-5)
-    assert all(a["seconds"] < b["seconds"] for a, b in zip(curve, curve[1:]))
+    # in time order; two checkpoints of a run this small can share a clock reading
+    assert all(a["seconds"] <= b["seconds"] for a, b in zip(curve, curve[1:]))
 
 
 # ---- the queue's reference group ----
