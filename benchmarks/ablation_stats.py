@@ -197,14 +197,15 @@ def plot_differences(results: list[RowResult], path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(shown) + 1.2))
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(shown) + 1.6))
     for y, r in enumerate(reversed(shown)):
         point, low, high = r.difference["overall"]
         color = {"helps": "tab:green", "hurts": "tab:red"}.get(verdict(low, high), "tab:gray")
         ax.errorbar(point, y, xerr=[[point - low], [high - point]], fmt="o", color=color, capsize=3)
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_yticks(range(len(shown)), [f"{r.row.name} vs {r.row.comparator}" for r in reversed(shown)])
-    ax.set_xlabel("Δ dev overall score, mean over seed pairs (95% bootstrap interval: seeds and dev examples)")
+    ax.set_xlabel("Δ dev overall vs comparator, mean over seed pairs\n"
+                  "(95% bootstrap interval over seeds and dev examples)")
     ax.set_title("Ablation: paired difference to each row's comparator")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
