@@ -7,7 +7,10 @@ Printed and written as JSON, each as the median of interleaved repeats with a 95
   against the plain HF `Trainer` + `BertForSequenceClassification` step on the same batch;
 - the grouped PCGrad and GradVac steps against the summed-loss step over the same three task batches;
 - the SMART step (R_s with K = 1 and the Bregman term) against the plain multitask step;
-- the peak GPU memory of each variant (`torch.cuda.max_memory_allocated` over one step).
+- the peak GPU memory of each variant (`torch.cuda.max_memory_allocated` over one step);
+- the Trainer under accelerate's FSDP2 plugin (`fsdp_check.py`, launched with torchrun, one process per GPU):
+  `MultitaskTrainer.train()` with PCGrad and SMART, sharded and unsharded, whether accelerate sharded it, the
+  surgery it ended with, step time and peak memory of each.
 
     python benchmarks/gpu_check.py --output benchmarks/results/gpu_check.json     # one GPU, bf16
     python benchmarks/gpu_check.py --smoke                                        # tiny model, CPU, seconds
@@ -17,8 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import torch
 from bench_smart import train_step
@@ -86,6 +93,26 @@ def build(args) -> dict[str, tuple]:
     return setups
 
 
+def fsdp_runs(args) -> dict:
+    """fsdp_check.py under torchrun, with accelerate's FSDP2 plugin and without (one process per GPU; one CPU process
+    with `--smoke`), each in its own processes since accelerate's state is per process."""
+    here = Path(__file__).resolve().parent
+    sizes = ["--smoke"] if args.smoke else ["--batch_size", str(args.batch_size), "--length", str(args.length)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent), os.environ.get("PYTHONPATH", "")])}
+    runs = {}
+    for name, flags in (("fsdp2", ["--sharded"]), ("unsharded", [])):
+        with tempfile.TemporaryDirectory() as folder:
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                       str(max(torch.cuda.device_count(), 1)), str(here / "fsdp_check.py"), *flags, *sizes,
+                       "--output", f"{folder}/run.json"]
+            subprocess.run(command, check=True, env=env, cwd=here)
+            with open(f"{folder}/run.json") as f:
+                runs[name] = json.load(f)
+    sharded, plain = runs["fsdp2"], runs["unsharded"]
+    runs["fsdp2_step_ratio"] = round(sharded["step_ms_median"] / plain["step_ms_median"], 3)
+    return runs
+
+
 def peak_memory(setups: dict) -> dict[str, float]:
     """GiB allocated at the peak of one step of each variant (0 on the CPU)."""
     peaks = {}
@@ -130,6 +157,7 @@ def main() -> None:
         result["variants"][name] = {"step_ms": round(1000 * statistics.median(times[name]), 2), "against": baseline,
                                     "time_ratio": round(statistics.median(ratios), 3),
                                     "time_ratio_95": [round(low, 3), round(high, 3)], "peak_gib": peaks[name]}
+    result["fsdp"] = fsdp_runs(args)
     print(json.dumps(result, indent=2))
     if args.output:
         with open(args.output, "w") as f:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from .loss_weighting import LossWeighting, get_loss_weighting
 
@@ -94,6 +95,8 @@ def average_gradients(trainer, model, extra: torch.Tensor | None) -> torch.Tenso
     if trainer.args.world_size <= 1:
         return extra
     params = [p for p in model.parameters() if p.grad is not None]
+    if any(isinstance(p.grad, DTensor) for p in params):  # FSDP2 averaged them in the backward (no loss weighting)
+        return extra
     parts = [p.grad.reshape(-1).float() for p in params] + ([extra.reshape(-1).float()] if extra is not None else [])
     flat = trainer.accelerator.reduce(torch.cat(parts), reduction="mean")
     offset = 0

@@ -14,6 +14,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, PredictionOutput, 
 from transformers.utils import logging
 
 from . import conventions
+from .aggregators import GradientSurgery, ShardedGradientSurgery
 from .callbacks import NonFiniteGuard, NonFiniteLossError, RegularizerCallback, SamplerEpochCallback, TaskMetrics
 from .checkpointing import (
     CheckpointError,
@@ -25,11 +26,11 @@ from .checkpointing import (
 from .conventions import multitask_base
 from .data import MultitaskDataset
 from .evaluation import evaluate_tasks
-from .gradients import GradientSurgery
 from .mixed_precision import active_scaler, combine_unscaled, drop_gradients
 from .optim import build_optimizer, head_lr_param_groups
 from .regularizers import Regularizer, build_regularizers
 from .sampling import MultitaskBatchSampler
+from .sharding import check_sharded_trainer, sharded_surgery
 from .summed_step import build_loss_weighting, no_decay_names, summed_training_step
 
 logger = logging.get_logger(__name__)
@@ -64,6 +65,7 @@ class MultitaskTrainer(Trainer):
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
         conventions.check_training_args(self.args)
+        check_sharded_trainer(self)  # FSDP / DeepSpeed turned on by an accelerate config: sharding.py
         self.task_compute_metrics = conventions.scope_compute_metrics(compute_metrics, self.specs,
                                                                       self.args.batch_eval_metrics)
         self.train_sampler: MultitaskBatchSampler | None = None
@@ -98,6 +100,8 @@ class MultitaskTrainer(Trainer):
         return regularizers
 
     def _build_surgery(self) -> GradientSurgery | None:
+        args = self.args
+        self._surgery_options = dict(gradvac_beta=args.gradvac_beta, gradvac_per_layer=args.gradvac_per_layer)
         if not getattr(self.args, "task_sampling_grouped", False) or self.args.gradient_surgery == "none":
             return None  # no per-task gradients needed: the summed-loss step (summed_step.py)
         model = self.multitask_model
@@ -106,11 +110,8 @@ class MultitaskTrainer(Trainer):
             logger.warning("Grouped batches with no shared trainable parameters (frozen encoder?): gradient surgery "
                            "has nothing to project, so each step is the plain sum of the task losses.")
         method = self.args.gradient_surgery if shared else "none"
-        surgery = GradientSurgery(
-            method, [p for _, p in shared], num_tasks=len(self.specs), seed=self.args.seed,
-            gradvac_beta=self.args.gradvac_beta, gradvac_per_layer=self.args.gradvac_per_layer,
-            segment_ids=[model.parameter_group(n) for n, _ in shared],
-        )
+        surgery = GradientSurgery(method, [p for _, p in shared], num_tasks=len(self.specs), seed=args.seed,
+                                  segment_ids=[model.parameter_group(n) for n, _ in shared], **self._surgery_options)
         self._stateful["gradient_surgery"] = surgery
         return surgery
 
@@ -173,7 +174,9 @@ class MultitaskTrainer(Trainer):
         """One batch of every task: unsynchronised per-task backward passes, one all-reduce, surgery, `.grad`."""
         model.train()
         inputs = self._prepare_inputs(inputs)
-        if self._surgery_fresh:
+        if self._surgery_fresh:  # under FSDP2, the surgery moves to this rank's shards (sharding.py)
+            self.surgery = self._stateful["gradient_surgery"] = sharded_surgery(
+                self.surgery, self.multitask_model, self.accelerator.unwrap_model(model), **self._surgery_options)
             self.surgery.zero_()
             self._surgery_fresh = False
         weights = self.train_sampler.task_weights(self._batch_in_epoch()) if self.train_sampler else {}
@@ -230,7 +233,7 @@ class MultitaskTrainer(Trainer):
 
     def _average_grouped_gradients(self, model) -> None:
         """Average the per-task shared gradients and every other gradient (heads, PALs) across ranks at once."""
-        if self.args.world_size <= 1:
+        if self.args.world_size <= 1 or isinstance(self.surgery, ShardedGradientSurgery):  # FSDP2 averaged them
             return
         shared = {id(p) for p in self.surgery.params}
         others = [p for p in model.parameters() if p.grad is not None and id(p) not in shared]
@@ -299,8 +302,8 @@ class MultitaskTrainer(Trainer):
         run_dir = self._get_output_dir(trial=trial)
         folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         self.accelerator.wait_for_everyone()  # every rank has written its files (RNG states)
+        states = {name: obj.state_dict() for name, obj in self._stateful.items()}  # all ranks: FSDP2 gathers
         if self.args.should_save:
-            states = {name: obj.state_dict() for name, obj in self._stateful.items()}
             save_training_state(folder, {} if self.args.save_only_model else states)
             rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)

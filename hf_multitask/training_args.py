@@ -14,6 +14,7 @@ from .aggregators import aggregator_names, get_aggregator
 from .loss_weighting import get_loss_weighting
 from .regularizers import build_regularizers
 from .sampling import STRATEGIES
+from .sharding import sharding_refusal
 
 SMART_NOISE_STD = 1e-5  # the paper's σ (Jiang et al. 2020, Sec. 5; MT-DNN's generate_noise uses 1e-5 the same way)
 
@@ -179,15 +180,12 @@ class MultitaskTrainingArguments(TrainingArguments):
         self._check_sharding()
 
     def _check_sharding(self) -> None:
-        """Sharded training (FSDP, DeepSpeed) with what needs whole per-task gradients or whole weights outside the
-        model's forward (grouped batches and gradient surgery, regularisers) is refused until it is supported."""
-        sharded = "fsdp" if self.fsdp else "deepspeed" if self.deepspeed else None
-        if sharded and (self.task_sampling_grouped or self.smart_tasks or self.regularizers):
-            raise ValueError(f"{sharded} with grouped batches (gradient surgery), SMART or other regularisers is not "
-                             "supported yet: they need each task's whole gradient, or the whole weights outside the "
-                             "model's forward. Train them with DDP (torchrun / accelerate launch without "
-                             f"{sharded}), or train with {sharded} without them; gradient surgery and SMART also run "
-                             "under FSDP2 in a training loop of your own (docs/scaling.md)")
+        """Sharded training with what it cannot run (DeepSpeed or FSDP1 with grouped batches, SMART or regularisers;
+        FSDP2 with a loss weighting or another regulariser than SMART) is refused here: sharding.py."""
+        kind = "fsdp" if self.fsdp else "deepspeed" if self.deepspeed else None
+        reason = sharding_refusal(kind, int((self.fsdp_config or {}).get("version", 2)), self)
+        if reason:
+            raise ValueError(reason)
 
     def _check_loss_weighting(self) -> None:
         if self.loss_weighting == "none":

@@ -66,7 +66,7 @@ def test_teacher_refuses_shadows_of_another_shape_by_name():
     teacher.initialize(model)
     state = teacher.state_dict()
     state["encoder.embeddings.word_embeddings.weight"] = state["encoder.embeddings.word_embeddings.weight"][:50]
-    teacher.load_state_dict(state)  # e.g. one rank's shard of a sharded run's teacher
+    teacher.load_state_dict(state)  # e.g. a truncated tensor in a damaged checkpoint
     with pytest.raises(ValueError, match=r"shapes differ.*'encoder.embeddings.word_embeddings.weight'"):
         teacher.update(model)
     with pytest.raises(ValueError, match="shapes differ"):

@@ -79,14 +79,83 @@ def test_the_launch_files_parse():
     assert "--nnodes 2" in script and "-m hf_multitask.cli train" in script
 
 
-NEEDS_WHOLE_GRADIENTS = [{"gradient_surgery": "pcgrad"}, {"smart_tasks": ["sst"]},
-                         {"regularizers": {"rdrop": {"tasks": ["sst"]}}}]
+NEEDS_WHOLE_GRADIENTS = {"pcgrad": {"gradient_surgery": "pcgrad"}, "summed": {"task_sampling_grouped": True},
+                         "smart": {"smart_tasks": ["sst"]}, "rdrop": {"regularizers": {"rdrop": {"tasks": ["sst"]}}},
+                         "uncertainty": {"loss_weighting": "uncertainty"}}
+FSDP2_REFUSES = {"rdrop": "the regularisers \\['rdrop'\\] is not supported",
+                 "uncertainty": "loss_weighting='uncertainty'"}
 
 
-@pytest.mark.parametrize("changes", NEEDS_WHOLE_GRADIENTS, ids=["pcgrad", "smart", "rdrop"])
-def test_fsdp_with_what_needs_whole_gradients_is_refused_at_start(changes, tmp_path):
+@pytest.mark.parametrize("name", NEEDS_WHOLE_GRADIENTS)
+def test_fsdp2_runs_surgery_and_smart_and_refuses_the_rest_at_start(name, tmp_path):
     from hf_multitask import MultitaskTrainingArguments
 
-    with pytest.raises(ValueError, match="fsdp with grouped batches .* is not supported yet.*docs/scaling.md"):
-        MultitaskTrainingArguments(str(tmp_path), use_cpu=True, report_to=[], fsdp=True, **changes)
+    changes = NEEDS_WHOLE_GRADIENTS[name]
+    with pytest.raises(ValueError, match="fsdp \\(FSDP1\\) with grouped batches .* is not supported.*FSDP2"):
+        MultitaskTrainingArguments(str(tmp_path), use_cpu=True, report_to=[], fsdp=True, fsdp_config={"version": 1},
+                                   **changes)
+    if name in FSDP2_REFUSES:
+        with pytest.raises(ValueError, match=f"fsdp with {FSDP2_REFUSES[name]}.*docs/scaling.md"):
+            MultitaskTrainingArguments(str(tmp_path), use_cpu=True, report_to=[], fsdp=True, **changes)
+    else:
+        MultitaskTrainingArguments(str(tmp_path), use_cpu=True, report_to=[], fsdp=True, **changes)  # FSDP2
     MultitaskTrainingArguments(str(tmp_path), use_cpu=True, report_to=[], fsdp=True)  # plain training: accepted
+
+
+@pytest.mark.parametrize("name", NEEDS_WHOLE_GRADIENTS)
+def test_deepspeed_with_what_needs_whole_gradients_is_refused(name):
+    """DeepSpeed is not installed here, so the rule is checked where the arguments and the Trainer both ask it."""
+    from types import SimpleNamespace
+
+    from hf_multitask.sharding import sharding_refusal
+
+    args = SimpleNamespace(**NEEDS_WHOLE_GRADIENTS[name])
+    assert "deepspeed with grouped batches" in sharding_refusal("deepspeed", 2, args)
+    assert sharding_refusal("deepspeed", 2, SimpleNamespace()) is None
+    assert sharding_refusal(None, 2, args) is None
+
+
+def test_an_accelerate_fsdp_config_is_checked_by_the_trainer_with_the_plugins_version():
+    """`accelerate launch --config_file` turns FSDP on without `fsdp` in the training arguments: the Trainer asks
+    accelerate's plugin (its version too) and refuses what the arguments would have refused."""
+    from types import SimpleNamespace
+
+    from hf_multitask.sharding import check_sharded_trainer
+
+    def trainer(version, **args):
+        state = SimpleNamespace(fsdp_plugin=SimpleNamespace(fsdp_version=version))
+        return SimpleNamespace(accelerator=SimpleNamespace(state=state), is_fsdp_enabled=True,
+                               is_deepspeed_enabled=False, args=SimpleNamespace(**args))
+
+    with pytest.raises(ValueError, match=r"fsdp \(FSDP1\) with grouped batches"):
+        check_sharded_trainer(trainer(1, gradient_surgery="pcgrad"))
+    with pytest.raises(ValueError, match="fsdp with the regularisers"):
+        check_sharded_trainer(trainer(2, regularizers={"rdrop": {}}))
+    check_sharded_trainer(trainer(2, gradient_surgery="pcgrad", smart_tasks=["sst"]))
+    check_sharded_trainer(trainer(1))  # plain training under FSDP1
+
+
+def test_the_fsdp2_launch_config_wraps_what_smart_needs():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(LAUNCH / "accelerate_fsdp2.yaml"))
+    assert config.distributed_type == "FSDP" and config.fsdp_config["fsdp_version"] == 2
+    assert config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"].split(",") == ["BertLayer", "Embedding"]
+    sys.path.insert(0, str(LAUNCH.parents[1] / "benchmarks"))
+    try:
+        from fsdp_check import FSDP_CONFIG  # the GPU check shards as the launch config does
+    finally:
+        sys.path.pop(0)
+    assert FSDP_CONFIG["transformer_layer_cls_to_wrap"] == ["BertLayer", "Embedding"]
+
+
+def test_the_fsdp2_command_line_of_the_docs_parses_into_fsdp2_with_surgery_and_smart():
+    from hf_multitask.cli import parse_train_args
+
+    _, _, args = parse_train_args(["examples/cs224n/main.yaml", "--fsdp", "full_shard", "--fsdp_config",
+                                   str(LAUNCH / "fsdp2_config.json"), "--gradient_surgery", "pcgrad",
+                                   "--smart_tasks", "sst"])
+    assert args.fsdp and args.fsdp_config["version"] == 2
+    assert args.fsdp_config["transformer_layer_cls_to_wrap"] == ["BertLayer", "Embedding"]
+    assert "--fsdp full_shard --fsdp_config examples/launch/fsdp2_config.json" in (
+        LAUNCH.parents[1] / "docs" / "scaling.md").read_text()

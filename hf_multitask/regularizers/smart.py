@@ -21,8 +21,9 @@ from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
 from ..kinds import TaskKind, get_kind
+from ..sharding import check_smart_units
 from .base import Regularizer, register_regularizer
-from .smart_fsdp import is_sharded, local_tensor, reshard_all, swapped_shards
+from .smart_fsdp import is_sharded, local_part, local_tensor, reshard_all, swapped_shards, whole_tensors
 
 PAIRS = (("input_ids", "inputs_embeds"), ("input_ids_b", "inputs_embeds_b"))  # ids -> where the embeddings go
 
@@ -118,7 +119,9 @@ class EmaTeacher:
 
     Frozen parameters and buffers are not copied: the teacher shares them with the model. On a model sharded by
     FSDP2 (DTensor parameters) θ̃ holds this rank's local shards only, and its forward copies them into the model's
-    shards for its length (`smart_fsdp.swapped_shards`); `state_dict` is then this rank's part.
+    shards for its length (`smart_fsdp.swapped_shards`). `state_dict` then gathers the whole tensors (a collective:
+    every rank calls it) and a loaded state is cut to this rank's shards at its first use, so that a checkpoint is
+    the same whatever the number of ranks.
 
     Args:
         momentum: β in θ̃ ← β θ̃ + (1 - β) θ (0.99: the teacher averages about the last 100 steps).
@@ -129,13 +132,16 @@ class EmaTeacher:
         self.shadow: dict[str, torch.Tensor] | None = None
         self.num_updates = 0
         self.restored = False  # set by load_state_dict, consumed by the Trainer when training starts
+        self.whole = False  # the shadows are whole tensors from a checkpoint, not yet cut to this rank's shards
+        self.params: list[torch.Tensor] = []  # the model's parameters at the last use, for a sharded state_dict
 
     def initialize(self, model: nn.Module) -> None:
         """θ̃ ← θ (trainable parameters only; under FSDP2 this rank's shards)."""
         reshard_all(model)
-        self.shadow = {n: local_tensor(p).detach().float().clone() for n, p in model.named_parameters()
-                       if p.requires_grad}
-        self.num_updates = 0
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.shadow = {n: local_tensor(p).detach().float().clone() for n, p in named}
+        self.params = [p for _, p in named]
+        self.num_updates, self.whole = 0, False
 
     def _params(self, model: nn.Module) -> list[torch.Tensor]:
         reshard_all(model)  # FSDP2 registers a gathered unit's plain tensors in place of its DTensors; none otherwise
@@ -145,7 +151,10 @@ class EmaTeacher:
         missing = [n for n in self.shadow if n not in named]
         if missing:
             raise ValueError(f"The EMA teacher has parameters the model lacks: {missing[:5]}")
-        params = [named[n] for n in self.shadow]
+        params = self.params = [named[n] for n in self.shadow]
+        if self.whole:  # a checkpoint's whole tensors: keep this rank's shards (all of them on one process)
+            self.shadow = {n: local_part(t, p) for (n, t), p in zip(self.shadow.items(), params)}
+            self.whole = False
         wrong = [n for n, p in zip(self.shadow, params) if self.shadow[n].shape != local_tensor(p).shape]
         if wrong:  # e.g. a teacher of whole tensors on a model sharded since, or the other way round
             raise ValueError(f"The EMA teacher's shapes differ from the model's (local shards under FSDP2) for "
@@ -186,13 +195,17 @@ class EmaTeacher:
         return sum(t.numel() * t.element_size() for t in (self.shadow or {}).values())
 
     def state_dict(self) -> dict:
-        return {**(self.shadow or {}), "num_updates": self.num_updates}
+        """The shadows as whole tensors (gathered under FSDP2: call on every rank) and the number of updates."""
+        shadow = self.shadow or {}
+        if not self.whole and is_sharded(self.params):
+            shadow = whole_tensors(shadow, self.params)
+        return {**shadow, "num_updates": self.num_updates}
 
     def load_state_dict(self, state: dict) -> None:
         state = dict(state)
         self.num_updates = int(state.pop("num_updates", 0))
         self.shadow = {n: t.float().clone() for n, t in state.items()}
-        self.restored = True
+        self.restored = self.whole = True
 
 
 class SmartRegularizer(Regularizer):
@@ -326,6 +339,7 @@ class SmartRegularizer(Regularizer):
 
     def on_train_begin(self, model: nn.Module) -> None:
         """Start the teacher from the model's weights (after DDP's broadcast), unless a checkpoint restored it."""
+        check_smart_units(model)  # under FSDP2 the word embedding must be a unit of its own
         if self.teacher is not None:
             if not self.teacher.restored:  # a resumed run continues the checkpoint's teacher
                 self.teacher.initialize(model)

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 from torch.distributed.fsdp import FSDPModule, fully_shard
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 
 def fully_shard_for_smart(model: nn.Module, layers: Iterable[nn.Module] = (), **kwargs) -> nn.Module:
@@ -90,3 +90,21 @@ def swapped_shards(model: nn.Module, params: list[torch.Tensor], shadows: list[t
         finally:
             reshard_all(model)
             torch._foreach_copy_(targets, saved)
+
+
+def whole_tensors(shadows: dict[str, torch.Tensor], params: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The whole tensors of which `shadows` hold this rank's shards, sharded as `params` (in the same order) are; a
+    collective when any is a DTensor (every rank must call it at once). Shadows of plain parameters are returned
+    as they are."""
+    return {n: DTensor.from_local(t, p.device_mesh, p.placements, run_check=False, shape=p.shape,
+                                  stride=p.stride()).full_tensor() if isinstance(p, DTensor) else t
+            for (n, t), p in zip(shadows.items(), params)}
+
+
+def local_part(whole: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of `whole`, cut as the DTensor `param` is sharded, without communication; `whole` itself
+    when `param` is a plain tensor."""
+    if not isinstance(param, DTensor):
+        return whole
+    return distribute_tensor(whole.to(param.device), param.device_mesh, param.placements,
+                             src_data_rank=None).to_local()
