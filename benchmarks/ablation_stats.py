@@ -75,10 +75,12 @@ def check_same_examples(a: Run, b: Run) -> None:
                              "examples in the same order")
 
 
-def paired_interval(row_runs: list[Run], base_runs: list[Run], key: str, seed: int = 0,
-                    n_resamples: int = RESAMPLES) -> tuple[float, float, float]:
-    """(difference, low, high): the mean over seed pairs of row minus comparator on `key` (a task or `overall`), and
-    its 95% percentile-bootstrap interval resampling seed pairs and each task's dev examples independently."""
+def paired_intervals(row_runs: list[Run], base_runs: list[Run], keys: list[str], seed: int = 0,
+                     n_resamples: int = RESAMPLES) -> dict[str, tuple[float, float, float]]:
+    """`{key: (difference, low, high)}` for each of `keys` (tasks and `overall`): the mean over seed pairs of row
+    minus comparator, and its 95% percentile-bootstrap interval resampling seed pairs and each task's dev examples
+    independently. One bootstrap with a vector-valued statistic: each resample scores every key once, and every key
+    sees the same resamples (as separate bootstraps seeded alike would)."""
     pairs = list(zip(row_runs, base_runs))
     for a, b in pairs:
         check_same_examples(a, b)
@@ -87,14 +89,18 @@ def paired_interval(row_runs: list[Run], base_runs: list[Run], key: str, seed: i
 
     def statistic(seed_index, *example_index):
         examples = {task: np.asarray(index, dtype=int) for task, index in zip(tasks, example_index)}
-        return np.mean([scores(pairs[k][0], examples)[key] - scores(pairs[k][1], examples)[key]
-                        for k in np.asarray(seed_index, dtype=int)])
+        differences = []
+        for k in np.asarray(seed_index, dtype=int):
+            row, base = scores(pairs[k][0], examples), scores(pairs[k][1], examples)
+            differences.append([row[key] - base[key] for key in keys])
+        return np.mean(differences, axis=0)
 
     data = (np.arange(len(pairs)), *(np.arange(size) for size in sizes))
-    point = float(statistic(*data))
+    point = statistic(*data)
     result = bootstrap(data, statistic, n_resamples=n_resamples, paired=False, vectorized=False,
                        method="percentile", confidence_level=0.95, rng=np.random.default_rng(seed))
-    return point, float(result.confidence_interval.low), float(result.confidence_interval.high)
+    low, high = np.atleast_1d(result.confidence_interval.low), np.atleast_1d(result.confidence_interval.high)
+    return {key: (float(point[i]), float(low[i]), float(high[i])) for i, key in enumerate(keys)}
 
 
 def verdict(low: float, high: float) -> str:
@@ -131,7 +137,7 @@ def summarize(row: ablation.Row, root: Path, n_resamples: int = RESAMPLES, group
                  if base_seeds[row.seeds.index(run.seed)] in base]
         if len(pairs) >= 2:
             mine, theirs = [a for a, _ in pairs], [b for _, b in pairs]
-            difference = {key: paired_interval(mine, theirs, key, n_resamples=n_resamples) for key in values}
+            difference = paired_intervals(mine, theirs, list(values), n_resamples=n_resamples)
     return RowResult(row, runs, mean, sd, difference)
 
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .utils import did_you_mean
+from .utils import Registry
 
-LOSS_WEIGHTINGS: dict[str, type[LossWeighting]] = {}
+LOSS_WEIGHTINGS: Registry = Registry("loss weighting", first=("none",),
+                                    unknown="Unknown loss_weighting {name!r}{hint}; known: {known}")
 
 
 def uncertainty_loss(losses: torch.Tensor, log_vars: torch.Tensor) -> torch.Tensor:
@@ -92,21 +93,14 @@ class LossWeighting:
 
 def register_loss_weighting(cls: type[LossWeighting]) -> type[LossWeighting]:
     """Register a [`LossWeighting`] subclass under `cls.name` (usable as a decorator); returns it."""
-    if not cls.name or cls.name == "none":
-        raise ValueError(f"{cls.__name__}.name must be a non-empty name other than 'none', got {cls.name!r}")
-    known = LOSS_WEIGHTINGS.get(cls.name)
-    if known is not None and known is not cls:
-        raise ValueError(f"Loss weighting {cls.name!r} is registered already (by {known.__name__})")
-    LOSS_WEIGHTINGS[cls.name] = cls
-    return cls
+    if cls.name == "none":
+        raise ValueError(f"{cls.__name__}.name must be a name other than 'none' (no weighting), got {cls.name!r}")
+    return LOSS_WEIGHTINGS.add(cls.name, cls, cls)
 
 
 def get_loss_weighting(name: str) -> type[LossWeighting]:
     """The registered weighting called `name`; an unknown name is an error listing the known ones."""
-    if name not in LOSS_WEIGHTINGS:
-        raise ValueError(f"Unknown loss_weighting {name!r}{did_you_mean(name, [*LOSS_WEIGHTINGS, 'none'])}; known: "
-                         f"{['none', *sorted(LOSS_WEIGHTINGS)]}")
-    return LOSS_WEIGHTINGS[name]
+    return LOSS_WEIGHTINGS.lookup(name)
 
 
 class LogVariance(nn.Module):

@@ -17,6 +17,7 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     ```python
     >>> did_you_mean("sentense", ["id", "sentence", "sentiment"])
     " (did you mean 'sentence'?)"
+
     ```
     """
     close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
@@ -45,3 +46,59 @@ def resolve_encoder_path(name_or_path: str | os.PathLike) -> str:
             return name  # a hub id: let transformers fetch it where the hub is reachable
         return str(get_model_path())
     return name
+
+
+class Registry(dict):
+    """Names of the extension points (task kinds, aggregators, regularisers, loss weightings) to what is registered
+    under them, with one rule for adding and one error for an unknown name. A plain `dict` otherwise.
+
+    Args:
+        what: What an entry is, for the errors ("task kind", "aggregator", ...).
+        unknown: The error for an unknown name, formatted with `name`, `hint` (a did-you-mean) and `known` (the
+            registered names, sorted, after `first`).
+        first: Names listed first in `known` even when not registered (a loss weighting's "none").
+
+    Example:
+
+    ```python
+    >>> shapes = Registry("shape", unknown="Unknown shape {name!r}{hint}; known: {known}")
+    >>> class Square: name = "square"
+    >>> shapes.add("square", Square, Square) is Square
+    True
+    >>> shapes.lookup("sqaure")
+    Traceback (most recent call last):
+    ...
+    ValueError: Unknown shape 'sqaure' (did you mean 'square'?); known: ['square']
+
+    ```
+    """
+
+    def __init__(self, what: str, unknown: str, first: tuple[str, ...] = ()):
+        super().__init__()
+        self.what, self.unknown, self.first = what, unknown, first
+
+    def add(self, name: str, entry, cls: type):
+        """Register `entry` (`cls` or an instance of it) under `name`; returns `entry`. The same class again (e.g.
+        its module imported twice) replaces it; another class under a taken name is an error."""
+        if not name:
+            raise ValueError(f"{cls.__name__}.name is empty: a {self.what} needs a name")
+        known = self.get_class(name)
+        if known is not None and known.__qualname__ != cls.__qualname__:
+            raise ValueError(f"A {self.what} named {name!r} is registered already ({known.__qualname__})")
+        self[name] = entry
+        return entry
+
+    def get_class(self, name: str) -> type | None:
+        entry = self.get(name)
+        return entry if entry is None or isinstance(entry, type) else type(entry)
+
+    def names(self) -> list[str]:
+        """`first`, then the registered names, sorted."""
+        return [*self.first, *sorted(n for n in self if n not in self.first)]
+
+    def lookup(self, name: str):
+        """What is registered as `name`; an unknown name is an error that lists the known ones."""
+        if name not in self:
+            raise ValueError(self.unknown.format(name=name, hint=did_you_mean(name, self.names()),
+                                                 known=self.names()))
+        return self[name]

@@ -111,4 +111,4 @@ def test_pairs_on_different_examples_are_refused(study):
     base, better = (ablation_stats.done_runs(rows[name], root) for name in ("base", "better"))
     better[0].predictions["sst"]["id"] = better[0].predictions["sst"]["id"][::-1]
     with pytest.raises(SystemExit, match="not on the same dev examples"):
-        ablation_stats.paired_interval(better, base, "overall", n_resamples=10)
+        ablation_stats.paired_intervals(better, base, ["overall"], n_resamples=10)

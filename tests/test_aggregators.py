@@ -73,7 +73,7 @@ def test_a_second_aggregator_under_a_taken_name_is_rejected():
     class Other(Aggregator):
         name = "pcgrad"
 
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match="aggregator named .pcgrad. is registered already"):
         register_aggregator(Other)
 
 

@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import torch
 
-from ..utils import did_you_mean
+from ..utils import Registry
 
 
 class Aggregator:
@@ -68,7 +68,8 @@ class Aggregator:
         pass
 
 
-AGGREGATORS: dict[str, type[Aggregator]] = {}
+AGGREGATORS: Registry = Registry("aggregator", first=("none",),
+                                 unknown="gradient_surgery must be one of {known}, got {name!r}{hint}")
 
 
 def register_aggregator(cls: type[Aggregator]) -> type[Aggregator]:
@@ -90,28 +91,19 @@ def register_aggregator(cls: type[Aggregator]) -> type[Aggregator]:
 
     ```
     """
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
     if cls.degree not in (0, 1):
         raise ValueError(f"{cls.__name__}.degree must be 0 or 1, got {cls.degree}")
-    known = AGGREGATORS.get(cls.name)
-    if known is not None and known.__qualname__ != cls.__qualname__:
-        raise ValueError(f"An aggregator called {cls.name!r} is already registered ({known.__qualname__})")
-    AGGREGATORS[cls.name] = cls
-    return cls
+    return AGGREGATORS.add(cls.name, cls, cls)
 
 
 def aggregator_names() -> tuple[str, ...]:
     """The registered `gradient_surgery` values, `none` first."""
-    return tuple(sorted(AGGREGATORS, key=lambda name: (name != "none", name)))
+    return tuple(AGGREGATORS.names())
 
 
 def get_aggregator(name: str) -> type[Aggregator]:
     """The aggregator class registered as `name`; an unknown name is an error listing the known ones."""
-    if name not in AGGREGATORS:
-        raise ValueError(f"gradient_surgery must be one of {aggregator_names()}, got {name!r}"
-                         f"{did_you_mean(name, AGGREGATORS)}")
-    return AGGREGATORS[name]
+    return AGGREGATORS.lookup(name)
 
 
 def aggregate(aggregator: Aggregator, grams: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, int]:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..utils import did_you_mean
+from ..utils import Registry, did_you_mean
 
 PAIR_SUFFIX = "_b"  # the second sentence of a bi-encoded pair: input_ids_b, attention_mask_b, token_type_ids_b
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -280,7 +280,7 @@ def numeric_labels(where: str, labels: np.ndarray, what: str) -> np.ndarray:
 
 # ---- the registry ----
 
-KINDS: dict[str, TaskKind] = {}
+KINDS: Registry = Registry("task kind", unknown="Unknown task kind {name!r}{hint}; known kinds: {known}")
 
 
 def register_kind(kind: TaskKind) -> TaskKind:
@@ -295,17 +295,9 @@ def register_kind(kind: TaskKind) -> TaskKind:
     >>> register_kind(Binary())  # doctest: +SKIP
     ```
     """
-    if not kind.name:
-        raise ValueError(f"{type(kind).__name__}.name is empty: a kind needs a name")
-    known = KINDS.get(kind.name)
-    if known is not None and type(known) is not type(kind):
-        raise ValueError(f"Task kind {kind.name!r} is registered already (by {type(known).__name__})")
-    KINDS[kind.name] = kind
-    return kind
+    return KINDS.add(kind.name, kind, type(kind))
 
 
 def get_kind(name: str) -> TaskKind:
     """The registered kind called `name`; an unknown name is an error listing the known ones."""
-    if name not in KINDS:
-        raise ValueError(f"Unknown task kind {name!r}{did_you_mean(name, KINDS)}; known kinds: {sorted(KINDS)}")
-    return KINDS[name]
+    return KINDS.lookup(name)

@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..utils import did_you_mean
+from ..utils import Registry, did_you_mean
 
 
 class Regularizer:
@@ -82,26 +82,18 @@ class Regularizer:
         unchanged (skipped by the fp16 scaler or for a non-finite loss)."""
 
 
-REGULARIZERS: dict[str, type[Regularizer]] = {}
+REGULARIZERS: Registry = Registry("regulariser", unknown="Unknown regulariser {name!r}{hint}; known regularisers: "
+                                                         "{known}")
 
 
 def register_regularizer(cls: type[Regularizer]) -> type[Regularizer]:
     """Register the [`Regularizer`] subclass `cls` under `cls.name`; returns it (usable as a class decorator)."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__}.name is empty: a regulariser needs a name")
-    known = REGULARIZERS.get(cls.name)
-    if known is not None and known.__qualname__ != cls.__qualname__:
-        raise ValueError(f"A regulariser named {cls.name!r} is registered already ({known.__name__})")
-    REGULARIZERS[cls.name] = cls
-    return cls
+    return REGULARIZERS.add(cls.name, cls, cls)
 
 
 def get_regularizer(name: str) -> type[Regularizer]:
     """The registered regulariser class called `name`; an unknown name is an error listing the known ones."""
-    if name not in REGULARIZERS:
-        raise ValueError(f"Unknown regulariser {name!r}{did_you_mean(name, REGULARIZERS)}; "
-                         f"known regularisers: {sorted(REGULARIZERS)}")
-    return REGULARIZERS[name]
+    return REGULARIZERS.lookup(name)
 
 
 def configured_options(args) -> dict[str, tuple[dict, str]]:
