@@ -42,6 +42,20 @@ class RegularizerCallback(TrainerCallback):
             regularizer.after_optimizer_step(self._model(), applied)
 
 
+class LossWeightingCallback(TrainerCallback):
+    """Hands the loss weighting the losses of each optimizer step that changed the weights: a step that an fp16
+    scaler skipped for an overflow (known only after `optimizer.step()`) or the non-finite-loss guard skipped is
+    not observed (DWA's loss averages would otherwise count losses whose update never happened)."""
+
+    def __init__(self, trainer, weighting):
+        self.trainer, self.weighting = trainer, weighting
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        losses, self.weighting.step_losses = self.weighting.step_losses, None
+        if losses is not None and self.trainer.optimizer_step_applied():
+            self.weighting.observe(losses)
+
+
 class TaskMetrics:
     """Per-task training metrics (`loss_<task>`, `smart_adv_<task>`, ...) summed on device between two logs."""
 

@@ -60,6 +60,7 @@ class LossWeighting:
     def __init__(self, task_names: list[str]):
         self.task_names = list(task_names)
         self.pending: torch.Tensor | float = 0.0  # the current optimizer step's losses, summed over micro-batches
+        self.step_losses: torch.Tensor | None = None  # the step's averaged losses, observed once the step is applied
 
     @classmethod
     def from_args(cls, task_names: list[str], args) -> LossWeighting:
@@ -82,7 +83,8 @@ class LossWeighting:
         return (weights * losses).sum(), weights.detach()
 
     def observe(self, losses: torch.Tensor) -> None:
-        """Task losses `(T,)` of the finished optimizer step, averaged over micro-batches and ranks."""
+        """Task losses `(T,)` of an applied optimizer step (not one that the non-finite-loss guard or an fp16 scaler
+        skipped), averaged over micro-batches and ranks."""
 
     def state_dict(self) -> dict:
         return {}

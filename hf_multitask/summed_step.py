@@ -18,6 +18,7 @@ import math
 import torch
 from torch.distributed.tensor import DTensor
 
+from .callbacks import LossWeightingCallback
 from .loss_weighting import LossWeighting, get_loss_weighting
 
 
@@ -31,6 +32,7 @@ def build_loss_weighting(trainer) -> LossWeighting | None:
     weighting.attach(trainer.multitask_model)
     trainer._stateful["loss_weighting"] = weighting
     trainer._task_metric_names.append("task_weight")
+    trainer.add_callback(LossWeightingCallback(trainer, weighting))
     return weighting
 
 
@@ -77,8 +79,8 @@ def summed_training_step(trainer, model, inputs: dict[str, dict]) -> torch.Tenso
         if not trainer._skip_update_if_nonfinite(model):
             step_losses = weighting.pending if weighting is not None else None
             step_losses = average_gradients(trainer, model, step_losses)
-            if weighting is not None:
-                weighting.observe(step_losses)
+            if weighting is not None:  # observed if the optimizer applies the step (LossWeightingCallback)
+                weighting.step_losses = step_losses
         if weighting is not None:
             weighting.pending = 0.0
     return total.detach()

@@ -275,3 +275,28 @@ def test_smart_adversarial_term_under_autocast_is_the_float32_one(dtype, bert_co
     assert mixed.dtype == plain.dtype == torch.float32
     assert plain > 0 and torch.allclose(mixed, plain, rtol=1e-4, atol=0)
 
+
+
+def test_a_step_the_scaler_skips_is_not_observed_by_the_loss_weighting(bert_config, tokenized, tokenizer, tmp_path):
+    """DWA averages the losses of the steps that were applied: an overflow step (scale 2^40), which accelerate's
+    optimizer skips, is not counted; the next one (scale 2^4) is. The optimizer is accelerate's own
+    `AcceleratedOptimizer`, so `optimizer_step_was_skipped` is what the Trainer would read."""
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    trainer = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path, **STEP_ARGS, loss_weighting="dwa")
+    inputs = next(iter(trainer.get_train_dataloader()))
+    weighting, model = trainer.loss_weighting, trainer.model
+    trainer.current_gradient_accumulation_steps = 1  # set by the Trainer's training loop
+    for scale, observed in ((2.0 ** 40, 0), (2.0 ** 4, 1)):
+        scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+        optimizer = AcceleratedOptimizer(torch.optim.AdamW(model.parameters(), lr=1e-2), device_placement=False,
+                                         scaler=scaler)
+        trainer.accelerator.scaler, trainer.accelerator._optimizers = scaler, [optimizer]
+        with torch.autocast("cpu", dtype=torch.float16):
+            trainer.training_step(model, inputs)
+        assert weighting.step_losses is not None and weighting.step_losses.dtype == torch.float32
+        optimizer.step()  # unscale_, step or skip, update
+        assert trainer.accelerator.optimizer_step_was_skipped == (observed == 0)
+        trainer.callback_handler.on_optimizer_step(trainer.args, trainer.state, trainer.control)
+        model.zero_grad()
+        assert weighting.count == observed and weighting.step_losses is None
