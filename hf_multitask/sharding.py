@@ -68,14 +68,29 @@ def sharded_surgery(surgery: GradientSurgery, model: nn.Module, root: nn.Module,
         root: What the Trainer trains (`model`, or a wrapper): the parameters' names are taken from it.
         options: `gradvac_beta`, `gradvac_per_layer`, as `surgery` was built with.
     """
+    if isinstance(surgery, ShardedGradientSurgery) or not any(isinstance(m, FSDPModule) for m in root.modules()):
+        return surgery
+    reshard_all(root)
     shared = model.named_shared_parameters(root=root)
-    if isinstance(surgery, ShardedGradientSurgery) or not shared or not isinstance(shared[0][1], DTensor):
+    if not shared:
         return surgery
     sharded = ShardedGradientSurgery(
         surgery.method, [p for _, p in shared], num_tasks=surgery.num_tasks,
         segment_ids=[model.parameter_group(n) for n, _ in shared], names=[n for n, _ in shared], **options)
     sharded.load_state_dict(surgery.state_dict())  # the generator's and the aggregator's state go on
     return sharded
+
+
+def reshard_all(model: nn.Module) -> None:
+    """Free every FSDP2 unit's gathered parameters, so that the next forward all-gathers from the local shards.
+
+    A gathered unit registers plain tensors in place of its DTensors, so `named_parameters()` sees the sharded
+    parameters only after this. The root unit is not resharded after its forward by default (its parameters are
+    needed first in the backward pass); without this its gathered copy would also hide a swap of the shards.
+    """
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 def check_smart_units(model: nn.Module) -> None:

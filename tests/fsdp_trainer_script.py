@@ -94,10 +94,12 @@ def run_surgery(out_dir: str, case: str, rank: int) -> None:
     model = trainer.model
     tasks = model.config.task_names
     batches = [{t: make_batch(t, step, rank) for t in tasks} for step in range(surgery_script.STEPS)]
+    built = trainer.surgery  # before accelerate (here: by hand) sharded the model
     steps(trainer, batches, torch.optim.AdamW(model.parameters(), lr=surgery_script.LEARNING_RATE))
     surgery = trainer.surgery
     report = {"surgery": type(surgery).__name__, "stateful_is_surgery": trainer._stateful.get("gradient_surgery")
               is surgery, "buffer": list(surgery.buffer.shape) if surgery else None,
+              "replaced_never_allocated": built is None or (built is not surgery and built._buffer is None),
               "local_shared": sum(local_tensor(p).numel() for _, p in model.named_shared_parameters()),
               "param_types": sorted({type(p).__name__ for p in model.parameters()})}
     with open(f"{out_dir}/{case}-rank{rank}.json", "w") as f:

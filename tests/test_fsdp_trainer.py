@@ -43,6 +43,7 @@ def test_the_trainers_step_under_fsdp2_trains_like_one_process(tmp_path):
         ranks = [json.loads((tmp_path / f"{case}-rank{r}.json").read_text()) for r in range(2)]
         for report in ranks:
             assert report["surgery"] == "ShardedGradientSurgery" and report["stateful_is_surgery"]
+            assert report["replaced_never_allocated"]  # the [T, P] buffer of the unsharded surgery never existed
             assert report["buffer"] == [3, report["local_shared"]] and report["param_types"] == ["DTensor"]
         assert sum(r["local_shared"] for r in ranks) == sum(p.numel() for n, p in initial.items()
                                                             if not n.startswith("heads."))

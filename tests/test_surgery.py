@@ -56,6 +56,19 @@ def test_capture_rows_equal_the_old_path_bit_for_bit_on_the_tiny_bert(bert_confi
     assert all(p.grad is not None for p in heads)  # the heads' gradients stay in `.grad`, as before
 
 
+def test_the_buffer_is_allocated_at_first_use_not_at_construction():
+    """A surgery the Trainer replaces before training (its sharded twin, under accelerate's FSDP2) costs no [T, P]."""
+    model, losses = two_layers()
+    surgery = GradientSurgery("pcgrad", list(model.parameters()), num_tasks=2)
+    assert surgery._buffer is None and surgery.slots is None and surgery.total is None
+    surgery.load_state_dict(surgery.state_dict())  # a checkpoint's state needs no buffer either
+    assert surgery._buffer is None
+    with surgery.capture(0):
+        losses[0]().backward()
+    assert surgery.buffer.shape == (2, sum(p.numel() for p in model.parameters()))
+    assert torch.count_nonzero(surgery.buffer[1]) == 0 and torch.count_nonzero(surgery.buffer[0]) > 0
+
+
 def test_capture_frees_each_gradient_while_the_backward_goes_on():
     model, losses = two_layers()
     surgery = GradientSurgery("none", list(model.parameters()), num_tasks=2)

@@ -98,13 +98,10 @@ class ShardedGradientSurgery(GradientSurgery):
         self.method, self.params, self.num_tasks = method, params, num_tasks
         self.shapes = [p.to_local().shape for p in params]  # this rank's shard of each parameter
         self.numels = [p.to_local().numel() for p in params]
-        device = params[0].to_local().device if params else torch.device("cpu")
-        self._buffer = torch.zeros(num_tasks, sum(self.numels), dtype=torch.float32, device=device)
-        self.slots = [[flat.view(shape) for flat, shape in zip(row.split(self.numels), self.shapes)]
-                      for row in self._buffer]  # this rank's shard of each parameter, per task
+        device = self.device = params[0].to_local().device if params else torch.device("cpu")
+        self._buffer = self.slots = self.total = None  # [T, this rank's elements], allocated at first use
         self.unwritten: list[set[int]] = [set() for _ in range(num_tasks)]
         self.capturing, self._hooked = None, False
-        self.total = torch.empty(sum(self.numels), dtype=torch.float32, device=device)
         per_layer = cls.per_segment and gradvac_per_layer and segment_ids is not None
         self.runs, self.num_segments = column_segments(self.numels, segment_ids if per_layer else [0] * len(params))
         self.grams = torch.empty(self.num_segments, num_tasks, num_tasks, dtype=torch.float32, device=device)

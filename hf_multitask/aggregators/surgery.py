@@ -147,15 +147,13 @@ class GradientSurgery:
                  gradvac_beta: float = 0.01, gradvac_per_layer: bool = True, segment_ids: list | None = None):
         cls = get_aggregator(method)
         self.method, self.params, self.num_tasks = method, params, num_tasks
-        self.numels = [p.numel() for p in params]
+        self.shapes, self.numels = [p.shape for p in params], [p.numel() for p in params]
         size = sum(self.numels)
-        device = params[0].device if params else torch.device("cpu")
-        self._buffer = torch.zeros(num_tasks, size, dtype=torch.float32, device=device)
-        self.slots = [[flat.view_as(p) for flat, p in zip(row.split(self.numels), params)] for row in self._buffer]
+        device = self.device = params[0].device if params else torch.device("cpu")
+        self._buffer = self.slots = self.total = None  # allocated at first use: `_allocate`
         self.unwritten: list[set[int]] = [set() for _ in range(num_tasks)]  # see `zero_`; none: the zeros are real
         self.capturing: int | None = None  # the row `capture` is filling
         self._hooked = False
-        self.total = torch.empty(size, dtype=torch.float32, device=device)  # the update, rewritten every step
         per_layer = cls.per_segment and gradvac_per_layer and segment_ids is not None
         ids = segment_ids if per_layer else [0] * len(params)
         dense = {s: k for k, s in enumerate(dict.fromkeys(ids))}  # relabel to 0..K-1
@@ -168,9 +166,20 @@ class GradientSurgery:
         self.cosine_sum = torch.zeros(num_tasks, num_tasks, dtype=torch.float64)
         self.steps = self.adjustments = 0
 
+    def _allocate(self) -> None:
+        """The `[T, P]` buffer, each parameter's slot in each row, and the update's `(P,)`, at first use: a surgery
+        that is replaced before training (by its sharded twin, when accelerate's FSDP2 shards the model after the
+        Trainer was built) never holds T × P floats."""
+        if self._buffer is None:
+            self._buffer = torch.zeros(self.num_tasks, sum(self.numels), dtype=torch.float32, device=self.device)
+            self.slots = [[flat.view(shape) for flat, shape in zip(row.split(self.numels), self.shapes)]
+                          for row in self._buffer]
+            self.total = torch.empty(sum(self.numels), dtype=torch.float32, device=self.device)  # the update
+
     @property
     def buffer(self) -> torch.Tensor:
         """The `[T, P]` float32 per-task gradients: row t sums task t's gradients since [`zero_`] (0 where none)."""
+        self._allocate()
         for row, (slots, unwritten) in enumerate(zip(self.slots, self.unwritten)):
             if len(unwritten) == len(slots):
                 self._buffer[row].zero_()
@@ -188,6 +197,7 @@ class GradientSurgery:
     def store(self, task_index: int, index: int, grad: torch.Tensor) -> None:
         """Add `grad` (parameter `index`'s gradient, any float dtype) into its slice of row `task_index`; the first
         one since [`zero_`] is copied there instead, which gives the same bits as adding it to zeros."""
+        self._allocate()
         unwritten, slot = self.unwritten[task_index], self.slots[task_index][index]
         with torch.no_grad():  # backward(create_graph=True) would otherwise record the copy into the graph
             if index not in unwritten:

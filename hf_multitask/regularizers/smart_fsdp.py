@@ -21,8 +21,10 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
+
+from ..sharding import reshard_all
 
 
 def fully_shard_for_smart(model: nn.Module, layers: Iterable[nn.Module] = (), **kwargs) -> nn.Module:
@@ -52,17 +54,6 @@ def local_tensor(param: torch.Tensor) -> torch.Tensor:
 def is_sharded(params: Iterable[torch.Tensor]) -> bool:
     """Whether any of `params` is a DTensor: the teacher then takes the swapping path."""
     return any(isinstance(p, DTensor) for p in params)
-
-
-def reshard_all(model: nn.Module) -> None:
-    """Free every FSDP2 unit's gathered parameters, so that the next forward all-gathers from the local shards.
-
-    The root unit is not resharded after its forward by default (its parameters are needed first in the backward
-    pass); without this its gathered copy would hide a swap of the shards.
-    """
-    for module in model.modules():
-        if isinstance(module, FSDPModule):
-            module.reshard()
 
 
 @contextmanager
