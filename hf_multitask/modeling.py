@@ -72,6 +72,7 @@ class MultitaskModel(PreTrainedModel):
         hidden, dropout = config.hidden_size, config.classifier_dropout
         self.heads = nn.ModuleDict({name: _build_head(spec, hidden, dropout) for name, spec in self.specs.items()})
         self._encoder_accepts_token_types = "token_type_ids" in inspect.signature(self.encoder.forward).parameters
+        self._no_split_modules = [*(self.encoder._no_split_modules or []), "Embedding"]  # FSDP2 units: sharding.py
         self.pal, self.loss_weights = None, None  # loss_weights: learned per-task loss weights, set by a trainer
         if config.pal is not None:
             self._build_pal(PalConfig.from_dict(config.pal))

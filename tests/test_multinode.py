@@ -141,12 +141,6 @@ def test_the_fsdp2_launch_config_wraps_what_smart_needs():
     config = load_config_from_file(str(LAUNCH / "accelerate_fsdp2.yaml"))
     assert config.distributed_type == "FSDP" and config.fsdp_config["fsdp_version"] == 2
     assert config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"].split(",") == ["BertLayer", "Embedding"]
-    sys.path.insert(0, str(LAUNCH.parents[1] / "benchmarks"))
-    try:
-        from fsdp_check import FSDP_CONFIG  # the GPU check shards as the launch config does
-    finally:
-        sys.path.pop(0)
-    assert FSDP_CONFIG["transformer_layer_cls_to_wrap"] == ["BertLayer", "Embedding"]
 
 
 def test_the_fsdp2_command_line_of_the_docs_parses_into_fsdp2_with_surgery_and_smart():
@@ -159,3 +153,19 @@ def test_the_fsdp2_command_line_of_the_docs_parses_into_fsdp2_with_surgery_and_s
     assert args.fsdp_config["transformer_layer_cls_to_wrap"] == ["BertLayer", "Embedding"]
     assert "--fsdp full_shard --fsdp_config examples/launch/fsdp2_config.json" in (
         LAUNCH.parents[1] / "docs" / "scaling.md").read_text()
+
+
+def test_accelerates_default_fsdp2_wrap_gives_smart_its_embedding_unit():
+    """accelerate's FSDP2 plugin without a class list wraps the model's `_no_split_modules`: the encoder's layers and
+    embeddings, and "Embedding", so the word embedding SMART calls on its own is a unit by default."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+
+    from .fsdp_surgery_script import make_model
+
+    model = make_model()
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap")
+    plugin.set_auto_wrap_policy(model)
+    policy = fsdp2_prepare_auto_wrap_policy(plugin, model)
+    assert policy(model.get_input_embeddings()) and policy(model.encoder.encoder.layer[0])
+    assert not policy(model) and not policy(model.heads)

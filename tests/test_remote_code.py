@@ -306,7 +306,7 @@ def test_a_user_kind_does_not_travel(bert_config, tiny_model, tmp_path, caplog):
 
 @pytest.mark.parametrize("modules, match", [
     ((("utils", None), ("metrics", None)), r"imports \['evaluate'\], which a transformers user may lack"),
-    ((("losses", None), ("heads", None), ("kinds.base", None)), r"imports 'did_you_mean' from hf_multitask.utils"),
+    ((("losses", None), ("heads", None), ("kinds.base", None)), r"imports 'Registry' from hf_multitask.utils"),
     ((("utils", None), ("utils", None)), r"'did_you_mean' is defined by utils and utils"),
 ])
 def test_generation_refuses_what_cannot_travel(monkeypatch, modules, match):
