@@ -3,9 +3,6 @@ model's weights as they were; with 2 processes (gloo) SMART on a `fully_shard_fo
 one process, whether the root unit stays gathered after its forward or not."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +12,7 @@ from hf_multitask.regularizers import EmaTeacher
 from hf_multitask.regularizers.smart_fsdp import is_sharded, local_tensor, swapped_shards
 
 from .fsdp_surgery_script import make_batch, make_model
-from .test_fsdp_surgery import free_port
+from .test_fsdp_surgery import run_two_processes
 
 
 def moved_teacher(model) -> EmaTeacher:
@@ -79,11 +76,7 @@ def test_two_fsdp2_processes_train_smart_like_one(tmp_path):
     default (the root unit stays gathered after its forward) and with `reshard_after_forward=True` (it does not):
     6 steps end with the weights and the teacher of the same steps in one process on the global batches, to fp32
     tolerance; the logged terms agree; each rank's teacher holds its shard only."""
-    script = Path(__file__).with_name("fsdp_smart_script.py")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), str(script), str(tmp_path)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_two_processes("fsdp_smart_script.py", tmp_path)
     initial = dict(make_model().named_parameters())
     whole = json.loads((tmp_path / "whole.json").read_text())
     assert whole["logs"][0]["smart_breg"] == 0 and min(s["smart_breg"] for s in whole["logs"][1:]) > 1e-6

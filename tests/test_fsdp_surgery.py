@@ -110,6 +110,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_two_processes(script: str, *args, timeout: int = 300) -> None:
+    """`tests/<script>` on 2 processes of one torchrun (gloo); a failure shows the end of its stderr."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), str(Path(__file__).with_name(script)), *map(str, args)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_two_fsdp2_processes_train_like_whole_gradient_surgery_in_one(tmp_path):
     """2 processes, gloo, docs/scaling.md's block (`fully_shard` per encoder layer and on the model, AdamW): 3
@@ -119,11 +127,7 @@ def test_two_fsdp2_processes_train_like_whole_gradient_surgery_in_one(tmp_path):
     from .fsdp_surgery_script import make_model
 
     methods = ["pcgrad", "gradvac"]
-    script = Path(__file__).with_name("fsdp_surgery_script.py")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), str(script), str(tmp_path), *methods]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_two_processes("fsdp_surgery_script.py", tmp_path, *methods)
     initial = dict(make_model().named_parameters())
     for method in methods:
         sharded = load_file(tmp_path / f"{method}-sharded.safetensors")

@@ -6,16 +6,13 @@ accelerate's FSDP2 plugin shards it (tests/fsdp_trainer_script.py); benchmarks/f
 path on a GPU."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from .fsdp_surgery_script import make_model
-from .test_fsdp_surgery import free_port
+from .test_fsdp_surgery import run_two_processes
 
 # case -> the unsharded reference run's file: fsdp_surgery_script.run_whole (AdamW) / fsdp_smart_script.run_whole (SGD)
 REFERENCES = {"pcgrad": "pcgrad-whole", "gradvac": "gradvac-whole", "summed": "none-whole", "smart": "whole"}
@@ -23,11 +20,7 @@ REFERENCES = {"pcgrad": "pcgrad-whole", "gradvac": "gradvac-whole", "summed": "n
 
 @pytest.mark.slow
 def test_the_trainers_step_under_fsdp2_trains_like_one_process(tmp_path):
-    script = Path(__file__).with_name("fsdp_trainer_script.py")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), str(script), str(tmp_path)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=400)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_two_processes("fsdp_trainer_script.py", tmp_path, timeout=400)
     initial = dict(make_model().named_parameters())
     for case, reference in REFERENCES.items():
         sharded = load_file(tmp_path / f"{case}-sharded.safetensors")
