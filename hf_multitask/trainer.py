@@ -100,10 +100,10 @@ class MultitaskTrainer(Trainer):
         return regularizers
 
     def _build_surgery(self) -> GradientSurgery | None:
-        args = self.args
-        self._surgery_options = dict(gradvac_beta=args.gradvac_beta, gradvac_per_layer=args.gradvac_per_layer)
-        if not getattr(self.args, "task_sampling_grouped", False) or self.args.gradient_surgery == "none":
+        args, self._surgery_options = self.args, {}
+        if not getattr(args, "task_sampling_grouped", False) or args.gradient_surgery == "none":
             return None  # no per-task gradients needed: the summed-loss step (summed_step.py)
+        self._surgery_options = dict(gradvac_beta=args.gradvac_beta, gradvac_per_layer=args.gradvac_per_layer)
         model = self.multitask_model
         shared = model.named_shared_parameters(root=self.accelerator.unwrap_model(self.model))
         if not shared:

@@ -46,3 +46,6 @@ def main(data_dir: str, tokenizer_dir: str, out_dir: str) -> None:
 
 if __name__ == "__main__":
     main(*sys.argv[1:4])
+    from dist_exit import finish
+
+    finish()

@@ -115,9 +115,10 @@ def main(out_dir: str) -> None:
         run_sharded(out_dir, sharding, rank)
     if rank == 0:
         run_whole(out_dir, world)
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main(*sys.argv[1:])
+    from dist_exit import finish
+
+    finish()

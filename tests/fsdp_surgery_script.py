@@ -135,8 +135,10 @@ def main(out_dir: str, *methods: str) -> None:
         if rank == 0:
             run_whole(out_dir, method, world)
         dist.barrier()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main(*sys.argv[1:])
+    from dist_exit import finish
+
+    finish()

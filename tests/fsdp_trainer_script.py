@@ -153,9 +153,10 @@ def main(out_dir: str) -> None:
         for method in ("pcgrad", "gradvac", "none"):
             surgery_script.run_whole(out_dir, method, world)
         smart_script.run_whole(out_dir, world)
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main(*sys.argv[1:])
+    from dist_exit import finish
+
+    finish()

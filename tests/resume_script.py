@@ -109,5 +109,6 @@ def main(data_dir: str, tokenizer_dir: str, out_dir: str, action: str, *modes: s
 
 if __name__ == "__main__":
     main(*sys.argv[1:])
-    if torch.distributed.is_initialized():  # an orderly teardown: gloo's threads otherwise can abort at exit
-        torch.distributed.destroy_process_group()
+    from dist_exit import finish
+
+    finish()
