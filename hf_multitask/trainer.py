@@ -80,6 +80,7 @@ class MultitaskTrainer(Trainer):
         self.surgery = self._build_surgery()
         self.loss_weighting = build_loss_weighting(self)
         self._surgery_fresh = True  # the per-task gradient buffer starts a new optimizer step
+        self._surgery_placed = False  # checked for FSDP2 sharding at the first grouped step (sharding.py)
 
     @property
     def specs(self):
@@ -174,9 +175,11 @@ class MultitaskTrainer(Trainer):
         """One batch of every task: unsynchronised per-task backward passes, one all-reduce, surgery, `.grad`."""
         model.train()
         inputs = self._prepare_inputs(inputs)
-        if self._surgery_fresh:  # under FSDP2, the surgery moves to this rank's shards (sharding.py)
+        if not self._surgery_placed:  # once the model is prepared: under FSDP2 it moves to this rank's shards
             self.surgery = self._stateful["gradient_surgery"] = sharded_surgery(
                 self.surgery, self.multitask_model, self.accelerator.unwrap_model(model), **self._surgery_options)
+            self._surgery_placed = True
+        if self._surgery_fresh:
             self.surgery.zero_()
             self._surgery_fresh = False
         weights = self.train_sampler.task_weights(self._batch_in_epoch()) if self.train_sampler else {}
