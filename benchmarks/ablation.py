@@ -10,9 +10,10 @@ repository, `benchmarks/results/ablation/<row>/seed<S>/` (`eval_results.json`, `
 versions, git commit): the archive is what says a run is done, so the queue resumes on a fresh clone. A crashed run
 is recorded as failed and runs again on the next `run`; a stopped queue leaves its run not done. A row that starts
 from another row's heads (`transfer`, `best` from `frozen`) pairs seed with seed, and is stale once that row's run
-of the same seed was run again after it. While `runs/ablation/.pause` exists the queue waits before starting the
-next run (to time a benchmark on a quiet machine). `benchmarks/ablation_stats.py` turns the archive into
-docs/results.md's table.
+of the same seed was run again after it; when that run is archived but its model is not on this machine, the
+queue trains it again first and checks its predictions against the archive (`rebuild`). While
+`runs/ablation/.pause` exists the queue waits before starting the next run (to time a benchmark on a quiet
+machine). `benchmarks/ablation_stats.py` turns the archive into docs/results.md's table.
 
     python benchmarks/ablation.py run [ROW ...]            # runs not done yet, row by row (all rows when none named)
     python benchmarks/ablation.py run --seeds 42,43 frozen # only these seeds
@@ -319,11 +320,14 @@ def refusal(row: Row, root: Path) -> str | None:
     being written), or None."""
     for needed in needed_runs(row):
         source = root / needed.output_dir
-        if row_state(needed, root)[0] != "done" or not (source / "config.json").is_file():
+        if row_state(needed, root)[0] != "done":
             seeds = "" if needed.seed is None else f" --seeds {needed.seed}"
-            return (f"{row.label!r} starts from the heads of {needed.label!r} ({source}), which is not done on this "
-                    f"machine: run `python benchmarks/ablation.py run{group_flag(needed)}{seeds} {needed.name}` "
-                    "first (with --rerun if its results were archived elsewhere)")
+            return (f"{row.label!r} starts from the heads of {needed.label!r} ({source}), which is not done: run "
+                    f"`python benchmarks/ablation.py run{group_flag(needed)}{seeds} {needed.name}` first")
+        if not (source / "config.json").is_file():
+            return (f"{row.label!r} starts from the heads of {needed.label!r}, whose results are archived but whose "
+                    f"model is not on this machine ({source}): `run` trains it again first and checks it against "
+                    "the archive")
     log = row.log_path(root)
     if log.is_file() and time.time() - log.stat().st_mtime < BUSY_SECONDS:
         return (f"{row.label!r}: {log} was written less than {BUSY_SECONDS} s ago, so another run of it seems to be "
@@ -363,16 +367,16 @@ def run_logged(argv: list[str], log: Path) -> tuple[int, float]:
     return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024
 
 
-def run_row(row: Row, root: Path, smoke: bool = False) -> dict:
+def run_row(row: Row, root: Path, smoke: bool = False, archive: Path | None = None) -> dict:
     """Run one row (or one seed of it) as a subprocess (it writes its dev predictions from its evaluation pass),
-    check the predictions against the metrics it reported, archive the results with `run.json`, and return the
-    record.
+    check the predictions against the metrics it reported, archive the results with `run.json` (in
+    `row.archive(root)`, or `archive`), and return the record.
 
     Wall time (training and evaluation) and peak RSS are measured around the process, the load average sampled
     during it. Interrupting the queue stops the child and archives nothing: the
     run stays not done.
     """
-    out, log, archive = root / row.output_dir, row.log_path(root), row.archive(root)
+    out, log, archive = root / row.output_dir, row.log_path(root), archive or row.archive(root)
     out.mkdir(parents=True, exist_ok=True)
     argv = row_argv(row, root, smoke)
     start, start_unix, began, load = datetime.now(timezone.utc), time.time(), time.monotonic(), LoadSampler()
@@ -394,6 +398,52 @@ def run_row(row: Row, root: Path, smoke: bool = False) -> dict:
             shutil.copyfile(out / name, archive / name)
     (archive / "run.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return record
+
+
+def rebuild(run: Row, root: Path, smoke: bool = False) -> str | None:
+    """Train a done run again when its results are archived but its model is not on this machine (a fresh clone,
+    or a new work tree): the rows that start from its heads need the weights. Returns None when it is ready, else
+    why not.
+
+    The rebuilt run is archived apart (`runs/ablation/rebuilt/...`) and compared with the archive. Same
+    predictions, byte for byte (and so the same metrics): the archive stays and its `run.json` lists the rebuild
+    under `rebuilds`, evidence that the run reproduces. Different: the rebuilt run replaces the archive (the old
+    record kept as `run.previous.json`), since its heads are the ones the dependent runs will start from, and the
+    difference is printed.
+    """
+    archive = run.archive(root)
+    scratch = root / "runs/ablation/rebuilt" / archive.relative_to(root / ARCHIVE)
+    print(f"=== rebuild {run.label}: archived, but its model is not in {root / run.output_dir}; training it again",
+          flush=True)
+    record = run_row(run, root, smoke, archive=scratch)
+    if record["status"] != "done":
+        return f"rebuilding {run.label!r} failed: {record.get('problem')}; see {record['log']}"
+    old, new = read_json(archive / "eval_results.json"), read_json(scratch / "eval_results.json")
+    same = (archive / PREDICTIONS).read_bytes() == (scratch / PREDICTIONS).read_bytes()
+    changes = {key: (old.get(key), new.get(key)) for key in METRICS if old.get(key) != new.get(key)}
+    entry = {"end": record["end"], "wall_seconds": record["wall_seconds"], "git_commit": record.get("git_commit"),
+             "machine": record["machine"], "same_predictions": same, "metric_changes": changes}
+    archived = read_json(archive / "run.json")
+    if same:
+        archived["rebuilds"] = [*archived.get("rebuilds", []), entry]
+        (archive / "run.json").write_text(json.dumps(archived, indent=2) + "\n", encoding="utf-8")
+        print(f"rebuilt {run.label} in {format_seconds(record['wall_seconds'])}: the same predictions as the "
+              "archive, byte for byte", flush=True)
+        return None
+    (archive / "run.json").replace(archive / "run.previous.json")
+    for name in ("eval_results.json", PREDICTIONS):
+        shutil.copyfile(scratch / name, archive / name)
+    record["replaced"] = {"because": "rebuilt with other predictions", "metric_changes": changes}
+    (archive / "run.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    print(f"rebuilt {run.label}: its predictions differ from the archive's (metrics {changes or 'equal'}); the "
+          "rebuilt run replaces it (old record: run.previous.json)", flush=True)
+    return None
+
+
+def missing_models(row: Row, root: Path) -> list[Row]:
+    """The runs `row` starts from that are done in the archive but whose model is not on this machine."""
+    return [needed for needed in needed_runs(row) if row_state(needed, root)[0] == "done"
+            and not (root / needed.output_dir / "config.json").is_file()]
 
 
 def read_predictions(path: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -500,12 +550,13 @@ def run_queue(runs: list[Row], root: Path, smoke: bool = False, rerun: tuple[str
                 print(f"skip {row.label}: done")
                 continue
             print(f"{row.label} is stale, running it again: {stale}")
-        reason = refusal(row, root)
+        wait_while_paused(root)
+        reason = next(filter(None, (rebuild(needed, root, smoke) for needed in missing_models(row, root))), None)
+        reason = reason or refusal(row, root)
         if reason:
             print(f"refused: {reason}")
             problems += 1
             continue
-        wait_while_paused(root)
         previous = row.archive(root) / "run.json"
         if previous.is_file():  # an interrupted rerun leaves the run not done, not with the old record
             previous.replace(previous.with_name("run.previous.json"))

@@ -96,7 +96,64 @@ def test_transfer_is_refused_until_frozen_of_the_same_seed_is_done_here(tmp_path
     write_result(tmp_path, rows["frozen"].at_seed(43))
     assert ablation.refusal(transfer, tmp_path) is None
     (tmp_path / "runs/ablation/r800_frozen/seed43/config.json").unlink()  # archived, but the model is elsewhere
-    assert "not done on this machine" in ablation.refusal(transfer, tmp_path)
+    assert "model is not on this machine" in ablation.refusal(transfer, tmp_path)
+    assert ablation.missing_models(transfer, tmp_path) == [rows["frozen"].at_seed(43)]
+
+
+def fake_training(sst=(1, 0, 2, 2), code=0):
+    """A `run_row` that 'trains' a run: its model's config.json, and an archive with these SST predictions."""
+    ran = []
+
+    def run_row(row, root, smoke=False, archive=None):
+        ran.append((row.label, archive))
+        if code:
+            return {"status": "failed", "problem": f"exit code {code}", "log": "x.log", "wall_seconds": 1.0}
+        (root / row.output_dir).mkdir(parents=True, exist_ok=True)
+        (root / row.output_dir / "config.json").write_text("{}")
+        archive = archive or row.archive(root)
+        archive.mkdir(parents=True, exist_ok=True)
+        (archive / "eval_results.json").write_text(json.dumps(METRICS))
+        write_predictions(archive / ablation.PREDICTIONS, sst=sst)
+        return {"status": "done", "end": "2026-12-02T00:10:00+00:00", "wall_seconds": 270.0, "log": "x.log",
+                "machine": {"nproc": 2}, "git_commit": "abc"}
+
+    return run_row, ran
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_a_needed_run_archived_without_its_model_is_rebuilt_and_checked_against_the_archive(tmp_path, monkeypatch,
+                                                                                            same):
+    rows = ablation.rows_by_name()
+    frozen, transfer = rows["frozen"].at_seed(42), rows["transfer"].at_seed(42)
+    write_result(tmp_path, frozen, start="2026-12-01T10:00:00+00:00", end="2026-12-01T10:05:00+00:00")
+    (tmp_path / frozen.output_dir / "config.json").unlink()  # a new work tree: the archive, not the model
+    run_row, ran = fake_training(sst=(1, 0, 2, 2) if same else (1, 0, 2, 3))
+    monkeypatch.setattr(ablation, "run_row", run_row)
+    assert ablation.run_queue([frozen, transfer], tmp_path) == 0
+    scratch = tmp_path / "runs/ablation/rebuilt/frozen/seed42"
+    assert ran == [("frozen seed 42", scratch), ("transfer seed 42", None)]  # frozen skipped as done, rebuilt
+    record = json.loads((frozen.archive(tmp_path) / "run.json").read_text())
+    if same:  # the archive stays, with the rebuild as evidence that the run reproduces
+        assert record["start"] == "2026-12-01T10:00:00+00:00" and record["rebuilds"][0]["same_predictions"]
+        assert not (frozen.archive(tmp_path) / "run.previous.json").exists()
+    else:  # the rebuilt run (the heads transfer starts from) replaces the archive; the old record is kept
+        assert record["replaced"]["because"] == "rebuilt with other predictions"
+        assert (frozen.archive(tmp_path) / "run.previous.json").is_file()
+        assert (frozen.archive(tmp_path) / ablation.PREDICTIONS).read_bytes() == \
+            (scratch / ablation.PREDICTIONS).read_bytes()
+    assert ablation.row_state(frozen, tmp_path)[0] == "done"
+
+
+def test_a_failed_rebuild_refuses_the_dependent_run(tmp_path, monkeypatch):
+    rows = ablation.rows_by_name()
+    frozen, transfer = rows["frozen"].at_seed(42), rows["transfer"].at_seed(42)
+    write_result(tmp_path, frozen)
+    (tmp_path / frozen.output_dir / "config.json").unlink()
+    run_row, ran = fake_training(code=3)
+    monkeypatch.setattr(ablation, "run_row", run_row)
+    assert ablation.run_queue([transfer], tmp_path) == 1
+    assert [label for label, _ in ran] == ["frozen seed 42"]  # transfer itself never ran
+    assert "run.json" in {p.name for p in frozen.archive(tmp_path).iterdir()}  # the archive is untouched
 
 
 def test_a_row_whose_log_is_being_written_is_refused(tmp_path):
