@@ -9,6 +9,8 @@ in `Trainer` or is refused when the trainer is built, with a message that says w
 - the model must be multitask (have `specs`), or a peft wrapper of one;
 - `train_sampling_strategy`: `group_by_length` maps onto our length grouping; `sequential` and `batch_rebalance` are
   refused;
+- `label_smoothing_factor`, `compute_loss_func`, `preprocess_logits_for_metrics`, `include_for_metrics`: refused
+  (each task's kind computes its loss and metrics); `metric_for_best_model` must name a metric evaluation reports;
 - `compute_metrics`: one callable for a one-task model, `{task_name: callable}`, or a callable with a `task_name`
   parameter ([`scope_compute_metrics`]); [`user_task_metrics`] files its results under `<prefix>_<task>_<name>`.
 """
@@ -227,6 +229,42 @@ def check_training_args(args) -> None:
         raise ValueError(f"train_sampling_strategy={strategy!r} has no multitask equivalent: MultitaskTrainer draws "
                          "each batch's task with task_sampling (round_robin, proportional, annealed, uniform); use "
                          "train_sampling_strategy='random' or 'group_by_length'")
+
+
+def check_trainer_options(trainer) -> None:
+    """Refuse the `Trainer` options that each task's own loss and metrics would otherwise ignore
+    (`label_smoothing_factor`, `compute_loss_func`, `preprocess_logits_for_metrics`, `include_for_metrics`), and a
+    `metric_for_best_model` that evaluation never reports (it would fail at the first evaluation, after training)."""
+    args, ignored = trainer.args, []
+    if getattr(args, "label_smoothing_factor", 0.0):
+        ignored.append(f"label_smoothing_factor={args.label_smoothing_factor} (each task's kind computes its loss)")
+    if trainer.compute_loss_func is not None:
+        ignored.append("compute_loss_func (each task's kind computes its loss: TaskSpec(loss=...) or a TaskKind, "
+                       "docs/kinds.md)")
+    if trainer.preprocess_logits_for_metrics is not None:
+        ignored.append("preprocess_logits_for_metrics (each task's metric is computed from the head's raw outputs; "
+                       "evaluation holds one task's outputs at a time)")
+    if getattr(args, "include_for_metrics", None):
+        ignored.append(f"include_for_metrics={args.include_for_metrics} (compute_metrics gets one task's predictions "
+                       "and label ids)")
+    if ignored:
+        raise ValueError(f"MultitaskTrainer does not apply {'; '.join(ignored)}: leave it unset")
+    check_best_metric(args.metric_for_best_model, list(trainer.specs))
+
+
+def check_best_metric(metric: str | None, task_names: list[str]) -> None:
+    """`metric_for_best_model` must be a key evaluation reports: `loss` (the mean of the tasks' losses), `overall`,
+    or `<task>_<name>` (the task's metric, loss, or a `compute_metrics` result); `eval_` in front is optional."""
+    if metric is None:
+        return
+    name = metric.removeprefix("eval_")
+    if name in ("loss", "overall") or any(name.startswith(f"{task}_") and name != f"{task}_" for task in task_names):
+        return
+    hint = f"; for this one-task model, '{task_names[0]}_{name}'" if len(task_names) == 1 else ""
+    raise ValueError(f"metric_for_best_model={metric!r} is not a metric MultitaskTrainer reports: evaluation gives "
+                     "'loss' (the mean of the tasks' losses), 'overall', and per task '<task>_<metric>', "
+                     f"'<task>_loss' and your compute_metrics results as '<task>_<name>' (tasks: "
+                     f"{', '.join(task_names)}){hint}")
 
 
 def groups_by_length(args) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 from transformers.trainer_utils import EvalLoopOutput, EvalPrediction
 
 from .callbacks import end_prediction_bars
@@ -16,8 +17,9 @@ from .metrics import compute_task_metrics, metric_key, overall_key, overall_scor
 def evaluate_tasks(trainer, datasets: Mapping, prefix: str, ignore_keys=None,
                    description: str = "Evaluation") -> tuple[dict[str, EvalLoopOutput], dict[str, float], int]:
     """Run `trainer.evaluation_loop` on each task's dataset. Returns (`{task: EvalLoopOutput}`, metrics, number of
-    examples); metrics hold `<prefix>_<task>_loss` and, for tasks with labels, `<prefix>_<task>_<metric>`, the
-    user's metrics ([`user_task_metrics`]) and, when every task has labels, `<prefix>_overall`."""
+    examples); metrics hold `<prefix>_<task>_loss`, their mean over tasks `<prefix>_loss` and, for tasks with
+    labels, `<prefix>_<task>_<metric>`, the user's metrics ([`user_task_metrics`]) and, when every task has labels,
+    `<prefix>_overall`."""
     specs, outputs, metrics, num_samples = trainer.specs, {}, {}, 0
     user_fns = getattr(trainer, "task_compute_metrics", {})
     for task_name, dataset in datasets.items():
@@ -35,6 +37,9 @@ def evaluate_tasks(trainer, datasets: Mapping, prefix: str, ignore_keys=None,
             metrics.update(user_task_metrics(user_fns.get(task_name), task_name, prediction, ours, prefix))
         outputs[task_name] = output
         num_samples += output.num_samples
+    losses = [metrics[key] for key in (f"{prefix}_{name}_loss" for name in outputs) if key in metrics]
+    if losses:  # as `Trainer`'s `eval_loss` (what load_best_model_at_end and early stopping use by default)
+        metrics[f"{prefix}_loss"] = float(np.mean(losses))
     if all(output.label_ids is not None for output in outputs.values()):
         metrics[overall_key(prefix)] = overall_score([specs[name] for name in outputs], metrics, prefix=prefix)
     return outputs, metrics, num_samples

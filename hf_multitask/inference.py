@@ -24,6 +24,7 @@ from .tasks import TaskSpec
 
 PIPELINE_TASK = "multitask-text-classification"
 TOKENIZER_CONFIG = "tokenizer_config.json"  # a folder holding it holds a saved tokenizer
+NOT_GIVEN = object()  # a pipeline option left out (top_k=None means every label)
 
 # ---- PTB normalisation (the form of the SST sentences, checked on every sentence of ../shared/data) ----
 
@@ -362,6 +363,8 @@ class MultitaskPipeline(Pipeline):
     Args:
         task_name: The task; may be left out when the model has one task, and given per call instead.
         normalize: `"ptb"` rewrites texts with [`normalize_ptb`] (for SST); off by default.
+        top_k: As in text-classification: the `top_k` most probable labels per input, most probable first (`None`:
+            all), a list per input (a single input gives its list); classification tasks only.
 
     Example:
 
@@ -387,8 +390,12 @@ class MultitaskPipeline(Pipeline):
         if not is_multitask_model(self.model):
             raise TypeError(f"{PIPELINE_TASK} needs a MultitaskModel, got {type(self.model).__name__}")
 
-    def _sanitize_parameters(self, task_name: str | None = None, normalize: str | None = None):
+    def _sanitize_parameters(self, task_name: str | None = None, normalize: str | None = None, top_k=NOT_GIVEN):
         preprocess, forward, postprocess = {}, {}, {}
+        if top_k is not NOT_GIVEN:
+            if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+                raise ValueError(f"top_k must be a positive int, or None for every label; got {top_k!r}")
+            postprocess["top_k"] = top_k
         if task_name is not None:
             task_spec(self.model, task_name)
             preprocess["task_name"] = forward["task_name"] = postprocess["task_name"] = task_name
@@ -399,7 +406,8 @@ class MultitaskPipeline(Pipeline):
 
     def __call__(self, inputs, **kwargs):
         result = super().__call__(inputs, **kwargs)
-        return [result] if isinstance(inputs, (str, dict)) else result
+        ranked = "top_k" in kwargs or "top_k" in self._postprocess_params  # a list per input already
+        return [result] if isinstance(inputs, (str, dict)) and not ranked else result
 
     def _spec(self, task_name: str | None) -> TaskSpec:
         if task_name is None:
@@ -426,12 +434,14 @@ class MultitaskPipeline(Pipeline):
         extras = {k: model_inputs.pop(k) for k in spec.task_kind.extra_features if k in model_inputs}
         return {"logits": self.model(task_name=spec.name, **model_inputs).logits, **extras}
 
-    def postprocess(self, model_outputs: dict, task_name: str | None = None) -> dict:
+    def postprocess(self, model_outputs: dict, task_name: str | None = None, top_k=NOT_GIVEN) -> dict | list[dict]:
         spec = self._spec(task_name)
         logits = model_outputs["logits"][0].float().numpy()  # (num_labels,), or (tokens, num_labels)
         if spec.task_kind.token_level:
             feature = {k: model_outputs[k][0] for k in spec.task_kind.extra_features}  # (one example, no padding)
             logits = spec.task_kind.example_outputs(spec, logits, feature)
+        if top_k is not NOT_GIVEN:
+            return spec.task_kind.pipeline_ranking(spec, logits, top_k)
         return spec.task_kind.pipeline_output(spec, logits)
 
 

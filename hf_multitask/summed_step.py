@@ -28,7 +28,7 @@ def build_loss_weighting(trainer) -> LossWeighting | None:
     name = getattr(trainer.args, "loss_weighting", "none")
     if name == "none":
         return None
-    weighting = get_loss_weighting(name).from_args(list(trainer.specs), trainer.args)
+    weighting = get_loss_weighting(name).from_args(trainer.trained_tasks, trainer.args)
     weighting.attach(trainer.multitask_model)
     trainer._stateful["loss_weighting"] = weighting
     trainer._task_metric_names.append("task_weight")

@@ -32,10 +32,11 @@ from .regularizers import Regularizer, build_regularizers
 from .sampling import MultitaskBatchSampler
 from .sharding import check_sharded_trainer, sharded_surgery
 from .summed_step import build_loss_weighting, no_decay_names, summed_training_step
+from .trainer_card import TrainerModelCard
 
 logger = logging.get_logger(__name__)
 
-class MultitaskTrainer(Trainer):
+class MultitaskTrainer(TrainerModelCard, Trainer):
     """Trains a [`MultitaskModel`] on several tasks at once.
 
     Every argument not listed below is as in `transformers.Trainer`. The default collator is a [`MultitaskCollator`].
@@ -65,6 +66,7 @@ class MultitaskTrainer(Trainer):
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
         conventions.check_training_args(self.args)
+        conventions.check_trainer_options(self)
         check_sharded_trainer(self)  # FSDP / DeepSpeed turned on by an accelerate config: sharding.py
         self.task_compute_metrics = conventions.scope_compute_metrics(compute_metrics, self.specs,
                                                                       self.args.batch_eval_metrics)
@@ -85,6 +87,13 @@ class MultitaskTrainer(Trainer):
     @property
     def specs(self):
         return self.multitask_model.specs
+
+    @property
+    def trained_tasks(self) -> list[str]:
+        """The tasks with training data, in the model's order: the rows of the per-task gradients and the loss
+        weights. A task without data would be a zero row (MGDA's min-norm point of {g1, g2, 0} is 0)."""
+        sizes = getattr(self.train_dataset, "task_sizes", None) or self.specs
+        return [name for name in self.specs if name in sizes]
 
     @property
     def multitask_model(self):
@@ -111,7 +120,7 @@ class MultitaskTrainer(Trainer):
             logger.warning("Grouped batches with no shared trainable parameters (frozen encoder?): gradient surgery "
                            "has nothing to project, so each step is the plain sum of the task losses.")
         method = self.args.gradient_surgery if shared else "none"
-        surgery = GradientSurgery(method, [p for _, p in shared], num_tasks=len(self.specs), seed=args.seed,
+        surgery = GradientSurgery(method, [p for _, p in shared], num_tasks=len(self.trained_tasks), seed=args.seed,
                                   segment_ids=[model.parameter_group(n) for n, _ in shared], **self._surgery_options)
         self._stateful["gradient_surgery"] = surgery
         return surgery
@@ -183,7 +192,7 @@ class MultitaskTrainer(Trainer):
             self.surgery.zero_()
             self._surgery_fresh = False
         weights = self.train_sampler.task_weights(self._batch_in_epoch()) if self.train_sampler else {}
-        task_index = {name: i for i, name in enumerate(self.specs)}
+        task_index = {name: i for i, name in enumerate(self.trained_tasks)}
         total = torch.zeros((), device=self.args.device)
         for task_name, batch in inputs.items():
             with self.accelerator.no_sync(model), self.compute_loss_context_manager():
@@ -270,7 +279,7 @@ class MultitaskTrainer(Trainer):
             keys = [f"{metric}_{name}" for metric in self._task_metric_names for name in self.specs]
             logs.update(self._task_metrics.drain(keys, self.accelerator, self.args.device))
             if getattr(self, "surgery", None) is not None:
-                logs.update(self.surgery.pop_stats(list(self.specs)))
+                logs.update(self.surgery.pop_stats(self.trained_tasks))
             if self._nonfinite.unlogged:
                 logs["nonfinite_skipped_steps"], self._nonfinite.unlogged = self._nonfinite.unlogged, 0
         super().log(logs, start_time)
@@ -334,7 +343,7 @@ class MultitaskTrainer(Trainer):
             raise CheckpointError(f"{checkpoint}: cannot load the optimizer or scheduler state (optimizer.pt, "
                                   f"scheduler.pt): {type(e).__name__}: {e}") from e
 
-    # ---- optimizer and model card ----
+    # ---- optimizer ----
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         """The parent's optimizer; with `args.head_learning_rate` set, the heads' parameters (`heads.*`) get their own
@@ -348,58 +357,6 @@ class MultitaskTrainer(Trainer):
                                       set(self.get_decay_parameter_names(opt_model)))
         self.optimizer = build_optimizer(chosen, groups, self.args.optim)
         return self.optimizer
-
-    def create_model_card(self, language: str | None = None, license: str | None = None,
-                          tags: str | list[str] | None = None, model_name: str | None = None,
-                          finetuned_from: str | None = None, tasks: str | list[str] | None = None,
-                          dataset_tags: str | list[str] | None = None, dataset: str | list[str] | None = None,
-                          dataset_args: str | list[str] | None = None) -> None:
-        """Write hf-multitask's model card to `args.output_dir/README.md`, in place of the parent's `TrainingSummary`
-        draft: tasks, the metrics of the latest evaluation in `state.log_history`, the training arguments and the
-        techniques used (see `hf_multitask.model_card`). A README.md that hf-multitask did not write is kept.
-
-        Args:
-            language, license, tags, model_name: As in `Trainer.create_model_card` (front matter and title).
-            finetuned_from: The encoder's Hub id (`base_model`); guessed from the encoder's config when `None`.
-            dataset_tags: Hub dataset ids for the front matter.
-            tasks, dataset, dataset_args: Accepted for the parent's signature; the tasks and data come from the model.
-        """
-        if self.is_world_process_zero():
-            tags = [tags] if isinstance(tags, str) else tags
-            datasets = [dataset_tags] if isinstance(dataset_tags, str) else dataset_tags
-            self._write_model_card(self.args.output_dir, language=language, license=license, tags=tags,
-                                   model_name=model_name, base_model=finetuned_from, datasets=datasets,
-                                   **self._card_kwargs())
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """The parent's save, with the model card (latest evaluation's metrics, training arguments) written once:
-        by the model's `save_pretrained`, or after the save for a peft-wrapped model, whose save writes no card."""
-        output_dir = output_dir or self.args.output_dir
-        wrapped, model = self.accelerator.unwrap_model(self.model), self.multitask_model
-        card = self._card_kwargs() if self.args.should_save else None
-        model.card_context = card if wrapped is model else None
-        try:
-            super().save_model(output_dir, _internal_call=True)  # the push, if any, comes after the card
-        finally:
-            model.card_context = None
-        if card is not None and wrapped is not model:
-            self._write_model_card(output_dir, **card)
-        if self.args.push_to_hub and not _internal_call:
-            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
-
-    def _card_kwargs(self) -> dict:
-        from .model_card import latest_eval_metrics
-
-        metrics, step = latest_eval_metrics(self.state.log_history, self.specs)
-        return {"metrics": metrics, "training_args": self.args, "trained_steps": self.state.global_step,
-                "results_source": f"the Trainer's latest evaluation (step {step})" if metrics else None,
-                "model_id": self.hub_model_id or self.args.hub_model_id}
-
-    def _write_model_card(self, output_dir: str, **kwargs) -> None:
-        from .model_card import write_model_card
-
-        if not write_model_card(output_dir, self.multitask_model, **kwargs):
-            logger.warning_once(f"{output_dir}/README.md was not written by hf-multitask: kept, no model card written")
 
     # ---- evaluation ----
 

@@ -364,3 +364,59 @@ def test_bi_encoded_pairs_need_their_second_sentence(data_dir, tokenizer):
     validate_tokenized(spec, data, "train_dataset['quora']", tokenizer)
     with pytest.raises(DataValidationError, match=r"needs tokenised column\(s\) \['input_ids_b'\]"):
         validate_tokenized(spec, data.remove_columns(["input_ids_b", "attention_mask_b"]), "x", tokenizer)
+
+
+# ---- options each task's loss and metrics would ignore; the best-model metric ----
+
+
+@pytest.mark.parametrize("option, value, named", [
+    ("label_smoothing_factor", 0.1, "label_smoothing_factor=0.1"),
+    ("include_for_metrics", ["inputs"], "include_for_metrics=['inputs']"),
+    ("compute_loss_func", lambda outputs, labels, num_items_in_batch=None: outputs.loss, "compute_loss_func"),
+    ("preprocess_logits_for_metrics", lambda logits, labels: logits.argmax(-1), "preprocess_logits_for_metrics"),
+])
+def test_options_the_task_losses_and_metrics_would_ignore_are_rejected(option, value, named, bert_config, tokenized,
+                                                                       tokenizer, tmp_path):
+    """They were silently ignored (label smoothing, compute_loss_func, inputs for metrics) or broke evaluation
+    (argmax'd logits reach the tasks' metrics): refused when the trainer is built, naming the option."""
+    in_args = option in ("label_smoothing_factor", "include_for_metrics")
+    with pytest.raises(ValueError, match=f"does not apply {named.replace('[', '.').replace(']', '.')}"):
+        MultitaskTrainer(model=make_model(bert_config), args=args(tmp_path, **({option: value} if in_args else {})),
+                         train_dataset=tokenized["train"], processing_class=tokenizer,
+                         **({} if in_args else {option: value}))
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "eval_f1", "sst_"])
+def test_a_best_model_metric_evaluation_never_reports_is_rejected(metric, bert_config, tokenized, tokenizer,
+                                                                 tmp_path):
+    with pytest.raises(ValueError, match=f"metric_for_best_model='{metric}' is not a metric"):
+        MultitaskTrainer(model=make_model(bert_config), args=args(tmp_path, metric_for_best_model=metric),
+                         train_dataset=tokenized["train"], processing_class=tokenizer)
+
+
+def test_a_one_task_model_is_told_its_metric_name(bert_config, tokenized, tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="for this one-task model, 'sst_accuracy'"):
+        MultitaskTrainer(model=make_model(bert_config, [get_task("sst")]),
+                         args=args(tmp_path, metric_for_best_model="accuracy"),
+                         train_dataset=tokenized["train"]["sst"], processing_class=tokenizer)
+
+
+@pytest.mark.parametrize("metric", [None, "overall", "sts_pearson"])
+def test_load_best_model_at_end_and_early_stopping_work(metric, bert_config, tokenized, tokenizer, tmp_path):
+    """`eval_loss` (the mean of the tasks' losses) is what `load_best_model_at_end` and `EarlyStoppingCallback`
+    use by default; `overall` and a task's metric work too."""
+    from transformers import EarlyStoppingCallback
+
+    trainer = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path, max_steps=6, eval_strategy="steps",
+                           eval_steps=2, save_strategy="steps", save_steps=2, load_best_model_at_end=True,
+                           metric_for_best_model=metric)
+    trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=1))
+    trainer.train()
+    evaluations = [entry for entry in trainer.state.log_history if "eval_overall" in entry]
+    tasks = ("sst", "quora", "sts")
+    assert all(entry["eval_loss"] == pytest.approx(np.mean([entry[f"eval_{t}_loss"] for t in tasks]))
+               for entry in evaluations)
+    key = f"eval_{metric or 'loss'}"
+    best = (max if metric else min)(evaluations, key=lambda entry: entry[key])
+    assert trainer.state.best_metric == best[key]
+    assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{best['step']}")

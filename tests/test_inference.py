@@ -202,6 +202,31 @@ def test_pipeline_normalize_ptb(model, tokenizer):
     assert got["label"] == labels[0] and got["score"] == pytest.approx(probabilities[0].max(), abs=1e-5)
 
 
+def test_pipeline_top_k_ranks_labels_as_text_classification_does(model, tokenizer):
+    """`top_k=k` gives the k most probable labels, `top_k=None` all of them, most probable first, a list per
+    input (a single input gives its list, unwrapped), per call or set when the pipeline is built."""
+    classifier = pipeline("multitask-text-classification", model=model, tokenizer=tokenizer, task_name="sst",
+                          device="cpu")
+    texts = ["a great film", "bad"]
+    _, probabilities = predict(model, "sst", texts, tokenizer, return_probabilities=True)
+    names = model.specs["sst"].label_names
+    ranked = classifier(texts, top_k=None)
+    for got, p in zip(ranked, probabilities):
+        order = np.argsort(-p, kind="stable")
+        assert [g["label"] for g in got] == [names[i] for i in order]
+        np.testing.assert_allclose([g["score"] for g in got], p[order], atol=1e-5)
+    top2 = classifier(texts[0], top_k=2)
+    assert [g["label"] for g in top2] == [g["label"] for g in ranked[0][:2]]
+    assert classifier(texts[0], top_k=1) == top2[:1] and classifier(texts[0]) == top2[:1]
+    built = pipeline("multitask-text-classification", model=model, tokenizer=tokenizer, task_name="sst",
+                     device="cpu", top_k=None)
+    assert [g["label"] for g in built(texts[1])] == [g["label"] for g in ranked[1]]
+    with pytest.raises(ValueError, match="top_k: task 'sts' is a regression task; it has no labels to rank"):
+        classifier({"text": "a", "text_pair": "b"}, task_name="sts", top_k=2)
+    with pytest.raises(ValueError, match="top_k must be a positive int, or None"):
+        classifier(texts[0], top_k=0)
+
+
 def test_pipeline_errors(model, tokenizer):
     classifier = pipeline("multitask-text-classification", model=model, tokenizer=tokenizer, device="cpu")
     with pytest.raises(ValueError, match=r"Pass task_name=, one of \['sst', 'quora', 'sts'\]"):

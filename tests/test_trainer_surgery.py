@@ -3,7 +3,7 @@ import contextlib
 import pytest
 import torch
 
-from hf_multitask import MultitaskTrainingArguments
+from hf_multitask import MultitaskTrainingArguments, cs224n_tasks
 
 from .conftest import make_model, make_trainer
 
@@ -146,3 +146,31 @@ def test_smart_works_with_gradient_surgery(bert_config, tokenized, tokenizer, tm
     logged = [entry for entry in trainer.state.log_history if "loss" in entry][0]
     assert {"smart_adv_sst", "smart_breg_sts", "grad_cos_sst_sts"} <= set(logged)
     assert trainer.regularizers["smart"].teacher.num_updates == 4
+
+
+@pytest.mark.parametrize("method", ["mgda", "pcgrad", "uncertainty"])
+def test_only_the_tasks_with_training_data_are_rows(method, bert_config, tokenized, tokenizer, tmp_path):
+    """A model task without training data is no row of the per-task gradients or loss weights: as a zero row it
+    would make MGDA's update 0 (the min-norm point of {g_sst, g_sts, 0}) and shrink the others'. The three-task
+    model trained on two tasks moves as the two-task model with the same weights does."""
+    train = {name: tokenized["train"][name] for name in ("sst", "sts")}
+    three = make_model(bert_config)
+    two = make_model(bert_config, tasks=[spec for spec in cs224n_tasks() if spec.name != "quora"])
+    two.load_state_dict({k: v for k, v in three.state_dict().items() if "quora" not in k})
+    start = {n: p.detach().clone() for n, p in three.encoder.named_parameters()}
+    step = dict(gradient_surgery="none", loss_weighting="uncertainty") if method == "uncertainty" else dict(
+        gradient_surgery=method)
+    trainers = [make_trainer(model, tokenized, tokenizer, tmp_path / str(i), train=train, optim="sgd",
+                             **TRAINER_ARGS | dict(max_steps=2, logging_steps=1), task_sampling_grouped=True, **step)
+                for i, model in enumerate((three, two))]
+    for trainer in trainers:
+        trainer.train()
+    assert trainers[0].trained_tasks == ["sst", "sts"]
+    assert max((p - start[n]).abs().max() for n, p in three.encoder.named_parameters()) > 1e-4
+    for (name, a), b in zip(three.encoder.named_parameters(), two.encoder.parameters()):
+        torch.testing.assert_close(a, b, msg=name)
+    logged = [entry for entry in trainers[0].state.log_history if "loss" in entry][0]
+    if method != "uncertainty":
+        assert {key for key in logged if key.startswith("grad_cos_")} == {"grad_cos_sst_sts"}
+    else:
+        assert {key for key in logged if key.startswith("task_weight_")} == {"task_weight_sst", "task_weight_sts"}

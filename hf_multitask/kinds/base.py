@@ -207,6 +207,11 @@ class TaskKind:
         """The pipeline's answer for one example from its `(num_labels,)` outputs."""
         raise NotImplementedError
 
+    def pipeline_ranking(self, spec, logits: np.ndarray, top_k: int | None) -> list[dict]:
+        """The pipeline's answer with `top_k` (text-classification's): the `top_k` most probable labels of one
+        example (all for `None`), most probable first; a `ValueError` for kinds with no labels to rank."""
+        raise ValueError(f"top_k: task {spec.name!r} is a {self.name} task; it has no labels to rank")
+
     def prediction_records(self, spec, logits: np.ndarray) -> list[dict]:
         """`hf-multitask predict`'s fields for each example."""
         raise NotImplementedError

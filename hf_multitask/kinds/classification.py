@@ -108,6 +108,11 @@ class ClassificationKind(TaskKind):
         best = int(probabilities.argmax())
         return {"label": spec.label_names[best], "score": float(probabilities[best])}
 
+    def pipeline_ranking(self, spec, logits: np.ndarray, top_k: int | None) -> list[dict]:
+        probabilities = self.probabilities(spec, logits[None])[0]
+        order = np.argsort(-probabilities, kind="stable")[:top_k]
+        return [{"label": spec.label_names[i], "score": float(probabilities[i])} for i in order.tolist()]
+
     def prediction_records(self, spec, logits: np.ndarray) -> list[dict]:
         best = np.asarray(logits).argmax(-1)
         probabilities = self.probabilities(spec, logits).max(-1)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ..heads import SentenceHead
 from ..losses import symmetric_kl
 from ..utils import softmax
-from .base import MODEL_INPUTS, DataValidationError, label_array, register_kind
+from .base import MODEL_INPUTS, DataValidationError, TaskKind, label_array, register_kind
 from .classification import ClassificationKind
 
 IGNORE = -100  # a token without a tag: later sub-tokens, special tokens, padding
@@ -186,6 +186,8 @@ class TokenClassificationKind(ClassificationKind):
     def pipeline_output(self, spec, logits: np.ndarray) -> dict:
         record = self.prediction_records(spec, logits[None])[0]
         return {"labels": record["labels"], "scores": record["probabilities"]}
+
+    pipeline_ranking = TaskKind.pipeline_ranking  # one label per word: nothing to rank
 
     def prediction_records(self, spec, logits: np.ndarray) -> list[dict]:
         probabilities = np.nan_to_num(self.probabilities(spec, logits), nan=-1.0).max(-1)
