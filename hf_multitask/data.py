@@ -222,8 +222,16 @@ def tokenize_task(dataset: Dataset, spec: TaskSpec, tokenizer, num_proc: int | N
     """Tokenise a validated task dataset.
 
     Cross-encoding gives `[CLS] a [SEP] b [SEP]` in `input_ids`; bi-encoding puts b in `input_ids_b` etc.
-    Text columns are removed; `labels` (and `id`) stay.
+    Text columns are removed; `labels` (and `id`) stay. A missing text column, or an empty, missing or non-string
+    text, is a [`DataValidationError`] naming the task (and the row and column).
     """
+    missing = [column for column in spec.text_columns if column not in dataset.column_names]
+    if missing:
+        raise DataValidationError(f"Task {spec.name!r}: no text column(s) {missing} in the dataset (its columns: "
+                                  f"{dataset.column_names}); TaskSpec.text_columns names the columns to tokenise")
+    for column in spec.text_columns:  # data that no loader validated: the tokenizer's errors name no row
+        for index, value in enumerate(dataset[column]):
+            spec.task_kind.parse_text(spec, value, f"Task {spec.name!r}: row {index}, column {column!r}")
     max_length = effective_max_length(spec, tokenizer)
     if max_length < spec.max_length:
         logger.warning(f"Task {spec.name!r}: max_length {spec.max_length} exceeds the tokenizer's limit {max_length}")

@@ -7,11 +7,14 @@ from collections.abc import Mapping
 
 import numpy as np
 from transformers.trainer_utils import EvalLoopOutput, EvalPrediction
+from transformers.utils import logging
 
 from .callbacks import end_prediction_bars
 from .conventions import user_task_metrics
 from .data import MultitaskDataset
 from .metrics import compute_task_metrics, metric_key, overall_key, overall_score
+
+logger = logging.get_logger(__name__)
 
 
 def evaluate_tasks(trainer, datasets: Mapping, prefix: str, ignore_keys=None,
@@ -32,6 +35,10 @@ def evaluate_tasks(trainer, datasets: Mapping, prefix: str, ignore_keys=None,
         metrics.update(output.metrics)
         if output.label_ids is not None:
             ours = compute_task_metrics(specs[task_name], output.predictions, output.label_ids)
+            undefined = [name for name, value in ours.items() if isinstance(value, float) and np.isnan(value)]
+            if undefined:  # a Pearson r of constant predictions, say: the overall score is NaN too
+                logger.warning(f"{prefix} task {task_name!r}: {undefined} undefined (NaN; constant predictions or "
+                               f"labels?), so {overall_key(prefix)} is NaN too")
             metrics.update({metric_key(prefix, task_name, k): v for k, v in ours.items()})
             prediction = EvalPrediction(predictions=output.predictions, label_ids=output.label_ids)
             metrics.update(user_task_metrics(user_fns.get(task_name), task_name, prediction, ours, prefix))

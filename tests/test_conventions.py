@@ -271,6 +271,13 @@ def test_bad_labels_are_rejected_when_the_trainer_is_built(task, row, value, mat
         make_trainer(tiny_model, tokenized, tokenizer, tmp_path, train=replace_labels(tokenized, task, labels))
 
 
+def test_a_bad_integer_label_is_shown_as_given(tiny_model, tokenized, tokenizer, tmp_path):
+    labels = [int(v) for v in tokenized["train"]["sst"]["labels"]]
+    labels[1] = 7
+    with pytest.raises(DataValidationError, match=r"row 1, column 'labels': label 7 is not a class id in 0\.\.4"):
+        make_trainer(tiny_model, tokenized, tokenizer, tmp_path, train=replace_labels(tokenized, "sst", labels))
+
+
 def test_sts_scores_on_another_scale_are_rejected(tiny_model, tokenized, tokenizer, tmp_path):
     labels = [20 * v for v in tokenized["train"]["sts"]["labels"]]
     with pytest.raises(DataValidationError, match=r"row 0, column 'labels': label 92\.0 is outside task 'sts''s "

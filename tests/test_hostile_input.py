@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from datasets import Dataset
 
 from hf_multitask import (
     MultitaskConfig,
@@ -132,6 +133,16 @@ def sequence_longer_than_positions(tmp_path, request):
 
 def training_args(tmp_path, **overrides) -> MultitaskTrainingArguments:
     return MultitaskTrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True, **overrides)
+
+
+def tokenize_raw(columns: dict):
+    """`tokenize_task` on an in-memory quora Dataset of `columns` that no loader has validated."""
+
+    def build(tmp_path, request):
+        tokenizer = request.getfixturevalue("tokenizer")
+        return lambda: tokenize_task(Dataset.from_dict(columns), get_task("quora"), tokenizer)
+
+    return build
 
 
 def trainer_with(train_dataset_of):
@@ -313,6 +324,11 @@ REJECTED = [
      r"sst-train\.parquet: row 2, column 'sentence': empty or missing text \(None\)"),
     ("text_number_json", jsonl("sst", ['{"sentence": 12, "sentiment": 1}']), DataValidationError,
      r"sst-train\.jsonl: row 1, column 'sentence': expected text, got int 12"),
+    ("tokenize_missing_text_column", tokenize_raw({"sentence1": ["a"], "is_duplicate": [1]}), DataValidationError,
+     r"Task 'quora': no text column\(s\) \['sentence2'\] in the dataset \(its columns: \['sentence1', "
+     r"'is_duplicate'\]\)"),
+    ("tokenize_none_text", tokenize_raw({"sentence1": ["a", "b"], "sentence2": ["c", None]}), DataValidationError,
+     r"Task 'quora': row 1, column 'sentence2': empty or missing text \(None\)"),
     # encodings and formats
     ("invalid_utf8_tsv", raw_file(FILE, b"id\tsentence\tsentiment\nx\tcaf\xe9\t1\n"), DataValidationError,
      r"sst-train\.tsv: not valid UTF-8 at byte 27, line 2"),

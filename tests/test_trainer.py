@@ -93,3 +93,17 @@ def test_each_task_gets_its_own_evaluation_progress_bar_with_a_total(tiny_model,
     bars = capfd.readouterr().err
     assert "2/2" in bars and "1/1" in bars  # sst: 12 rows = 2 batches; quora, sts: 8 rows = 1 batch each
     assert not re.search(r"(^|\s)\d+it \[", bars, re.MULTILINE)  # no bar without a total ("3it [00:01, ...]")
+
+
+def test_an_undefined_task_metric_is_a_warning_not_a_silent_nan(tiny_model, tokenized, tokenizer, tmp_path, caplog):
+    """Constant STS predictions have no Pearson r: the NaN reaches eval_overall, and the log says why."""
+    with torch.no_grad():
+        for p in tiny_model.heads["sts"].parameters():
+            p.zero_()
+    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path)
+    with caplog.at_level("WARNING", logger="hf_multitask"):
+        metrics = trainer.evaluate()
+    assert metrics["eval_sts_pearson"] != metrics["eval_sts_pearson"] and metrics["eval_overall"] != metrics[
+        "eval_overall"]
+    assert "eval task 'sts': ['pearson'] undefined (NaN; constant predictions or labels?), so eval_overall is NaN" \
+        in caplog.text

@@ -79,8 +79,8 @@ class ClassificationKind(TaskKind):
         with np.errstate(invalid="ignore"):
             bad = ~np.isfinite(values) | (values != np.floor(values)) | (values < 0) | (values >= count)
         if bad.any():
-            raise label_column_error(where, bad, values, f"is not a class id in 0..{count - 1} "
-                                                         f"(task {spec.name!r}: {spec.label_names})")
+            problem = f"is not a class id in 0..{count - 1} (task {spec.name!r}: {spec.label_names})"
+            raise label_column_error(where, bad, np.asarray(labels), problem)  # shown as given: 7, not 7.0
 
     def check_labels(self, spec, labels: list, source: str) -> None:
         from transformers.utils import logging
