@@ -1,8 +1,8 @@
 """Which task each training batch comes from: [`MultitaskBatchSampler`] and its schedules.
 
 Every batch holds examples of one task (in grouped mode: one batch of every task). The sequence is a pure
-function of (seed, epoch), so every rank of a multi-process run computes the same task order and takes its
-own slice of each global batch, and a resumed run replays it exactly.
+function of (seed, epoch) and, for annealed sampling, the run's total budget, so every rank of a multi-process run
+computes the same task order and takes its own slice of each global batch, and a resumed run replays it exactly.
 """
 
 from __future__ import annotations

@@ -108,8 +108,9 @@ class MultitaskTrainingArguments(TrainingArguments):
         than the pretrained encoder (0 keeps them fixed).
 
     Differences from the parent's defaults: `metric_for_best_model` may be `"overall"` (the mean of every task's
-    metric mapped to [0, 1]), which evaluation reports as `eval_overall`; `dataloader_pin_memory` is turned off
-    where there is no accelerator to pin memory for (CPU runs).
+    metric mapped to [0, 1]), which evaluation reports as `eval_overall`, `"loss"` (the mean of the tasks' losses,
+    the parent's default) or `"<task>_<metric>"`; `dataloader_pin_memory` is turned off where there is no
+    accelerator to pin memory for (CPU runs).
     """
 
     task_sampling: str = field(

@@ -34,7 +34,8 @@ class TaskKind:
         name: The value of `TaskSpec.kind` that selects this kind.
         losses: Allowed values of `TaskSpec.loss`; the first is the default.
         metrics: Allowed values of `TaskSpec.metric`; the first is the default.
-        options: Keys the kind reads from `TaskSpec.extra` (none for the built-in kinds).
+        options: Keys the kind reads from `TaskSpec.extra` (regression: `initial_bias`; token classification:
+            `scheme`; none for the other built-in kinds).
         token_level: The head reads every token's hidden state `(batch, seq, hidden)` instead of the pooled sentence,
             and gives `(batch, seq, num_labels)`; [`example_outputs`] turns a row of those into one example's output.
         extra_features: Tokenised features that are not model inputs (kept in the dataset for the kind's
