@@ -427,3 +427,13 @@ def test_load_best_model_at_end_and_early_stopping_work(metric, bert_config, tok
     best = (max if metric else min)(evaluations, key=lambda entry: entry[key])
     assert trainer.state.best_metric == best[key]
     assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{best['step']}")
+
+
+def test_a_second_eval_set_of_one_task_goes_under_its_own_prefix(tiny_model, tokenized, tokenizer, tmp_path):
+    """run_glue's MNLI habit (matched and mismatched sets of one task): the second set, alone, under a prefix."""
+    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path)
+    metrics = trainer.evaluate(eval_dataset={"sst": tokenized["dev"]["sst"]}, metric_key_prefix="eval_mismatched")
+    assert {"eval_mismatched_sst_accuracy", "eval_mismatched_sst_loss", "eval_mismatched_loss",
+            "eval_mismatched_overall"} <= set(metrics)
+    assert not any(key.startswith(("eval_mismatched_quora", "eval_mismatched_sts")) for key in metrics)
+    assert metrics["eval_mismatched_overall"] == metrics["eval_mismatched_sst_accuracy"]
