@@ -608,7 +608,24 @@ def print_status(runs: list[Row], root: Path) -> None:
             detail = refusal(row, root) or ""
         print(f"{row.label:<26} {state:<8} {detail}")
     done = sum(row_state(row, root)[0] == "done" for row in runs)
-    print(f"{done} of {len(runs)} runs done")
+    print(f"{done} of {len(runs)} runs done" + remaining_time(runs, root))
+
+
+def remaining_time(runs: list[Row], root: Path, quiet_load: float = 2.5) -> str:
+    """`; about T left` for the runs not done: each at its row's median wall time over its done runs that had the
+    machine to themselves (mean load <= `quiet_load`; the 2 cores busy with the run alone), else at the median of
+    all such runs; '' when there is nothing to go on."""
+    quiet: dict[str, list[float]] = {}
+    for row in runs:
+        state, record, _ = row_state(row, root)
+        if state == "done" and (record.get("load_average") or {}).get("mean", quiet_load + 1) <= quiet_load:
+            quiet.setdefault(row.name, []).append(record["wall_seconds"])
+    left = [row for row in runs if row_state(row, root)[0] != "done"]
+    if not left or not quiet:
+        return ""
+    overall = float(np.median([t for times in quiet.values() for t in times]))
+    total = sum(float(np.median(quiet[row.name])) if row.name in quiet else overall for row in left)
+    return f"; about {format_seconds(total)} left at the quiet runs' median times ({len(left)} runs)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -350,6 +350,18 @@ def test_queue_lock_refuses_while_another_queue_lives(tmp_path):
     assert not lock.exists()
 
 
+def test_status_estimates_the_time_left_from_quiet_runs(tmp_path, capsys):
+    a, b = fake_row("a", seeds=(1, 2, 3)), fake_row("b", seeds=(1, 2))
+    write_result(tmp_path, a.at_seed(1), wall_seconds=600.0, load_average={"mean": 2.1})
+    write_result(tmp_path, a.at_seed(2), wall_seconds=2400.0, load_average={"mean": 5.0})  # busy: not counted
+    write_result(tmp_path, b.at_seed(1), wall_seconds=300.0, load_average={"mean": 2.0})
+    ablation.print_status([*a.runs(), *b.runs()], tmp_path)
+    # a seed 3 at a's quiet median (600 s), b seed 2 at b's (300 s)
+    assert capsys.readouterr().out.rstrip().endswith("3 of 5 runs done; about 15 min 00 s left at the quiet runs' "
+                                                     "median times (2 runs)")
+    assert ablation.remaining_time([a.at_seed(3)], tmp_path / "empty") == ""
+
+
 @pytest.mark.parametrize("seconds, text", [(41.2, "41 s"), (581, "9 min 41 s"), (3725, "1 h 02 min")])
 def test_format_seconds(seconds, text):
     assert ablation.format_seconds(seconds) == text
