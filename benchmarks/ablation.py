@@ -15,6 +15,11 @@ queue trains it again first and checks its predictions against the archive (`reb
 `runs/ablation/.pause` exists the queue waits before starting the next run (to time a benchmark on a quiet
 machine). `benchmarks/ablation_stats.py` turns the archive into docs/results.md's table.
 
+Sharing the machine: where the kernel schedules by autogroup (`/proc/sys/kernel/sched_autogroup_enabled` is 1),
+`nice` orders processes only within one session, so a niced test run in another terminal still takes half the
+cores from the queue (started with `setsid`, it is a session of its own). Give the queue's session priority instead,
+`echo -10 > /proc/$(cat runs/ablation/.queue.lock)/autogroup` (as root), or pause it.
+
     python benchmarks/ablation.py run [ROW ...]            # runs not done yet, row by row (all rows when none named)
     python benchmarks/ablation.py run --seeds 42,43 frozen # only these seeds
     python benchmarks/ablation.py run --rerun frozen       # run a done row again (its dependents become stale)
