@@ -411,7 +411,7 @@ def rebuild(run: Row, root: Path, smoke: bool = False) -> str | None:
     why not.
 
     The rebuilt run is archived apart (`runs/ablation/rebuilt/...`) and compared with the archive. Same
-    predictions, byte for byte (and so the same metrics): the archive stays and its `run.json` lists the rebuild
+    predictions, example by example (and so the same metrics): the archive stays and its `run.json` lists the rebuild
     under `rebuilds`, evidence that the run reproduces. Different: the rebuilt run replaces the archive (the old
     record kept as `run.previous.json`), since its heads are the ones the dependent runs will start from, and the
     difference is printed.
@@ -424,7 +424,7 @@ def rebuild(run: Row, root: Path, smoke: bool = False) -> str | None:
     if record["status"] != "done":
         return f"rebuilding {run.label!r} failed: {record.get('problem')}; see {record['log']}"
     old, new = read_json(archive / "eval_results.json"), read_json(scratch / "eval_results.json")
-    same = (archive / PREDICTIONS).read_bytes() == (scratch / PREDICTIONS).read_bytes()
+    same = same_predictions(archive / PREDICTIONS, scratch / PREDICTIONS)
     changes = {key: (old.get(key), new.get(key)) for key in METRICS if old.get(key) != new.get(key)}
     entry = {"end": record["end"], "wall_seconds": record["wall_seconds"], "git_commit": record.get("git_commit"),
              "machine": record["machine"], "same_predictions": same, "metric_changes": changes}
@@ -433,7 +433,7 @@ def rebuild(run: Row, root: Path, smoke: bool = False) -> str | None:
         archived["rebuilds"] = [*archived.get("rebuilds", []), entry]
         (archive / "run.json").write_text(json.dumps(archived, indent=2) + "\n", encoding="utf-8")
         print(f"rebuilt {run.label} in {format_seconds(record['wall_seconds'])}: the same predictions as the "
-              "archive, byte for byte", flush=True)
+              "archive, example by example", flush=True)
         return None
     (archive / "run.json").replace(archive / "run.previous.json")
     for name in ("eval_results.json", PREDICTIONS):
@@ -443,6 +443,14 @@ def rebuild(run: Row, root: Path, smoke: bool = False) -> str | None:
     print(f"rebuilt {run.label}: its predictions differ from the archive's (metrics {changes or 'equal'}); the "
           "rebuilt run replaces it (old record: run.previous.json)", flush=True)
     return None
+
+
+def same_predictions(a: Path, b: Path) -> bool:
+    """Whether two predictions files hold the same tasks, example ids, gold labels and predictions (compared as
+    values: a file written by other code may format its records differently)."""
+    first, second = read_predictions(a), read_predictions(b)
+    return first.keys() == second.keys() and all(
+        np.array_equal(first[task][key], second[task][key]) for task in first for key in first[task])
 
 
 def missing_models(row: Row, root: Path) -> list[Row]:

@@ -144,6 +144,17 @@ def test_a_needed_run_archived_without_its_model_is_rebuilt_and_checked_against_
     assert ablation.row_state(frozen, tmp_path)[0] == "done"
 
 
+def test_predictions_are_compared_as_values_not_bytes(tmp_path):
+    write_predictions(tmp_path / "a.jsonl.gz")
+    records = [json.loads(line) for line in gzip.open(tmp_path / "a.jsonl.gz", "rt")]
+    with gzip.open(tmp_path / "b.jsonl.gz", "wt") as handle:  # other key order, an extra field: the same values
+        handle.writelines(json.dumps({"extra": 1, **dict(reversed(list(r.items())))}) + "\n" for r in records)
+    write_predictions(tmp_path / "c.jsonl.gz", sst=(1, 0, 2, 3))
+    assert (tmp_path / "a.jsonl.gz").read_bytes() != (tmp_path / "b.jsonl.gz").read_bytes()
+    assert ablation.same_predictions(tmp_path / "a.jsonl.gz", tmp_path / "b.jsonl.gz")
+    assert not ablation.same_predictions(tmp_path / "a.jsonl.gz", tmp_path / "c.jsonl.gz")
+
+
 def test_a_failed_rebuild_refuses_the_dependent_run(tmp_path, monkeypatch):
     rows = ablation.rows_by_name()
     frozen, transfer = rows["frozen"].at_seed(42), rows["transfer"].at_seed(42)
