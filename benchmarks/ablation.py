@@ -629,11 +629,13 @@ def remaining_time(runs: list[Row], root: Path, quiet_load: float = 2.5) -> str:
     machine to themselves (mean load <= `quiet_load`; the 2 cores busy with the run alone), else at the median of
     all such runs; '' when there is nothing to go on."""
     quiet: dict[str, list[float]] = {}
+    left = []
     for row in runs:
         state, record, _ = row_state(row, root)
-        if state == "done" and (record.get("load_average") or {}).get("mean", quiet_load + 1) <= quiet_load:
+        if state != "done":
+            left.append(row)
+        elif (record.get("load_average") or {}).get("mean", quiet_load + 1) <= quiet_load:
             quiet.setdefault(row.name, []).append(record["wall_seconds"])
-    left = [row for row in runs if row_state(row, root)[0] != "done"]
     if not left or not quiet:
         return ""
     overall = float(np.median([t for times in quiet.values() for t in times]))
