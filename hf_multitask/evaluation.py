@@ -44,7 +44,7 @@ def evaluate_tasks(trainer, datasets: Mapping, prefix: str, ignore_keys=None,
             metrics.update(user_task_metrics(user_fns.get(task_name), task_name, prediction, ours, prefix))
         outputs[task_name] = output
         num_samples += output.num_samples
-    losses = [metrics[key] for key in (f"{prefix}_{name}_loss" for name in outputs) if key in metrics]
+    losses = [metrics[key] for key in (metric_key(prefix, name, "loss") for name in outputs) if key in metrics]
     if losses:  # as `Trainer`'s `eval_loss` (what load_best_model_at_end and early stopping use by default)
         metrics[f"{prefix}_loss"] = float(np.mean(losses))
     if all(output.label_ids is not None for output in outputs.values()):
