@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import inspect
 import logging as std_logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
 
+from safetensors import SafetensorError, safe_open
 from transformers import MODEL_MAPPING, AutoModel, PreTrainedModel
-from transformers.utils import logging
+from transformers.utils import cached_file, logging
 
 logger = logging.get_logger(__name__)
 
@@ -24,7 +28,8 @@ def load_encoder(path: str, **kwargs) -> PreTrainedModel:
     report_filter = _DropLoadReport()
     loader.addFilter(report_filter)  # (raising the logger's level would turn on other checks in transformers)
     try:
-        encoder, info = AutoModel.from_pretrained(path, output_loading_info=True, **kwargs)
+        with naming_unreadable_weights(path):
+            encoder, info = AutoModel.from_pretrained(path, output_loading_info=True, **kwargs)
     finally:
         loader.removeFilter(report_filter)
     unused = {key: sorted(k for k in info.get(key, ()) if not str(k).startswith("pooler."))
@@ -39,6 +44,39 @@ def encoder_from_config(encoder_config) -> PreTrainedModel:
     """A randomly initialised encoder for `encoder_config` (the weights come from the saved model after)."""
     kwargs = {"add_pooling_layer": False} if accepts_pooling_flag(encoder_config) else {}
     return AutoModel.from_config(encoder_config, **kwargs)
+
+
+@contextmanager
+def naming_unreadable_weights(name_or_path: str | os.PathLike):
+    """Turn safetensors' error about a weights file it cannot read (`invalid header length`, `incomplete metadata`:
+    the file was cut off while saving or downloading, or damaged) into an `OSError` that names the file."""
+    try:
+        yield
+    except SafetensorError as error:
+        raise OSError(f"{_unreadable_weights(name_or_path)}: cannot read the weights ({error}); the file is damaged "
+                      "or was cut off while being saved or downloaded: save or download it again") from error
+
+
+def _unreadable_weights(name_or_path: str | os.PathLike) -> str:
+    """The `.safetensors` files of a model directory (or of a Hub model in the local cache) that fail to open."""
+    if Path(name_or_path).is_dir():
+        files = sorted(Path(name_or_path).glob("*.safetensors"))
+    else:
+        try:
+            cached = cached_file(str(name_or_path), "model.safetensors", local_files_only=True,
+                                 _raise_exceptions_for_missing_entries=False,
+                                 _raise_exceptions_for_connection_errors=False)
+        except (OSError, ValueError):  # not a Hub id, or not in the cache
+            cached = None
+        files = [Path(cached)] if cached else []
+    unreadable = []
+    for file in files:
+        try:
+            with safe_open(file, framework="pt"):
+                pass
+        except (SafetensorError, OSError):
+            unreadable.append(str(file))
+    return ", ".join(unreadable) or f"{name_or_path}'s weights"
 
 
 class _DropLoadReport(std_logging.Filter):

@@ -14,7 +14,7 @@ from transformers import AutoConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration import MultitaskConfig, is_multitask_model
-from .encoders import accepts_pooling_flag, encoder_from_config, load_encoder
+from .encoders import accepts_pooling_flag, encoder_from_config, load_encoder, naming_unreadable_weights
 from .pal import PalConfig, PalModel, load_adapter, save_adapter
 from .tasks import TaskSpec
 from .utils import resolve_encoder_path
@@ -70,7 +70,7 @@ class MultitaskModel(PreTrainedModel):
             # encoder would then fall back to eager attention with a warning: give it the top-level choice.
             self.encoder.config._attn_implementation = self.config._attn_implementation
         hidden, dropout = config.hidden_size, config.classifier_dropout
-        self.heads = nn.ModuleDict({name: _build_head(spec, hidden, dropout) for name, spec in self.specs.items()})
+        self.heads = nn.ModuleDict({n: s.task_kind.build_head(s, hidden, dropout) for n, s in self.specs.items()})
         self._encoder_accepts_token_types = "token_type_ids" in inspect.signature(self.encoder.forward).parameters
         self._no_split_modules = [*(self.encoder._no_split_modules or []), "Embedding"]  # FSDP2 units: sharding.py
         self.pal, self.loss_weights = None, None  # loss_weights: learned per-task loss weights, set by a trainer
@@ -115,6 +115,12 @@ class MultitaskModel(PreTrainedModel):
         )
         return cls(config, encoder=encoder)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`; a weights file that cannot be read (cut off, damaged) is named."""
+        with naming_unreadable_weights(pretrained_model_name_or_path):
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
     def _init_weights(self, module):
         std = getattr(self.config.encoder, "initializer_range", 0.02)
         if isinstance(module, nn.Linear):
@@ -151,11 +157,9 @@ class MultitaskModel(PreTrainedModel):
             if source.specs[name].num_labels != self.specs[name].num_labels:
                 raise ValueError(f"Task {name!r}: source head has {source.specs[name].num_labels} labels, this "
                                  f"model's has {self.specs[name].num_labels}")
-            theirs, ours = source.specs[name].is_bi_encoded, self.specs[name].is_bi_encoded
+            theirs, ours = (("cross-encoded", "bi-encoded")[m.specs[name].is_bi_encoded] for m in (source, self))
             if theirs != ours:
-                encodings = {True: "bi-encoded", False: "cross-encoded"}
-                raise ValueError(f"Task {name!r}: the source head is {encodings[theirs]}, this model's is "
-                                 f"{encodings[ours]}")
+                raise ValueError(f"Task {name!r}: the source head is {theirs}, this model's is {ours}")
             self.heads[name].load_state_dict(source.heads[name].state_dict())
 
     def add_task(self, spec: TaskSpec, pal: bool = True) -> None:
@@ -180,12 +184,12 @@ class MultitaskModel(PreTrainedModel):
         """
         if spec.name in self.config.task_names:
             raise ValueError(f"Task {spec.name!r} exists already (tasks: {self.config.task_names}): pick a new name")
-        param = next(self.encoder.parameters())
-        new_modules = []
+        param, new_modules = next(self.encoder.parameters()), []
         if self.pal is not None and pal:  # first: it rejects names that clash with PalModel attributes
             new_modules.append(self.pal.add_task(spec.name, self.config.hidden_size))
             self.config.pal = self.pal.pal_config.to_dict()
-        self.heads[spec.name] = _build_head(spec, self.config.hidden_size, self.config.classifier_dropout)
+        self.heads[spec.name] = spec.task_kind.build_head(spec, self.config.hidden_size,
+                                                          self.config.classifier_dropout)
         new_modules.append(self.heads[spec.name])
         self.config.tasks = [*self.config.tasks, spec.to_dict()]
         with torch.no_grad():
@@ -444,6 +448,3 @@ class MultitaskModel(PreTrainedModel):
         loss = spec.task_kind.loss(spec, logits, labels) if labels is not None else None
         return MultitaskModelOutput(loss=loss, logits=logits)
 
-
-def _build_head(spec: TaskSpec, hidden_size: int, dropout: float) -> nn.Module:
-    return spec.task_kind.build_head(spec, hidden_size, dropout)

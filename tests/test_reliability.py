@@ -150,6 +150,27 @@ def test_a_damaged_file_of_the_right_size_is_named(checkpoints, bert_config, tok
         trainer.train(resume_from_checkpoint=str(out / "checkpoint-4"))
 
 
+@pytest.mark.parametrize("cut", [100, -100])  # the header cut off; the last tensor's bytes cut off
+@pytest.mark.parametrize("load", ["MultitaskModel", "AutoModel", "from_encoder"])
+def test_a_cut_off_weights_file_is_named_when_loading(cut, load, tiny_model, bert_config, tmp_path):
+    from transformers import AutoModel, BertModel
+
+    import hf_multitask  # noqa: F401 (registers the Auto classes)
+
+    folder = tmp_path / "model"
+    if load == "from_encoder":
+        BertModel(bert_config).save_pretrained(folder)
+    else:
+        tiny_model.save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:cut])
+    loaders = {"MultitaskModel": MultitaskModel.from_pretrained,
+               "AutoModel": lambda path: AutoModel.from_pretrained(path, trust_remote_code=True),
+               "from_encoder": lambda path: MultitaskModel.from_encoder(path, cs224n_tasks())}
+    with pytest.raises(OSError, match=re.escape(str(weights)) + ": cannot read the weights .*save or download it"):
+        loaders[load](str(folder))
+
+
 def test_resume_without_any_complete_checkpoint_says_so(bert_config, tokenized, tokenizer, tmp_path):
     trainer, _ = make_nan_trainer(bert_config, tokenized, tokenizer, tmp_path, nan_steps=())
     (tmp_path / "checkpoint-5").mkdir()
