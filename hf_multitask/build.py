@@ -118,7 +118,7 @@ def build_model(model_args: ModelArguments, specs: list[TaskSpec]) -> MultitaskM
         saved, wanted = model.config.task_names, [s.name for s in specs]
         if saved != wanted:
             raise ValueError(f"{path} has heads for tasks {saved}, but the config asks for tasks {wanted}")
-        _check_saved_specs(path, model.specs, specs)
+        _check_saved_settings(path, model, model_args, specs)
     else:
         model = MultitaskModel.from_encoder(path, specs, pooling=model_args.pooling,
                                             classifier_dropout=model_args.classifier_dropout)
@@ -136,17 +136,21 @@ def build_model(model_args: ModelArguments, specs: list[TaskSpec]) -> MultitaskM
     return model
 
 
-def _check_saved_specs(path: str, saved: dict[str, TaskSpec], wanted: list[TaskSpec]) -> None:
-    """The model trains with its saved specs and the data is tokenised with the config's: they must agree
-    (pair_encoding only matters for pair tasks)."""
-    differ = []
+def _check_saved_settings(path: str, model: MultitaskModel, model_args: ModelArguments, wanted: list[TaskSpec]):
+    """The model trains with its saved pooling, dropout and specs, and the data is tokenised with the config's specs:
+    they must agree with the config (pair_encoding only matters for pair tasks)."""
+    saved = model.specs
+    differ = [f"{name}={getattr(model_args, name)!r} (saved: {getattr(model.config, name)!r})"
+              for name in ("pooling", "classifier_dropout")
+              if getattr(model_args, name) != getattr(model.config, name)]
     for spec in wanted:
         fields = [f.name for f in dataclasses.fields(TaskSpec) if f.name != "pair_encoding" or spec.is_pair]
         differ += [f"task {spec.name!r}: {name}={getattr(spec, name)!r} (saved: {getattr(saved[spec.name], name)!r})"
                    for name in fields if getattr(spec, name) != getattr(saved[spec.name], name)]
     if differ:
-        raise ValueError(f"{path} was saved with other task settings than the config asks for: {'; '.join(differ)}. "
-                         "Make the config (task_overrides, pair_encoding, max_length) match.")
+        raise ValueError(f"{path} was saved with other settings than the config asks for: {'; '.join(differ)}. "
+                         "Make the config (pooling, classifier_dropout, task_overrides, pair_encoding, max_length) "
+                         "match.")
 
 
 def is_multitask_checkpoint(path: str | os.PathLike) -> bool:

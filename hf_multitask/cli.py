@@ -11,6 +11,7 @@ import argparse
 import csv
 import dataclasses
 import gzip
+import importlib
 import io
 import json
 import os
@@ -373,14 +374,34 @@ COMMANDS = {
 
 
 def usage() -> str:
-    lines = ["usage: hf-multitask COMMAND [ARGS ...]   (hf-multitask COMMAND --help for a command's arguments)",
-             "", "commands:"]
+    lines = ["usage: hf-multitask [--import MODULE ...] COMMAND [ARGS ...]   (hf-multitask COMMAND --help for a "
+             "command's arguments)", "", "commands:"]
     lines += [f"  {line:<46} {what}" for _, line, what in COMMANDS.values()]
+    lines += ["", "--import MODULE: import MODULE first (from the working directory or the installed packages): a "
+              "task kind,", "aggregator, loss weighting or regulariser of your own registers itself when imported."]
     return "\n".join(lines)
 
 
+def import_extensions(argv: list[str]) -> list[str]:
+    """Import the modules of the leading `--import MODULE` options (the working directory on the path, as with
+    `python -m`), so that the extensions they register can be named; returns the arguments after them."""
+    argv = list(argv)
+    while argv and argv[0].split("=")[0] == "--import":
+        option = argv.pop(0)
+        name = option.partition("=")[2] or (argv.pop(0) if argv else "")
+        if not name or name.startswith("-"):
+            raise SystemExit(f"hf-multitask: --import needs a module name, got {name!r}")
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise SystemExit(f"hf-multitask: --import {name}: {error}") from error
+    return argv
+
+
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = import_extensions(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help"):
         print(usage())
         return

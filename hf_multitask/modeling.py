@@ -154,12 +154,7 @@ class MultitaskModel(PreTrainedModel):
         for name in tasks or self.config.task_names:
             if name not in source.heads:
                 raise ValueError(f"Task {name!r} has no head in the source model (it has {list(source.heads)})")
-            if source.specs[name].num_labels != self.specs[name].num_labels:
-                raise ValueError(f"Task {name!r}: source head has {source.specs[name].num_labels} labels, this "
-                                 f"model's has {self.specs[name].num_labels}")
-            theirs, ours = (("cross-encoded", "bi-encoded")[m.specs[name].is_bi_encoded] for m in (source, self))
-            if theirs != ours:
-                raise ValueError(f"Task {name!r}: the source head is {theirs}, this model's is {ours}")
+            self.specs[name].check_head_fits(source.specs[name])
             self.heads[name].load_state_dict(source.heads[name].state_dict())
 
     def add_task(self, spec: TaskSpec, pal: bool = True) -> None:
@@ -431,6 +426,7 @@ class MultitaskModel(PreTrainedModel):
             inputs_embeds, inputs_embeds_b: Word embeddings instead of ids (SMART perturbs these).
             labels: Gold labels `(batch,)` (`(batch, seq)`, -100 where ignored, for a token-level kind); when given,
                 `loss` is the task's loss.
+            return_dict: `False` returns the tuple `(loss, logits)` (`(logits,)` without labels) instead.
         """
         if task_name not in self.heads:
             raise ValueError(f"Unknown task_name {task_name!r}; this model has heads for {list(self.heads)}")
@@ -446,5 +442,6 @@ class MultitaskModel(PreTrainedModel):
             pooled_b = self.encode(input_ids_b, attention_mask_b, token_type_ids_b, inputs_embeds_b)
         logits = self.heads[task_name](pooled, pooled_b)
         loss = spec.task_kind.loss(spec, logits, labels) if labels is not None else None
-        return MultitaskModelOutput(loss=loss, logits=logits)
+        output = MultitaskModelOutput(loss=loss, logits=logits)
+        return output if (self.config.return_dict if return_dict is None else return_dict) else output.to_tuple()
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from .checkpointing import last_complete_checkpoint
 from .configuration import MultitaskConfig
+from .kinds import MissingKindMethod
 from .metrics import metric_key, overall_key
 from .plots import Series, plot_final_metrics, plot_lines, plot_surgery
 from .tasks import TaskSpec
@@ -199,6 +200,12 @@ def _eval_plot(metrics: Series, output: Path, source: Path) -> list[Path]:
 
 def _prediction_plots(predictions: dict[str, tuple[np.ndarray, np.ndarray]], specs: dict[str, TaskSpec],
                       output: Path, split: str) -> list[Path]:
-    """One plot per task, as its kind draws it (a confusion matrix, a predicted-vs-gold scatter)."""
-    return [specs[name].task_kind.plot_predictions(specs[name], gold, predicted, output, split)
-            for name, (gold, predicted) in predictions.items()]
+    """One plot per task, as its kind draws it (a confusion matrix, a predicted-vs-gold scatter); a task whose kind
+    draws none is skipped with a message."""
+    paths = []
+    for name, (gold, predicted) in predictions.items():
+        try:
+            paths.append(specs[name].task_kind.plot_predictions(specs[name], gold, predicted, output, split))
+        except MissingKindMethod as missing:
+            print(f"report: no prediction plot for task {name!r}: {missing}")
+    return paths

@@ -106,6 +106,8 @@ class MultitaskBatchSampler(torch.utils.data.Sampler[list[int]]):
         return math.ceil(total / len(self.sizes)) if self.grouped else total
 
     def set_epoch(self, epoch: int) -> None:
+        if int(epoch) != self.epoch:
+            self._position = 0  # no batch of the new epoch yielded yet (what `state_dict` must say)
         self.epoch = int(epoch)
 
     def set_total_batches(self, total_batches: int) -> None:
@@ -115,11 +117,18 @@ class MultitaskBatchSampler(torch.utils.data.Sampler[list[int]]):
     def state_dict(self) -> dict:
         """Position in the run, for loops without the Trainer (the Trainer resumes through `skip_first_batches`)."""
         return {"epoch": self.epoch, "seed": self.seed, "strategy": self.strategy, "position": self._position,
-                "total_batches": self.total_batches, "task_sizes": dict(zip(self.task_names, self.sizes))}
+                "total_batches": self.total_batches, "task_sizes": dict(zip(self.task_names, self.sizes)),
+                "grouped": self.grouped, "global_batch_size": self.global_batch_size}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["task_sizes"] != dict(zip(self.task_names, self.sizes)) or state["strategy"] != self.strategy:
-            raise ValueError("Sampler state was saved for other tasks, sizes or strategy; cannot resume from it")
+        """Resume at the saved position, with the saved seed (the plan of the run being resumed); the position counts
+        batches, so it is refused for other tasks, sizes, strategy, grouping or global batch size."""
+        ours = {"task_sizes": dict(zip(self.task_names, self.sizes)), "strategy": self.strategy,
+                "grouped": self.grouped, "global_batch_size": self.global_batch_size}
+        differ = [f"{key} {state[key]!r} (this sampler: {value!r})" for key, value in ours.items()
+                  if key in state and state[key] != value]  # (states saved before 2026-12-02 lack the last two)
+        if differ:
+            raise ValueError(f"Sampler state was saved with another {'; '.join(differ)}: cannot resume from it")
         self.epoch, self.seed, self._skip = state["epoch"], state["seed"], state["position"]
         self.total_batches = state["total_batches"]
 

@@ -66,7 +66,7 @@ def sharded_surgery(surgery: GradientSurgery, model: nn.Module, root: nn.Module,
         surgery: The Trainer's surgery, built over the parameters the model had at the Trainer's construction.
         model: The [`MultitaskModel`] (sharded in place by accelerate's FSDP2, or not).
         root: What the Trainer trains (`model`, or a wrapper): the parameters' names are taken from it.
-        options: `gradvac_beta`, `gradvac_per_layer`, as `surgery` was built with.
+        options: `gradvac_beta`, `gradvac_per_layer`, `aggregator_options`, as `surgery` was built with.
     """
     if isinstance(surgery, ShardedGradientSurgery) or not any(isinstance(m, FSDPModule) for m in root.modules()):
         return surgery

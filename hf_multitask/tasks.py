@@ -66,7 +66,7 @@ class TaskSpec:
             raise ValueError(f"TaskSpec.name must be a non-empty identifier, got {self.name!r}")
         if self.kind not in KINDS:
             raise ValueError(f"TaskSpec {self.name!r}: kind must be one of {sorted(KINDS)}, got {self.kind!r}"
-                             f"{did_you_mean(self.kind, KINDS)}")
+                             f"{did_you_mean(self.kind, KINDS)}{KINDS.import_note()}")
         kind = self.task_kind
         kind.check_text_columns(self)
         columns = (*self.text_columns, self.label_column)
@@ -111,6 +111,16 @@ class TaskSpec:
     def metric_to_unit(self, value: float) -> float:
         """The task's metric mapped to [0, 1] for the overall score (correlations r -> (r + 1) / 2)."""
         return self.task_kind.metric_to_unit(self, value)
+
+    def check_head_fits(self, source: TaskSpec) -> None:
+        """Raise unless the head of `source` (a task of another model) can be loaded as this task's head: the same
+        number of outputs and the same pair encoding (a bi-encoded head reads two pooled sentences)."""
+        if source.num_labels != self.num_labels:
+            raise ValueError(f"Task {self.name!r}: source head has {source.num_labels} labels, this model's has "
+                             f"{self.num_labels}")
+        theirs, ours = (("cross-encoded", "bi-encoded")[spec.is_bi_encoded] for spec in (source, self))
+        if theirs != ours:
+            raise ValueError(f"Task {self.name!r}: the source head is {theirs}, this model's is {ours}")
 
     def replace(self, **changes) -> TaskSpec:
         return dataclasses.replace(self, **changes)

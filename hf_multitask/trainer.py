@@ -6,11 +6,18 @@ import math
 import os
 import time
 from collections.abc import Mapping
+from functools import partial
 
 import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, PredictionOutput, rotate_checkpoints, speed_metrics
+from transformers.trainer_utils import (
+    PREFIX_CHECKPOINT_DIR,
+    PredictionOutput,
+    rotate_checkpoints,
+    seed_worker,
+    speed_metrics,
+)
 from transformers.utils import logging
 
 from . import conventions
@@ -113,7 +120,8 @@ class MultitaskTrainer(TrainerModelCard, Trainer):
         args, self._surgery_options = self.args, {}
         if not getattr(args, "task_sampling_grouped", False) or args.gradient_surgery == "none":
             return None  # no per-task gradients needed: the summed-loss step (summed_step.py)
-        self._surgery_options = dict(gradvac_beta=args.gradvac_beta, gradvac_per_layer=args.gradvac_per_layer)
+        self._surgery_options = dict(gradvac_beta=args.gradvac_beta, gradvac_per_layer=args.gradvac_per_layer,
+                                     aggregator_options=getattr(args, "gradient_surgery_kwargs", None))
         model = self.multitask_model
         shared = model.named_shared_parameters(root=self.accelerator.unwrap_model(self.model))
         if not shared:
@@ -137,10 +145,13 @@ class MultitaskTrainer(TrainerModelCard, Trainer):
     def get_train_dataloader(self) -> DataLoader:
         if not isinstance(self.train_dataset, MultitaskDataset):
             raise TypeError("MultitaskTrainer needs train_dataset as {task_name: Dataset} or a MultitaskDataset")
-        self.train_sampler = self._build_train_sampler(self.train_dataset)
-        dataloader = DataLoader(
+        self.train_sampler, args = self._build_train_sampler(self.train_dataset), self.args
+        dataloader = DataLoader(  # the Trainer's DataLoader settings (`Trainer._get_dataloader`), our batch sampler
             self.train_dataset, batch_sampler=self.train_sampler, collate_fn=self.data_collator,
-            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory,
+            num_workers=args.dataloader_num_workers, pin_memory=args.dataloader_pin_memory,
+            persistent_workers=args.dataloader_persistent_workers, prefetch_factor=args.dataloader_prefetch_factor,
+            multiprocessing_context=args.dataloader_multiprocessing_context, in_order=args.dataloader_in_order,
+            worker_init_fn=partial(seed_worker, num_workers=args.dataloader_num_workers, rank=args.process_index),
         )
         prepared = self.accelerator.prepare(dataloader)
         # The sampler is rank-aware already: accelerate's BatchSamplerShard would deal batches round-robin to
@@ -156,7 +167,8 @@ class MultitaskTrainer(TrainerModelCard, Trainer):
         group = conventions.groups_by_length(args)
         sampler = MultitaskBatchSampler(
             dataset.task_sizes, batch_size=self._train_batch_size,
-            strategy=getattr(args, "task_sampling", "annealed"), seed=args.data_seed or args.seed,
+            strategy=getattr(args, "task_sampling", "annealed"),
+            seed=args.data_seed if args.data_seed is not None else args.seed,
             num_processes=args.world_size, process_index=args.process_index,
             lengths=dataset.lengths(self.specs) if group else None, group_by_length=group,
             grouped=getattr(args, "task_sampling_grouped", False),
@@ -181,7 +193,12 @@ class MultitaskTrainer(TrainerModelCard, Trainer):
         return self._grouped_training_step(model, inputs)
 
     def _grouped_training_step(self, model, inputs: dict[str, dict]) -> torch.Tensor:
-        """One batch of every task: unsynchronised per-task backward passes, one all-reduce, surgery, `.grad`."""
+        """One batch of every task: per-task backward passes, one all-reduce, surgery, `.grad`.
+
+        Only the forward runs under `no_sync`: DDP decides at the forward whether the backward all-reduces, so the
+        per-task backward passes stay local and `_average_grouped_gradients` averages them once. FSDP2 decides at the
+        backward, which stays outside `no_sync` on purpose: its reduce-scatter is what fills the sharded gradients
+        the sharded surgery reads (inside, the shards would get no `.grad` at all)."""
         model.train()
         inputs = self._prepare_inputs(inputs)
         if not self._surgery_placed:  # once the model is prepared: under FSDP2 it moves to this rank's shards
@@ -240,8 +257,10 @@ class MultitaskTrainer(TrainerModelCard, Trainer):
         return not (self.accelerator.optimizer_step_was_skipped or self._nonfinite.skipping)
 
     def _batch_in_epoch(self) -> int:
-        steps = self.state.global_step * self.args.gradient_accumulation_steps
-        return steps % len(self.train_sampler)
+        """The first batch of the current optimizer step within its epoch (the Trainer's steps restart with each
+        epoch; an epoch's last step takes the batches left over from the accumulation)."""
+        accumulation = self.args.gradient_accumulation_steps
+        return self.state.global_step % math.ceil(len(self.train_sampler) / accumulation) * accumulation
 
     def _average_grouped_gradients(self, model) -> None:
         """Average the per-task shared gradients and every other gradient (heads, PALs) across ranks at once."""
@@ -264,14 +283,14 @@ class MultitaskTrainer(TrainerModelCard, Trainer):
         outputs = model(**inputs)
         spec = self.specs[task_name]
         loss = outputs.loss
-        if model.training:
-            self._task_metrics.add(f"loss_{task_name}", loss * spec.loss_weight)
+        if model.training:  # the task's weight scales its training loss; logs and evaluation show it unweighted
+            self._task_metrics.add(f"loss_{task_name}", loss)
             for regularizer in self.regularizers.values():
                 if regularizer.applies_to(task_name):
                     loss = loss + regularizer.loss(model, inputs, outputs, spec)
                     for key, value in regularizer.logs.items():
                         self._task_metrics.add(f"{key}_{task_name}", value)
-        loss = loss * spec.loss_weight
+            loss = loss * spec.loss_weight
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -301,22 +320,26 @@ class MultitaskTrainer(TrainerModelCard, Trainer):
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
 
     def _save_checkpoint(self, model, trial) -> None:
-        """The Trainer's checkpoint, then our training state and the manifest (written last), then the rotation.
+        """The Trainer's checkpoint, then our training state and the manifest (written last), then the Hub push
+        (`push_to_hub`) and the rotation.
 
-        Old checkpoints are deleted only once the new one is complete, so a kill at any moment leaves at least one
-        complete checkpoint behind.
+        Old checkpoints are deleted, and a checkpoint is pushed, only once the new one is complete, so a kill at any
+        moment leaves at least one complete checkpoint behind, and the Hub never gets one without our state.
         """
         limit, self.args.save_total_limit = self.args.save_total_limit, None
+        push, self.args.push_to_hub = self.args.push_to_hub, False
         try:
             super()._save_checkpoint(model, trial)
         finally:
-            self.args.save_total_limit = limit
+            self.args.save_total_limit, self.args.push_to_hub = limit, push
         run_dir = self._get_output_dir(trial=trial)
         folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         self.accelerator.wait_for_everyone()  # every rank has written its files (RNG states)
         states = {name: obj.state_dict() for name, obj in self._stateful.items()}  # all ranks: FSDP2 gathers
         if self.args.should_save:
             save_training_state(folder, {} if self.args.save_only_model else states)
+            if push:
+                self._push_from_checkpoint(folder)  # (rank 0 only; an upload in the background, as the Trainer's)
             rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
         self.accelerator.wait_for_everyone()

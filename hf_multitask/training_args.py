@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
-from .aggregators import aggregator_names, get_aggregator
+from .aggregators import aggregator_names, aggregator_options, get_aggregator
 from .loss_weighting import get_loss_weighting
 from .regularizers import build_regularizers
 from .sampling import STRATEGIES
@@ -35,7 +35,7 @@ class MultitaskTrainingArguments(TrainingArguments):
 
     gradient_surgery (`str`, defaults to `"none"`):
         A registered aggregator (`aggregator_names()`): `none`, `pcgrad` (Yu et al. 2020), `gradvac` (Wang et al.
-        2020), `mgda`, `upgrad`, `dualproj`, `imtl_g`, `aligned_mtl` (docs/gradients.md), applied to the gradients of
+        2021), `mgda`, `upgrad`, `dualproj`, `imtl_g`, `aligned_mtl` (docs/gradients.md), applied to the gradients of
         the parameters shared by all tasks; heads and PALs keep their own gradients. Anything but `none` turns on
         grouped batches.
     task_sampling_grouped (`bool`, defaults to `False`):
@@ -47,6 +47,10 @@ class MultitaskTrainingArguments(TrainingArguments):
         EMA rate of GradVac's cosine targets.
     gradvac_per_layer (`bool`, defaults to `True`):
         One GradVac target per encoder layer (the paper's choice) instead of one for the whole shared model.
+    gradient_surgery_kwargs (`dict` or `str`, *optional*):
+        Options for the aggregator's constructor, as `lr_scheduler_kwargs` are for the scheduler (a JSON object on
+        the command line): e.g. `{"c": 0.5}` for an aggregator of your own whose `__init__` takes `c`. A name the
+        aggregator's `__init__` does not take is an error (GradVac's options are the two fields above).
 
     > Parameters that control loss weighting (see docs/loss_weighting.md)
 
@@ -113,6 +117,9 @@ class MultitaskTrainingArguments(TrainingArguments):
     accelerator to pin memory for (CPU runs).
     """
 
+    # the parent's JSON-object fields, parsed from a string in its __post_init__, and ours
+    _VALID_DICT_FIELDS = [*TrainingArguments._VALID_DICT_FIELDS, "gradient_surgery_kwargs"]
+
     task_sampling: str = field(
         default="annealed", metadata={"help": f"Task sampling strategy, one of {STRATEGIES}."}
     )
@@ -127,6 +134,9 @@ class MultitaskTrainingArguments(TrainingArguments):
     )
     gradvac_beta: float = field(default=0.01, metadata={"help": "GradVac: EMA rate of the cosine targets."})
     gradvac_per_layer: bool = field(default=True, metadata={"help": "GradVac: one target per encoder layer."})
+    gradient_surgery_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Options of the aggregator's __init__, a JSON object (e.g. '{\"c\": 0.5}')."}
+    )
     loss_weighting: str = field(
         default="none", metadata={"help": "Task loss weighting: none, uncertainty or dwa (implies grouped batches)."}
     )
@@ -167,6 +177,7 @@ class MultitaskTrainingArguments(TrainingArguments):
         if self.task_sampling not in STRATEGIES:
             raise ValueError(f"task_sampling must be one of {STRATEGIES}, got {self.task_sampling!r}")
         get_aggregator(self.gradient_surgery)  # an unknown name is an error listing the registered ones
+        self._check_surgery_kwargs()
         if not 0.0 < self.gradvac_beta <= 1.0:
             raise ValueError(f"gradvac_beta must be in (0, 1], got {self.gradvac_beta}")
         if self.gradient_surgery != "none":
@@ -179,6 +190,19 @@ class MultitaskTrainingArguments(TrainingArguments):
         if self.head_learning_rate is not None and self.head_learning_rate < 0:
             raise ValueError(f"head_learning_rate must be >= 0 or None, got {self.head_learning_rate}")
         self._check_sharding()
+
+    def _check_surgery_kwargs(self) -> None:
+        options = self.gradient_surgery_kwargs or {}
+        if not isinstance(options, dict):
+            raise ValueError(f"gradient_surgery_kwargs must be a dict (a JSON object on the command line), got "
+                             f"{options!r}")
+        if options and self.gradient_surgery == "none":
+            raise ValueError(f"gradient_surgery_kwargs={options} needs a gradient_surgery other than 'none'")
+        takes = aggregator_options(get_aggregator(self.gradient_surgery))
+        unknown = sorted(set(options) - set(takes))
+        if unknown:
+            raise ValueError(f"gradient_surgery_kwargs: {unknown} not among the options of the "
+                             f"{self.gradient_surgery!r} aggregator's __init__ ({takes or 'it takes none'})")
 
     def _check_sharding(self) -> None:
         """Sharded training with what it cannot run (DeepSpeed or FSDP1 with grouped batches, SMART or regularisers;

@@ -65,10 +65,10 @@ class Registry(dict):
     >>> class Square: name = "square"
     >>> shapes.add("square", Square, Square) is Square
     True
-    >>> shapes.lookup("sqaure")
+    >>> shapes.lookup("sqaure")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: Unknown shape 'sqaure' (did you mean 'square'?); known: ['square']
+    ValueError: Unknown shape 'sqaure' (did you mean 'square'?); known: ['square']. A shape of your own is ...
 
     ```
     """
@@ -100,5 +100,10 @@ class Registry(dict):
         """What is registered as `name`; an unknown name is an error that lists the known ones."""
         if name not in self:
             raise ValueError(self.unknown.format(name=name, hint=did_you_mean(name, self.names()),
-                                                 known=self.names()))
+                                                 known=self.names()) + self.import_note())
         return self[name]
+
+    def import_note(self) -> str:
+        """What an unknown-name error adds: one's own entries are registered by importing their module."""
+        return (f". A {self.what} of your own is registered when its module is imported: import it first (the "
+                "command line: `hf-multitask --import MODULE ...`)")

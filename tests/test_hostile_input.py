@@ -348,11 +348,14 @@ REJECTED = [
     ("saved_model_other_tasks", continue_from_saved(tasks=["sst"]), ValueError,
      r"saved has heads for tasks \['sst', 'quora', 'sts'\], but the config asks for tasks \['sst'\]"),
     ("saved_model_other_spec", continue_from_saved(task_overrides='{"sst": {"loss": "ordinal"}}'), ValueError,
-     r"saved was saved with other task settings than the config asks for: task 'sst': loss='ordinal' "
+     r"saved was saved with other settings than the config asks for: task 'sst': loss='ordinal' "
      r"\(saved: 'cross_entropy'\)\. Make the config"),
     ("saved_model_other_pair_encoding", continue_from_saved(pair_encoding="bi"), ValueError,
-     r"other task settings than the config asks for: task 'quora': pair_encoding='bi' \(saved: 'cross'\); "
+     r"other settings than the config asks for: task 'quora': pair_encoding='bi' \(saved: 'cross'\); "
      r"task 'sts': pair_encoding='bi' \(saved: 'cross'\)\. "),
+    ("saved_model_other_pooling", continue_from_saved(pooling="cls", classifier_dropout=0.2), ValueError,
+     r"saved was saved with other settings than the config asks for: pooling='cls' \(saved: 'mean'\); "
+     r"classifier_dropout=0.2 \(saved: 0\.1\)\. Make the config \(pooling, classifier_dropout, "),
     ("evaluate_tasks_missing_head", evaluate_missing_head, SystemExit,
      r"saved has no head for task\(s\) \['nli'\]; it has \['sst', 'quora', 'sts'\]"),
     ("load_heads_other_tasks", load_heads_into(get_task("sst"), get_task("sst").replace(name="nli")), ValueError,

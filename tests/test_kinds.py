@@ -3,6 +3,7 @@ tests/ (tests/toy_kind.py) that trains, evaluates, saves, reloads, predicts and 
 
 import dataclasses
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -145,3 +146,92 @@ def test_regression_initial_bias_starts_at_the_range_centre_and_is_saved(bert_co
         dataclasses.replace(centred, extra={"initial_bias": "middle"})
     with pytest.raises(ValueError, match="bi-encoded regression head is a scaled cosine"):
         dataclasses.replace(centred, pair_encoding="bi")
+
+
+MINIMAL_KIND = '''
+import numpy as np
+import torch.nn.functional as F
+from hf_multitask import TaskKind, register_kind
+from hf_multitask.heads import SentenceHead
+from hf_multitask.kinds import DataValidationError
+
+
+class BinaryKind(TaskKind):  # docs/architecture.md's example: the five methods a kind needs and nothing else
+    name = "binary"
+    losses = ("bce",)
+    metrics = ("accuracy",)
+
+    def num_labels(self, spec):
+        return 1
+
+    def build_head(self, spec, hidden_size, dropout):
+        return SentenceHead(hidden_size, 1, dropout)
+
+    def loss(self, spec, logits, labels):
+        return F.binary_cross_entropy_with_logits(logits.float().view(-1), labels.float().view(-1))
+
+    def parse_value(self, spec, value, where):
+        if str(value) not in ("0", "1"):
+            raise DataValidationError(f"{where}: label {value!r} is not 0 or 1")
+        return int(value)
+
+    def predictions(self, spec, logits):
+        return (np.asarray(logits).reshape(-1) > 0).astype(int)
+
+
+register_kind(BinaryKind())
+'''
+
+
+@pytest.fixture
+def binary_kind(tmp_path, monkeypatch):
+    """The docs' minimal kind as a user's module `my_kinds.py` in the working directory, not imported yet."""
+    (tmp_path / "my_kinds.py").write_text(MINIMAL_KIND, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # import_extensions puts the working directory on it
+    yield
+    KINDS.pop("binary", None)
+    sys.modules.pop("my_kinds", None)
+
+
+def test_the_minimal_kind_trains_saves_and_names_what_a_further_feature_needs(binary_kind, data_dir, bert_config,
+                                                                              tokenizer, tmp_path, capsys):
+    from hf_multitask.cli import import_extensions
+    from hf_multitask.kinds import MissingKindMethod
+
+    spam = dict(name="spam", kind="binary", text_columns=("sentence",), label_column="spam")
+    with pytest.raises(ValueError, match=r"got 'binary'.*registered when its module is imported.*--import MODULE"):
+        TaskSpec(**spam)
+    assert import_extensions(["--import", "my_kinds", "evaluate", "x"]) == ["evaluate", "x"]
+    write_tsv(data_dir / "spam-train.tsv", ["id", "sentence", "spam"], [("a bad film", 1), ("a good movie", 0)] * 4)
+    write_tsv(data_dir / "spam-dev.tsv", ["id", "sentence", "spam"], [("a bad film", 1), ("a good movie", 0)])
+    spec = TaskSpec(**spam)
+    model = make_model(bert_config, [spec])
+    data = load_task_data(spec, data_dir)
+    tokenized = {split: {"spam": tokenize_task(data[split], spec, tokenizer)} for split in ("train", "dev")}
+    args = MultitaskTrainingArguments(str(tmp_path / "run"), per_device_train_batch_size=4, max_steps=2,
+                                      report_to=[], save_strategy="steps", save_steps=1, use_cpu=True)
+    trainer = MultitaskTrainer(model=model, args=args, train_dataset=tokenized["train"],
+                               eval_dataset=tokenized["dev"], processing_class=tokenizer)
+    trainer.train()  # saves a checkpoint (with its model card) at every step
+    assert "eval_spam_accuracy" in trainer.evaluate()
+    trainer.save_model(str(tmp_path / "saved"))
+    tokenizer.save_pretrained(tmp_path / "saved")
+    assert "| `spam` | binary | 1 output(s) per example (binary) |" in (tmp_path / "saved" / "README.md").read_text()
+    reloaded = MultitaskModel.from_pretrained(tmp_path / "saved")
+    with pytest.raises(MissingKindMethod, match=r"'binary' \(BinaryKind\) does not implement `decode`, which "
+                                                r"model.predict needs"):
+        reloaded.predict("spam", ["a film"])
+    main(["report", str(tmp_path / "run"), "--data", str(data_dir), "--output", str(tmp_path / "plots")])
+    assert "no prediction plot for task 'spam': Task kind 'binary' (BinaryKind) does not implement " \
+           "`plot_predictions`" in capsys.readouterr().out
+
+
+def test_import_option_needs_an_importable_module(tmp_path, monkeypatch):
+    from hf_multitask.cli import import_extensions
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="--import no_such_module: No module named 'no_such_module'"):
+        import_extensions(["--import", "no_such_module", "train"])
+    with pytest.raises(SystemExit, match="--import needs a module name"):
+        import_extensions(["--import", "--help"])

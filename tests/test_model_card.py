@@ -315,3 +315,29 @@ def test_model_push_without_a_tokenizer_warns_and_the_card_says_how_to_load_one(
     card = hub.readmes[-1]
     assert "No tokenizer was uploaded with this model" in card
     assert 'AutoTokenizer.from_pretrained("example-org/no-such-encoder")' in card
+
+
+def test_a_checkpoint_is_pushed_only_once_complete(monkeypatch, tiny_model, tokenized, tokenizer, tmp_path):
+    """`hub_strategy="checkpoint"`: the checkpoint folder the Trainer uploads already holds our training state and
+    the manifest (the Trainer starts its upload inside `_save_checkpoint`, before they were written)."""
+    import concurrent.futures
+
+    from hf_multitask.checkpointing import MANIFEST_NAME
+
+    pushed = []
+
+    class CheckpointHub(FakeHub):
+        def upload_folder(self, folder_path, path_in_repo=None, **kwargs):
+            if path_in_repo == "last-checkpoint":
+                pushed.append({p.name for p in Path(folder_path).iterdir()})
+            done = concurrent.futures.Future()
+            done.set_result(None)
+            return done
+
+    fake = CheckpointHub()
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: fake)
+    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path / "out", max_steps=2, save_strategy="steps",
+                           save_steps=1, push_to_hub=True, hub_model_id="me/tiny", hub_strategy="checkpoint")
+    trainer.train()
+    assert len(pushed) == 2
+    assert all({MANIFEST_NAME, "multitask_state.safetensors", "model.safetensors"} <= files for files in pushed)

@@ -15,6 +15,16 @@ def test_forward_shapes_and_losses(tiny_model, tokenizer):
     assert out.logits.shape == (2, 1)
 
 
+def test_return_dict_false_gives_a_tuple_as_transformers_models_do(tiny_model, tokenizer):
+    tiny_model.eval()
+    inputs = batch(tokenizer, "a good movie", "a bad film")
+    output = tiny_model(task_name="sst", **inputs, labels=torch.tensor([3, 1]))
+    loss, logits = tiny_model(task_name="sst", **inputs, labels=torch.tensor([3, 1]), return_dict=False)
+    assert torch.equal(loss, output.loss) and torch.equal(logits, output.logits)
+    (alone,) = tiny_model(task_name="sst", **inputs, return_dict=False)
+    assert torch.equal(alone, output.logits)
+
+
 def test_unknown_task_is_named(tiny_model, tokenizer):
     with pytest.raises(ValueError, match="Unknown task_name 'nli'.*'sst', 'quora', 'sts'"):
         tiny_model(task_name="nli", **batch(tokenizer, "a"))

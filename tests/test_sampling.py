@@ -125,6 +125,16 @@ def test_state_dict_resumes_the_exact_sequence():
     assert head + list(resumed) == list(sampler)
 
 
+def test_state_dict_after_set_epoch_resumes_at_the_new_epochs_start():
+    """A state saved between two epochs (after `set_epoch`, before the first batch) resumes the whole new epoch."""
+    sampler = MultitaskBatchSampler(SIZES, batch_size=4, strategy="annealed", seed=5)
+    list(sampler)
+    sampler.set_epoch(1)
+    resumed = MultitaskBatchSampler(SIZES, batch_size=4, strategy="annealed", seed=5)
+    resumed.load_state_dict(sampler.state_dict())
+    assert list(resumed) == list(sampler) and len(list(resumed)) == len(sampler)
+
+
 def test_bad_arguments_are_rejected():
     with pytest.raises(ValueError, match="Unknown task_sampling strategy 'random'"):
         MultitaskBatchSampler(SIZES, 4, "random")
@@ -132,5 +142,7 @@ def test_bad_arguments_are_rejected():
         MultitaskBatchSampler({"sst": 0}, 4)
     with pytest.raises(ValueError, match="group_by_length needs"):
         MultitaskBatchSampler(SIZES, 4, group_by_length=True)
-    with pytest.raises(ValueError, match="other tasks"):
+    with pytest.raises(ValueError, match="saved with another task_sizes {'sst': 3}"):
         MultitaskBatchSampler(SIZES, 4).load_state_dict(MultitaskBatchSampler({"sst": 3}, 4).state_dict())
+    with pytest.raises(ValueError, match=r"another grouped True \(this sampler: False\); global_batch_size 8 "):
+        MultitaskBatchSampler(SIZES, 4).load_state_dict(MultitaskBatchSampler(SIZES, 8, grouped=True).state_dict())

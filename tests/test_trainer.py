@@ -68,6 +68,58 @@ def test_loss_weight_scales_the_task_loss(bert_config, tokenized, tokenizer, tmp
     assert trainer.compute_loss(model, batch).item() == 0.0
 
 
+def test_loss_weight_leaves_the_evaluation_and_logged_losses_unweighted(bert_config, tokenized, tokenizer, tmp_path):
+    """The weight scales what is trained; `eval_<task>_loss`, `eval_loss` and `loss_<task>` stay the task's loss
+    (with a weight of 0 they were 0, and `eval_loss`, what early stopping watches, moved with the weights)."""
+    from hf_multitask import MultitaskConfig, MultitaskModel, cs224n_tasks
+
+    results = {}
+    for weight in (1.0, 0.0):
+        tasks = [t.replace(loss_weight=weight) if t.name == "sst" else t for t in cs224n_tasks()]
+        torch.manual_seed(0)
+        model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=tasks))
+        trainer = make_trainer(model, tokenized, tokenizer, tmp_path / str(weight), max_steps=1, logging_steps=1,
+                               task_sampling="round_robin")
+        before = trainer.evaluate()
+        trainer.train()
+        results[weight] = before, next(e for e in trainer.state.log_history if "loss_sst" in e)["loss_sst"]
+    (evaluation, logged), (unweighted, logged_unweighted) = results[0.0], results[1.0]
+    assert evaluation["eval_sst_loss"] == unweighted["eval_sst_loss"] > 0
+    assert evaluation["eval_loss"] == unweighted["eval_loss"]
+    assert logged == logged_unweighted > 0
+
+
+def test_data_seed_zero_is_a_seed(tiny_model, tokenized, tokenizer, tmp_path):
+    orders = {}
+    for data_seed in (None, 0, 1):
+        trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path, seed=1, data_seed=data_seed)
+        trainer.get_train_dataloader()
+        orders[data_seed] = list(trainer.train_sampler)
+    assert orders[None] != orders[0] and orders[None] == orders[1]
+
+
+def test_the_train_dataloader_takes_the_trainers_dataloader_settings(tiny_model, tokenized, tokenizer, tmp_path):
+    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path, dataloader_num_workers=1,
+                           dataloader_persistent_workers=True, dataloader_prefetch_factor=3)
+    loader = trainer.get_train_dataloader()
+    base = getattr(loader, "base_dataloader", loader)
+    assert base.persistent_workers and base.prefetch_factor == 3 and base.worker_init_fn is not None
+    trainer.train()  # the worker fetches and collates
+
+
+@pytest.mark.parametrize("accumulation, expected", [(1, [0, 1, 2, 3, 4, 0, 1, 2, 3, 4]), (2, [0, 2, 4, 0, 2, 4]),
+                                                    (4, [0, 4, 0, 4])])
+def test_batch_in_epoch_restarts_with_each_epoch(accumulation, expected, tiny_model, tokenized, tokenizer, tmp_path):
+    """An epoch's last optimizer step takes the batches left over from the accumulation (as the Trainer counts)."""
+    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path, gradient_accumulation_steps=accumulation)
+    trainer.train_sampler = type("Sampler", (), {"__len__": lambda self: 5})()
+    seen = []
+    for step in range(len(expected)):
+        trainer.state.global_step = step
+        seen.append(trainer._batch_in_epoch())
+    assert seen == expected
+
+
 def test_eval_dataset_must_match_the_heads(tiny_model, tokenized, tokenizer, tmp_path):
     with pytest.raises(ValueError, match=r"eval_dataset has task\(s\) \['nli'\] with no head"):
         MultitaskTrainer(model=tiny_model, args=MultitaskTrainingArguments(str(tmp_path), report_to=[]),

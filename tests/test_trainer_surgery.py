@@ -174,3 +174,39 @@ def test_only_the_tasks_with_training_data_are_rows(method, bert_config, tokeniz
         assert {key for key in logged if key.startswith("grad_cos_")} == {"grad_cos_sst_sts"}
     else:
         assert {key for key in logged if key.startswith("task_weight_")} == {"task_weight_sst", "task_weight_sts"}
+
+
+def test_gradient_surgery_kwargs_reach_the_aggregators_constructor(bert_config, tokenized, tokenizer, tmp_path):
+    """As `lr_scheduler_kwargs` for the scheduler: a JSON object on the command line, checked against `__init__`."""
+    from transformers import HfArgumentParser
+
+    from hf_multitask.aggregators import AGGREGATORS, Aggregator, register_aggregator
+
+    @register_aggregator
+    class ScaledMean(Aggregator):
+        name, degree = "scaled_mean", 1
+
+        def __init__(self, num_tasks, num_segments=1, scale: float = 1.0, **options):
+            super().__init__(num_tasks, num_segments, **options)
+            self.scale = scale
+
+        def weights(self, grams, generator):
+            return torch.full(grams.shape[:2], self.scale / grams.shape[1], dtype=torch.float64), 0
+
+    try:
+        (args,) = HfArgumentParser(MultitaskTrainingArguments).parse_args_into_dataclasses(
+            ["--output_dir", str(tmp_path), "--gradient_surgery", "scaled_mean", "--gradient_surgery_kwargs",
+             '{"scale": 0.5}', "--report_to", "none", "--use_cpu", "true", "--max_steps", "1",
+             "--per_device_train_batch_size", "2", "--save_strategy", "no"])
+        assert args.gradient_surgery_kwargs == {"scale": 0.5}
+        trainer = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path, eval=None,
+                               **{k: v for k, v in args.to_dict().items() if k in ("gradient_surgery",
+                                  "gradient_surgery_kwargs", "max_steps", "per_device_train_batch_size")})
+        trainer.train()
+        assert trainer.surgery.aggregator.scale == 0.5 and trainer.surgery.steps == 1
+        with pytest.raises(ValueError, match=r"gradient_surgery_kwargs: \['sclae'\] not among the options of the "
+                                             r"'scaled_mean' aggregator's __init__ \(\['scale'\]\)"):
+            MultitaskTrainingArguments(str(tmp_path), gradient_surgery="scaled_mean",
+                                       gradient_surgery_kwargs={"sclae": 0.5})
+    finally:
+        AGGREGATORS.pop("scaled_mean", None)

@@ -10,6 +10,7 @@ from .base import (
     Aggregator,
     aggregate,
     aggregator_names,
+    aggregator_options,
     get_aggregator,
     register_aggregator,
     visiting_orders,
@@ -27,6 +28,6 @@ from .surgery import (
 
 __all__ = [
     "AGGREGATORS", "Aggregator", "GradientSurgery", "ShardedGradientSurgery", "aggregate", "aggregator_names",
-    "combine", "cosines_from_gram", "get_aggregator", "gram_matrices", "register_aggregator", "segment_grams",
-    "segment_runs", "task_cosines", "visiting_orders",
+    "aggregator_options", "combine", "cosines_from_gram", "get_aggregator", "gram_matrices", "register_aggregator",
+    "segment_grams", "segment_runs", "task_cosines", "visiting_orders",
 ]

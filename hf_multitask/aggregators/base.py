@@ -9,6 +9,7 @@ turns weights into `.grad`, are in `aggregators/surgery.py`.
 
 from __future__ import annotations
 
+import inspect
 from typing import ClassVar
 
 import torch
@@ -35,8 +36,9 @@ class Aggregator:
     Args:
         num_tasks: T.
         num_segments: K, the number of segments (layers) of a per-segment method.
-        options: The method's options, by their `MultitaskTrainingArguments` names (e.g. `gradvac_beta`); options
-            of other methods are ignored.
+        options: The method's options: `gradvac_beta` (a `MultitaskTrainingArguments` field, given to every
+            method; others ignore it through `**options`), and the entries of `gradient_surgery_kwargs`, which must
+            be named parameters of the method's `__init__` ([`aggregator_options`]). `__init__` takes `**options`.
     """
 
     name: ClassVar[str] = ""
@@ -66,6 +68,14 @@ class Aggregator:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         pass
+
+
+def aggregator_options(cls: type[Aggregator]) -> list[str]:
+    """The options `gradient_surgery_kwargs` can set for `cls`: its `__init__`'s named parameters after `num_tasks`
+    and `num_segments`, less `gradvac_beta` (a field of its own)."""
+    skip = {"self", "num_tasks", "num_segments", "gradvac_beta"}
+    return [name for name, param in inspect.signature(cls.__init__).parameters.items()
+            if name not in skip and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)]
 
 
 AGGREGATORS: Registry = Registry("aggregator", first=("none",),

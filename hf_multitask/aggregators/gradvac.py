@@ -1,4 +1,4 @@
-"""Gradient Vaccine (Wang et al. 2020, https://arxiv.org/abs/2010.05874) on per-segment Gram matrices."""
+"""Gradient Vaccine (Wang et al. 2021, https://arxiv.org/abs/2010.05874) on per-segment Gram matrices."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def gradvac(
     beta: float = 0.01,
     segments: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Gradient Vaccine (Wang et al. 2020, https://arxiv.org/abs/2010.05874).
+    """Gradient Vaccine (Wang et al. 2021, https://arxiv.org/abs/2010.05874).
 
     For each task i, for the other tasks j in `orders[i]`, in each segment (the whole vector, or each layer):
     phi = cos(g_i, g_j); if phi < target phî_ij,

@@ -88,7 +88,7 @@ class ShardedGradientSurgery(GradientSurgery):
 
     def __init__(self, method: str, params: list[torch.nn.Parameter], num_tasks: int, seed: int = 0,
                  gradvac_beta: float = 0.01, gradvac_per_layer: bool = True, segment_ids: list | None = None,
-                 names: list[str] | None = None):
+                 aggregator_options: dict | None = None, names: list[str] | None = None):
         # GradientSurgery.__init__ is not called: it would allocate the whole [T, P] buffer
         cls = get_aggregator(method)
         names = names if names is not None else [f"params[{i}]" for i in range(len(params))]
@@ -105,7 +105,7 @@ class ShardedGradientSurgery(GradientSurgery):
         per_layer = cls.per_segment and gradvac_per_layer and segment_ids is not None
         self.runs, self.num_segments = column_segments(self.numels, segment_ids if per_layer else [0] * len(params))
         self.grams = torch.empty(self.num_segments, num_tasks, num_tasks, dtype=torch.float32, device=device)
-        self.aggregator = cls(num_tasks, self.num_segments, gradvac_beta=gradvac_beta)
+        self.aggregator = cls(num_tasks, self.num_segments, gradvac_beta=gradvac_beta, **(aggregator_options or {}))
         self.generator = torch.Generator().manual_seed(seed)
         self.cosine_sum = torch.zeros(num_tasks, num_tasks, dtype=torch.float64)
         self.steps = self.adjustments = 0

@@ -141,10 +141,12 @@ class GradientSurgery:
         gradvac_per_layer: A per-segment method (GradVac) gets one Gram matrix per parameter group (`segment_ids`)
             instead of one overall.
         segment_ids: Group id (`MultitaskModel.parameter_group(name)`) of every parameter, for `gradvac_per_layer`.
+        aggregator_options: More keyword arguments of the aggregator's constructor (`gradient_surgery_kwargs`).
     """
 
     def __init__(self, method: str, params: list[torch.nn.Parameter], num_tasks: int, seed: int = 0,
-                 gradvac_beta: float = 0.01, gradvac_per_layer: bool = True, segment_ids: list | None = None):
+                 gradvac_beta: float = 0.01, gradvac_per_layer: bool = True, segment_ids: list | None = None,
+                 aggregator_options: dict | None = None):
         cls = get_aggregator(method)
         self.method, self.params, self.num_tasks = method, params, num_tasks
         self.shapes, self.numels = [p.shape for p in params], [p.numel() for p in params]
@@ -161,7 +163,7 @@ class GradientSurgery:
                                                 torch.tensor(self.numels, dtype=torch.long)).to(device)
         self.runs = segment_runs(self.segments) if size else []
         self.grams = torch.empty(max(len(dense), 1), num_tasks, num_tasks, dtype=torch.float32, device=device)
-        self.aggregator = cls(num_tasks, max(len(dense), 1), gradvac_beta=gradvac_beta)
+        self.aggregator = cls(num_tasks, max(len(dense), 1), gradvac_beta=gradvac_beta, **(aggregator_options or {}))
         self.generator = torch.Generator().manual_seed(seed)
         self.cosine_sum = torch.zeros(num_tasks, num_tasks, dtype=torch.float64)
         self.steps = self.adjustments = 0

@@ -4,10 +4,20 @@ Importing a kind's module registers it; adding a kind is its module and one impo
 re-export, so the class is importable from here without a second line in `__all__`).
 """
 
-from .base import KINDS, MODEL_INPUTS, PAIR_SUFFIX, DataValidationError, TaskKind, get_kind, register_kind
+from .base import (
+    KINDS,
+    MODEL_INPUTS,
+    PAIR_SUFFIX,
+    DataValidationError,
+    MissingKindMethod,
+    TaskKind,
+    get_kind,
+    register_kind,
+)
 from .classification import ClassificationKind as ClassificationKind
 from .multiple_choice import MultipleChoiceKind as MultipleChoiceKind
 from .regression import RegressionKind as RegressionKind
 from .token_classification import TokenClassificationKind as TokenClassificationKind
 
-__all__ = ["KINDS", "MODEL_INPUTS", "PAIR_SUFFIX", "DataValidationError", "TaskKind", "get_kind", "register_kind"]
+__all__ = ["KINDS", "MODEL_INPUTS", "PAIR_SUFFIX", "DataValidationError", "MissingKindMethod", "TaskKind", "get_kind",
+           "register_kind"]

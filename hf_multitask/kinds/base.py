@@ -24,9 +24,24 @@ class DataValidationError(ValueError):
     """A data file or dataset does not match its task spec; the message names file, row and column."""
 
 
+class MissingKindMethod(NotImplementedError):
+    """A feature was used with a task kind that does not implement the method the feature needs."""
+
+    def __init__(self, kind: TaskKind, method: str, feature: str):
+        super().__init__(f"Task kind {kind.name!r} ({type(kind).__name__}) does not implement `{method}`, which "
+                         f"{feature} needs: add it to the kind (see TaskKind.{method}'s docstring)")
+        self.method = method
+
+
 class TaskKind:
-    """The behaviour of one kind of task. Subclasses set the class attributes and implement the methods that raise
-    `NotImplementedError`; the others have defaults that suit sentence-level tasks.
+    """The behaviour of one kind of task. Subclasses set the class attributes and implement what they use of the
+    methods without a default; the others have defaults that suit sentence-level tasks.
+
+    To train and evaluate, a kind needs `num_labels`, `build_head`, `loss`, `parse_value` and `predictions`; each of
+    the other methods without a default serves one feature and raises [`MissingKindMethod`], naming the method
+    and the feature, when that feature is used without it: `divergence` (SMART, R-Drop), `decode` (`model.predict`),
+    `pipeline_output` (the pipeline), `prediction_records` (`hf-multitask predict`), `error_scores` and
+    `error_fields` (the worst examples), `plot_predictions` (`hf-multitask report`, which skips the plot).
 
     Every method takes the task's spec: a kind holds no per-task state, so one instance serves every task of the kind.
 
@@ -74,13 +89,13 @@ class TaskKind:
 
     def num_labels(self, spec) -> int:
         """The head's output size."""
-        raise NotImplementedError
+        raise MissingKindMethod(self, "num_labels", "every task")
 
     # ---- the model ----
 
     def build_head(self, spec, hidden_size: int, dropout: float) -> nn.Module:
         """The task's head: `forward(pooled, pooled_b)` -> `(batch, num_labels)`."""
-        raise NotImplementedError
+        raise MissingKindMethod(self, "build_head", "every task")
 
     def encoder_inputs(self, *inputs: torch.Tensor | None) -> tuple:
         """The batch's `(input_ids, attention_mask, token_type_ids, inputs_embeds)` as the encoder reads them,
@@ -89,11 +104,11 @@ class TaskKind:
 
     def loss(self, spec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The loss named by `spec.loss`, a mean over the batch."""
-        raise NotImplementedError
+        raise MissingKindMethod(self, "loss", "every task")
 
     def divergence(self, a: torch.Tensor, b: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         """SMART's l_s between two head outputs of the same inputs (`"mean"` or `"sum"` over the batch)."""
-        raise NotImplementedError
+        raise MissingKindMethod(self, "divergence", "SMART and R-Drop")
 
     # ---- data ----
 
@@ -121,7 +136,7 @@ class TaskKind:
 
     def parse_value(self, spec, value: Any, where: str) -> Any:
         """[`parse_label`] after the checks every kind shares."""
-        raise NotImplementedError
+        raise MissingKindMethod(self, "parse_value", "every task")
 
     def check_labels(self, spec, labels: list, source: str) -> None:
         """A look at all of a split's parsed labels at once (e.g. a warning for classes that never occur)."""
@@ -178,7 +193,7 @@ class TaskKind:
 
     def predictions(self, spec, logits: np.ndarray) -> np.ndarray:
         """Predicted labels (ids or values) from the head's `(n, num_labels)` outputs."""
-        raise NotImplementedError
+        raise MissingKindMethod(self, "predictions", "every task")
 
     def example_outputs(self, spec, logits: np.ndarray, feature: dict) -> np.ndarray:
         """One example's output from its head outputs and its tokenised `feature`; for a [`token_level`] kind,
@@ -198,7 +213,7 @@ class TaskKind:
 
     def decode(self, spec, logits: np.ndarray) -> list:
         """Human-readable predictions, one per example (label names, scores)."""
-        raise NotImplementedError
+        raise MissingKindMethod(self, "decode", "model.predict")
 
     def probabilities(self, spec, logits: np.ndarray) -> np.ndarray:
         """Per-label probabilities `(n, num_labels)`; a `ValueError` for kinds that have none."""
@@ -206,7 +221,7 @@ class TaskKind:
 
     def pipeline_output(self, spec, logits: np.ndarray) -> dict:
         """The pipeline's answer for one example from its `(num_labels,)` outputs."""
-        raise NotImplementedError
+        raise MissingKindMethod(self, "pipeline_output", "the pipeline")
 
     def pipeline_ranking(self, spec, logits: np.ndarray, top_k: int | None) -> list[dict]:
         """The pipeline's answer with `top_k` (text-classification's): the `top_k` most probable labels of one
@@ -215,15 +230,15 @@ class TaskKind:
 
     def prediction_records(self, spec, logits: np.ndarray) -> list[dict]:
         """`hf-multitask predict`'s fields for each example."""
-        raise NotImplementedError
+        raise MissingKindMethod(self, "prediction_records", "hf-multitask predict")
 
     def error_scores(self, spec, logits: np.ndarray, gold: np.ndarray) -> np.ndarray:
         """How wrong each prediction is (larger is worse), to rank the worst examples."""
-        raise NotImplementedError
+        raise MissingKindMethod(self, "error_scores", "listing the worst examples")
 
     def error_fields(self, spec, logits: np.ndarray, gold: Any, score: float) -> dict:
         """`gold`, `prediction` and the error measure of one example, for the worst-examples listing."""
-        raise NotImplementedError
+        raise MissingKindMethod(self, "error_fields", "listing the worst examples")
 
     # ---- export, model card, report ----
 
@@ -234,8 +249,8 @@ class TaskKind:
                          "model with hf-multitask")
 
     def card_outputs(self, spec) -> str:
-        """What the head outputs, for the model card's task table."""
-        raise NotImplementedError
+        """What the head outputs, for the model card's task table (the default: how many outputs, and the kind)."""
+        return f"{spec.num_labels} output(s) per example ({self.name})"
 
     def card_tags(self, spec) -> list[str]:
         """Hub tags this task adds to the model card."""
@@ -244,7 +259,7 @@ class TaskKind:
     def plot_predictions(self, spec, gold: np.ndarray, predicted: np.ndarray, output_dir, split: str):
         """A PNG in `output_dir` (a `Path`) comparing predictions on `split` with gold labels (`hf-multitask
         report`); returns its path."""
-        raise NotImplementedError
+        raise MissingKindMethod(self, "plot_predictions", "hf-multitask report's prediction plots")
 
 
 def label_array(labels) -> np.ndarray:
