@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .callbacks import LossWeightingCallback
 from .utils import Registry
 
 LOSS_WEIGHTINGS: Registry = Registry("loss weighting", first=("none",),
@@ -191,3 +192,17 @@ class DynamicWeightAverage(LossWeighting):
     def load_state_dict(self, state: dict) -> None:
         self.window, self.count = int(state["window"]), int(state["count"])
         self.sums, self.history = state["sums"].double(), state["history"].double()
+
+
+def build_loss_weighting(trainer) -> LossWeighting | None:
+    """The trainer's `args.loss_weighting` (`None` for `"none"`), its per-task parameters added to the model, its
+    state registered for checkpoints and its weights for the logs (`task_weight_<task>`)."""
+    name = getattr(trainer.args, "loss_weighting", "none")
+    if name == "none":
+        return None
+    weighting = get_loss_weighting(name).from_args(trainer.trained_tasks, trainer.args)
+    weighting.attach(trainer.multitask_model)
+    trainer._stateful["loss_weighting"] = weighting
+    trainer._task_metric_names.append("task_weight")
+    trainer.add_callback(LossWeightingCallback(trainer, weighting))
+    return weighting

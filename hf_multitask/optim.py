@@ -1,4 +1,5 @@
-"""Optimizer param groups: the task heads at their own learning rate (`head_learning_rate`)."""
+"""Optimizer param groups: the task heads at their own learning rate (`head_learning_rate`), and no weight decay
+on the learned loss weights."""
 
 from __future__ import annotations
 
@@ -35,3 +36,11 @@ def build_optimizer(chosen: tuple, groups: list[dict], optim) -> torch.optim.Opt
         raise ValueError(f"head_learning_rate needs an optimizer built from param groups; "
                          f"optim={getattr(optim, 'value', optim)!r} builds its own: leave head_learning_rate unset")
     return optimizer_cls(groups, **kwargs)
+
+
+def no_decay_names(names: list[str], model: torch.nn.Module, multitask_model) -> list[str]:
+    """`names` (the Trainer's weight-decay parameters) without the learned loss weights (`loss_weights.*`): decay
+    would pull every log sigma^2 towards 0, i.e. every task weight towards 1."""
+    owners = multitask_model.task_parameter_owners()
+    excluded = {n for n, p in model.named_parameters() if owners.get(id(p), (None, None))[1] == "loss_weights"}
+    return [name for name in names if name not in excluded]

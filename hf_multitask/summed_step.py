@@ -18,30 +18,7 @@ import math
 import torch
 from torch.distributed.tensor import DTensor
 
-from .callbacks import LossWeightingCallback
-from .loss_weighting import LossWeighting, get_loss_weighting
-
-
-def build_loss_weighting(trainer) -> LossWeighting | None:
-    """The trainer's `args.loss_weighting` (`None` for `"none"`), its per-task parameters added to the model, its
-    state registered for checkpoints and its weights for the logs (`task_weight_<task>`)."""
-    name = getattr(trainer.args, "loss_weighting", "none")
-    if name == "none":
-        return None
-    weighting = get_loss_weighting(name).from_args(trainer.trained_tasks, trainer.args)
-    weighting.attach(trainer.multitask_model)
-    trainer._stateful["loss_weighting"] = weighting
-    trainer._task_metric_names.append("task_weight")
-    trainer.add_callback(LossWeightingCallback(trainer, weighting))
-    return weighting
-
-
-def no_decay_names(names: list[str], model: torch.nn.Module, multitask_model) -> list[str]:
-    """`names` (the Trainer's weight-decay parameters) without the learned loss weights (`loss_weights.*`): decay
-    would pull every log sigma^2 towards 0, i.e. every task weight towards 1."""
-    owners = multitask_model.task_parameter_owners()
-    excluded = {n for n, p in model.named_parameters() if owners.get(id(p), (None, None))[1] == "loss_weights"}
-    return [name for name in names if name not in excluded]
+from .loss_weighting import LossWeighting
 
 
 def summed_training_step(trainer, model, inputs: dict[str, dict]) -> torch.Tensor:
@@ -99,10 +76,14 @@ def average_gradients(trainer, model, extra: torch.Tensor | None) -> torch.Tenso
     params = [p for p in model.parameters() if p.grad is not None]
     if any(isinstance(p.grad, DTensor) for p in params):  # FSDP2 averaged them in the backward (no loss weighting)
         return extra
-    parts = [p.grad.reshape(-1).float() for p in params] + ([extra.reshape(-1).float()] if extra is not None else [])
-    flat = trainer.accelerator.reduce(torch.cat(parts), reduction="mean")
+    mean_across_ranks(trainer.accelerator, [p.grad for p in params] + ([extra] if extra is not None else []))
+    return extra
+
+
+def mean_across_ranks(accelerator, tensors: list[torch.Tensor]) -> None:
+    """Replace each tensor by its mean across ranks, in place, with one all-reduce of them all laid end to end."""
+    flat = accelerator.reduce(torch.cat([t.reshape(-1).float() for t in tensors]), reduction="mean")
     offset = 0
-    for p in params:
-        p.grad.copy_(flat[offset: offset + p.numel()].view_as(p.grad))
-        offset += p.numel()
-    return flat[offset:] if extra is not None else None
+    for tensor in tensors:
+        tensor.copy_(flat[offset: offset + tensor.numel()].view_as(tensor))
+        offset += tensor.numel()

@@ -33,12 +33,13 @@ from .checkpointing import (
 from .conventions import multitask_base
 from .data import MultitaskDataset
 from .evaluation import evaluate_tasks
+from .loss_weighting import build_loss_weighting
 from .mixed_precision import active_scaler, combine_unscaled, drop_gradients
-from .optim import build_optimizer, head_lr_param_groups
+from .optim import build_optimizer, head_lr_param_groups, no_decay_names
 from .regularizers import Regularizer, build_regularizers
 from .sampling import MultitaskBatchSampler
 from .sharding import check_sharded_trainer, sharded_surgery
-from .summed_step import build_loss_weighting, no_decay_names, summed_training_step
+from .summed_step import mean_across_ranks, summed_training_step
 from .trainer_card import TrainerModelCard
 
 logger = logging.get_logger(__name__)
@@ -227,7 +228,7 @@ class MultitaskTrainer(TrainerModelCard, Trainer):
         return total
 
     def get_decay_parameter_names(self, model) -> list[str]:
-        """The parent's weight-decay parameters, less the learned loss weights (summed_step.no_decay_names)."""
+        """The parent's weight-decay parameters, less the learned loss weights (optim.no_decay_names)."""
         return no_decay_names(super().get_decay_parameter_names(model), model, self.multitask_model)
 
     def _skip_update_if_nonfinite(self, model) -> bool:
@@ -267,14 +268,8 @@ class MultitaskTrainer(TrainerModelCard, Trainer):
         if self.args.world_size <= 1 or isinstance(self.surgery, ShardedGradientSurgery):  # FSDP2 averaged them
             return
         shared = {id(p) for p in self.surgery.params}
-        others = [p for p in model.parameters() if p.grad is not None and id(p) not in shared]
-        flat = torch.cat([self.surgery.buffer.reshape(-1), *(p.grad.reshape(-1).float() for p in others)])
-        flat = self.accelerator.reduce(flat, reduction="mean")
-        self.surgery.buffer.copy_(flat[: self.surgery.buffer.numel()].view_as(self.surgery.buffer))
-        offset = self.surgery.buffer.numel()
-        for p in others:
-            p.grad.copy_(flat[offset: offset + p.numel()].view_as(p.grad))
-            offset += p.numel()
+        others = [p.grad for p in model.parameters() if p.grad is not None and id(p) not in shared]
+        mean_across_ranks(self.accelerator, [self.surgery.buffer, *others])
 
     # ---- loss and logging ----
 
