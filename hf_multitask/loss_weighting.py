@@ -10,6 +10,9 @@ The pure math (`uncertainty_loss`, `dwa_weights`) takes tensors and is tested wi
 
 from __future__ import annotations
 
+import inspect
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -54,9 +57,16 @@ class LossWeighting:
 
     Args:
         task_names: The tasks, in the model's order.
+
+    Attributes:
+        name: The `loss_weighting` value that selects the method.
+        option_fields: `{__init__ parameter: MultitaskTrainingArguments field}` for options that have a field of
+            their own (DWA: `{"temperature": "dwa_temperature", ...}`); every other named parameter of `__init__`
+            after `task_names` is set through `loss_weighting_kwargs` ([`loss_weighting_options`]).
     """
 
     name = ""
+    option_fields: ClassVar[dict[str, str]] = {}
 
     def __init__(self, task_names: list[str]):
         self.task_names = list(task_names)
@@ -65,8 +75,9 @@ class LossWeighting:
 
     @classmethod
     def from_args(cls, task_names: list[str], args) -> LossWeighting:
-        """Build from `MultitaskTrainingArguments` (override to read a method's own fields)."""
-        return cls(task_names)
+        """Build from `MultitaskTrainingArguments`: the fields of [`option_fields`], and `loss_weighting_kwargs`."""
+        fields = {option: getattr(args, field) for option, field in cls.option_fields.items()}
+        return cls(task_names, **fields, **(getattr(args, "loss_weighting_kwargs", None) or {}))
 
     def attach(self, model: nn.Module) -> None:
         """Give the model the method's per-task parameters (before the optimizer is built); none by default."""
@@ -99,6 +110,14 @@ def register_loss_weighting(cls: type[LossWeighting]) -> type[LossWeighting]:
     if cls.name == "none":
         raise ValueError(f"{cls.__name__}.name must be a name other than 'none' (no weighting), got {cls.name!r}")
     return LOSS_WEIGHTINGS.add(cls.name, cls, cls)
+
+
+def loss_weighting_options(cls: type[LossWeighting]) -> list[str]:
+    """The options `loss_weighting_kwargs` can set for `cls`: its `__init__`'s named parameters after `task_names`,
+    less those with a field of their own ([`LossWeighting.option_fields`])."""
+    skip = {"self", "task_names", *cls.option_fields}
+    return [name for name, param in inspect.signature(cls.__init__).parameters.items()
+            if name not in skip and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)]
 
 
 def get_loss_weighting(name: str) -> type[LossWeighting]:
@@ -157,6 +176,8 @@ class DynamicWeightAverage(LossWeighting):
 
     name = "dwa"
 
+    option_fields = {"temperature": "dwa_temperature", "period": "dwa_period"}
+
     def __init__(self, task_names: list[str], temperature: float = 2.0, period: int = 0):
         super().__init__(task_names)
         self.temperature, self.period = temperature, period
@@ -164,10 +185,6 @@ class DynamicWeightAverage(LossWeighting):
         self.window = 0  # index of the window the running sums belong to
         self.sums, self.count = torch.zeros(num_tasks, dtype=torch.float64), 0
         self.history = torch.zeros(0, num_tasks, dtype=torch.float64)  # the last two complete windows' averages
-
-    @classmethod
-    def from_args(cls, task_names: list[str], args) -> DynamicWeightAverage:
-        return cls(task_names, temperature=args.dwa_temperature, period=args.dwa_period)
 
     def advance(self, step: int, epoch_steps: int) -> None:
         window = step // (self.period or max(epoch_steps, 1))

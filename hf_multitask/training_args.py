@@ -11,7 +11,7 @@ import torch
 from transformers import TrainingArguments
 
 from .aggregators import aggregator_names, aggregator_options, get_aggregator
-from .loss_weighting import get_loss_weighting
+from .loss_weighting import get_loss_weighting, loss_weighting_options
 from .regularizers import build_regularizers
 from .sampling import STRATEGIES
 from .sharding import sharding_refusal
@@ -60,6 +60,9 @@ class MultitaskTrainingArguments(TrainingArguments):
         registered with `register_loss_weighting`. Anything but `none` turns on grouped batches and replaces the
         grouped-mode weights of `task_sampling`; it cannot be combined with `gradient_surgery`. One backward pass per
         step, of the weighted sum.
+    loss_weighting_kwargs (`dict` or `str`, *optional*):
+        Options for the loss weighting's constructor (a JSON object on the command line), for a weighting of your
+        own; a name its `__init__` does not take is an error (DWA's options are the two fields below).
     dwa_temperature (`float`, defaults to `2.0`):
         DWA's temperature T (the paper's 2).
     dwa_period (`int`, defaults to `0`):
@@ -118,7 +121,7 @@ class MultitaskTrainingArguments(TrainingArguments):
     """
 
     # the parent's JSON-object fields, parsed from a string in its __post_init__, and ours
-    _VALID_DICT_FIELDS = [*TrainingArguments._VALID_DICT_FIELDS, "gradient_surgery_kwargs"]
+    _VALID_DICT_FIELDS = [*TrainingArguments._VALID_DICT_FIELDS, "gradient_surgery_kwargs", "loss_weighting_kwargs"]
 
     task_sampling: str = field(
         default="annealed", metadata={"help": f"Task sampling strategy, one of {STRATEGIES}."}
@@ -138,7 +141,11 @@ class MultitaskTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "Options of the aggregator's __init__, a JSON object (e.g. '{\"c\": 0.5}')."}
     )
     loss_weighting: str = field(
-        default="none", metadata={"help": "Task loss weighting: none, uncertainty or dwa (implies grouped batches)."}
+        default="none", metadata={"help": "Task loss weighting: none, uncertainty, dwa or a registered name (implies "
+                                          "grouped batches)."}
+    )
+    loss_weighting_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Options of the loss weighting's __init__, a JSON object."}
     )
     dwa_temperature: float = field(default=2.0, metadata={"help": "DWA: temperature of the softmax."})
     dwa_period: int = field(default=0, metadata={"help": "DWA: window in optimizer steps (0: one epoch)."})
@@ -213,9 +220,19 @@ class MultitaskTrainingArguments(TrainingArguments):
             raise ValueError(reason)
 
     def _check_loss_weighting(self) -> None:
+        options = self.loss_weighting_kwargs or {}
+        if not isinstance(options, dict):
+            raise ValueError(f"loss_weighting_kwargs must be a dict (a JSON object on the command line), got "
+                             f"{options!r}")
         if self.loss_weighting == "none":
+            if options:
+                raise ValueError(f"loss_weighting_kwargs={options} needs a loss_weighting other than 'none'")
             return
-        get_loss_weighting(self.loss_weighting)  # an unknown name: an error listing the known ones
+        takes = loss_weighting_options(get_loss_weighting(self.loss_weighting))  # (unknown name: an error)
+        unknown = sorted(set(options) - set(takes))
+        if unknown:
+            raise ValueError(f"loss_weighting_kwargs: {unknown} not among the options of the "
+                             f"{self.loss_weighting!r} loss weighting's __init__ ({takes or 'it takes none'})")
         if self.gradient_surgery != "none":
             raise ValueError(f"loss_weighting={self.loss_weighting!r} cannot be combined with gradient_surgery="
                              f"{self.gradient_surgery!r}: a loss weighting sums the weighted losses in one backward "

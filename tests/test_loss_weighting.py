@@ -75,6 +75,36 @@ def test_unknown_and_duplicate_weightings_are_errors(tmp_path):
         register_loss_weighting(Other)
 
 
+def test_loss_weighting_kwargs_reach_the_constructor_and_fields_keep_theirs(tmp_path):
+    from transformers import HfArgumentParser
+
+    from hf_multitask.loss_weighting import LOSS_WEIGHTINGS
+
+    @register_loss_weighting
+    class Floored(LossWeighting):
+        name = "floored"
+
+        def __init__(self, task_names, floor: float = 0.0):
+            super().__init__(task_names)
+            self.floor = floor
+
+    try:
+        (args,) = HfArgumentParser(MultitaskTrainingArguments).parse_args_into_dataclasses(
+            ["--output_dir", str(tmp_path), "--loss_weighting", "floored", "--loss_weighting_kwargs",
+             '{"floor": 0.25}', "--report_to", "none"])
+        assert Floored.from_args(["sst", "sts"], args).floor == 0.25
+        dwa = MultitaskTrainingArguments(str(tmp_path), loss_weighting="dwa", dwa_temperature=3.0, report_to=[])
+        built = DynamicWeightAverage.from_args(["sst", "sts"], dwa)
+        assert (built.temperature, built.period) == (3.0, 0)
+        with pytest.raises(ValueError, match=r"loss_weighting_kwargs: \['temperature'\] not among the options of "
+                                             r"the 'dwa' loss weighting's __init__ \(it takes none\)"):
+            MultitaskTrainingArguments(str(tmp_path), loss_weighting="dwa", loss_weighting_kwargs={"temperature": 3})
+        with pytest.raises(ValueError, match="needs a loss_weighting other than 'none'"):
+            MultitaskTrainingArguments(str(tmp_path), loss_weighting_kwargs={"floor": 0.25})
+    finally:
+        LOSS_WEIGHTINGS.pop("floored", None)
+
+
 def test_loss_weighting_implies_grouped_batches_and_refuses_surgery(tmp_path):
     args = MultitaskTrainingArguments(str(tmp_path), loss_weighting="dwa", report_to=[])
     assert args.task_sampling_grouped
