@@ -363,3 +363,20 @@ def test_the_docs_example_aggregator_registers_and_trains(tmp_path, monkeypatch)
         torch.testing.assert_close(flat, draw.float() @ surgery.buffer)
     finally:
         AGGREGATORS.pop("rlw", None)
+
+
+@pytest.mark.parametrize("returned, described", [
+    (lambda grams: (torch.ones(grams.shape[:2]),), r"a tuple of 1: \(a tensor \[1, 3\]\)"),
+    (lambda grams: torch.ones(grams.shape[:2]), r"a tensor \[1, 3\]"),
+    (lambda grams: (torch.ones(3), 0), r"a tuple of 2: \(a tensor \[3\], int\)"),
+])
+def test_a_method_returning_the_wrong_shape_is_named(returned, described):
+    class Wrong(Aggregator):
+        name = "wrong"
+
+        def weights(self, grams, generator):
+            return returned(grams)
+
+    with pytest.raises(TypeError, match=r"Aggregator 'wrong'.weights must return \(weights \[1, 3\], number of "
+                                        r"adjustments\), got " + described):
+        aggregate(Wrong(3), torch.eye(3)[None], torch.Generator())

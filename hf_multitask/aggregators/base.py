@@ -137,10 +137,21 @@ def aggregate(aggregator: Aggregator, grams: torch.Tensor, generator: torch.Gene
     weights = torch.ones(seen.shape[:2], dtype=torch.float64)
     count = 0
     if nonzero.any():  # an all-zero segment among others reaches the method as zeros; its weights are set to 1
-        found, count = aggregator.weights(seen / safe[:, None, None], generator)
+        result = aggregator.weights(seen / safe[:, None, None], generator)
+        if not (isinstance(result, tuple) and len(result) == 2 and torch.is_tensor(result[0])
+                and result[0].shape == weights.shape):
+            raise TypeError(f"Aggregator {aggregator.name!r}.weights must return (weights {list(weights.shape)}, "
+                            f"number of adjustments), got {_describe(result)}")
+        found, count = result
         found = found.to(weights) * safe[:, None] ** ((aggregator.degree - 1) / 2)
         weights = torch.where(nonzero[:, None], found, weights)
     return weights.expand(grams.shape[0], -1), count
+
+
+def _describe(value) -> str:
+    if isinstance(value, tuple):
+        return f"a tuple of {len(value)}: ({', '.join(_describe(v) for v in value)})"
+    return f"a tensor {list(value.shape)}" if torch.is_tensor(value) else type(value).__name__
 
 
 def visiting_orders(num_tasks: int, generator: torch.Generator | None = None) -> list[list[int]]:
