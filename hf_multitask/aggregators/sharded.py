@@ -13,19 +13,7 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor, Shard
 
 from .base import get_aggregator
-from .surgery import GradientSurgery, combine, cosines_from_gram, segment_runs
-
-
-def column_segments(numels: list[int], segment_ids: list) -> tuple[list[tuple[int, int, int]], int]:
-    """The `(segment, start, end)` runs of the columns `(sum(numels),)` and K, from each parameter's segment id.
-
-    Ids are relabelled 0..K-1 in order of first appearance in `segment_ids`, which every rank has whole, so that
-    segment k is the same layer on every rank even when a rank's shard holds no element of it (`numels` 0).
-    """
-    dense = {s: k for k, s in enumerate(dict.fromkeys(segment_ids))}
-    segments = torch.repeat_interleave(torch.tensor([dense[s] for s in segment_ids], dtype=torch.long),
-                                       torch.tensor(numels, dtype=torch.long))
-    return (segment_runs(segments) if segments.numel() else []), max(len(dense), 1)
+from .surgery import GradientSurgery, combine, cosines_from_gram
 
 
 def check_sharded(params: list[torch.nn.Parameter], names: list[str]) -> dist.ProcessGroup | None:
@@ -89,26 +77,19 @@ class ShardedGradientSurgery(GradientSurgery):
     def __init__(self, method: str, params: list[torch.nn.Parameter], num_tasks: int, seed: int = 0,
                  gradvac_beta: float = 0.01, gradvac_per_layer: bool = True, segment_ids: list | None = None,
                  aggregator_options: dict | None = None, names: list[str] | None = None):
-        # GradientSurgery.__init__ is not called: it would allocate the whole [T, P] buffer
-        cls = get_aggregator(method)
+        get_aggregator(method)  # an unknown method is named before the parameters are checked
         names = names if names is not None else [f"params[{i}]" for i in range(len(params))]
         if len(names) != len(params):
             raise ValueError(f"ShardedGradientSurgery: names has {len(names)} entries for {len(params)} params")
         self.group = check_sharded(params, names)
-        self.method, self.params, self.num_tasks = method, params, num_tasks
-        self.shapes = [p.to_local().shape for p in params]  # this rank's shard of each parameter
-        self.numels = [p.to_local().numel() for p in params]
-        device = self.device = params[0].to_local().device if params else torch.device("cpu")
-        self._buffer = self.slots = self.total = None  # [T, this rank's elements], allocated at first use
-        self.unwritten: list[set[int]] = [set() for _ in range(num_tasks)]
-        self.capturing, self._hooked = None, False
-        per_layer = cls.per_segment and gradvac_per_layer and segment_ids is not None
-        self.runs, self.num_segments = column_segments(self.numels, segment_ids if per_layer else [0] * len(params))
-        self.grams = torch.empty(self.num_segments, num_tasks, num_tasks, dtype=torch.float32, device=device)
-        self.aggregator = cls(num_tasks, self.num_segments, gradvac_beta=gradvac_beta, **(aggregator_options or {}))
-        self.generator = torch.Generator().manual_seed(seed)
-        self.cosine_sum = torch.zeros(num_tasks, num_tasks, dtype=torch.float64)
-        self.steps = self.adjustments = 0
+        super().__init__(method, params, num_tasks, seed=seed, gradvac_beta=gradvac_beta,
+                         gradvac_per_layer=gradvac_per_layer, segment_ids=segment_ids,
+                         aggregator_options=aggregator_options)
+
+    @staticmethod
+    def local_part(param: torch.Tensor) -> torch.Tensor:
+        """This rank's shard of `param` (its rows of the buffer hold only those columns)."""
+        return param.to_local()
 
     def store(self, task_index: int, index: int, grad: torch.Tensor) -> None:
         """[`GradientSurgery.store`] of this rank's shard of `grad` (FSDP2 leaves a DTensor in `.grad`)."""

@@ -22,6 +22,19 @@ def segment_runs(segments: torch.Tensor) -> list[tuple[int, int, int]]:
     return [(int(segments[s]), s, e) for s, e in zip(starts, ends)]
 
 
+def column_segments(numels: list[int], segment_ids: list) -> tuple[torch.Tensor, list[tuple[int, int, int]], int]:
+    """Each column's segment `(sum(numels),)`, its `(segment, start, end)` runs and K, from each parameter's segment
+    id and its number of columns.
+
+    Ids are relabelled 0..K-1 in order of first appearance in `segment_ids`, which every rank has whole, so that
+    segment k is the same layer on every rank even when a rank's shard holds no element of it (`numels` 0).
+    """
+    dense = {s: k for k, s in enumerate(dict.fromkeys(segment_ids))}
+    segments = torch.repeat_interleave(torch.tensor([dense[s] for s in segment_ids], dtype=torch.long),
+                                       torch.tensor(numels, dtype=torch.long))
+    return segments, (segment_runs(segments) if segments.numel() else []), max(len(dense), 1)
+
+
 GRAM_CHUNK = 16384  # columns per block of `block_gram`: [T, 16384] float32 is 192 KiB for T = 3, in L2
 
 
@@ -149,24 +162,27 @@ class GradientSurgery:
                  aggregator_options: dict | None = None):
         cls = get_aggregator(method)
         self.method, self.params, self.num_tasks = method, params, num_tasks
-        self.shapes, self.numels = [p.shape for p in params], [p.numel() for p in params]
-        size = sum(self.numels)
-        device = self.device = params[0].device if params else torch.device("cpu")
+        local = [self.local_part(p) for p in params]
+        self.shapes, self.numels = [t.shape for t in local], [t.numel() for t in local]
+        device = self.device = local[0].device if local else torch.device("cpu")
         self._buffer = self.slots = self.total = None  # allocated at first use: `_allocate`
         self.unwritten: list[set[int]] = [set() for _ in range(num_tasks)]  # see `zero_`; none: the zeros are real
         self.capturing: int | None = None  # the row `capture` is filling
         self._hooked = False
         per_layer = cls.per_segment and gradvac_per_layer and segment_ids is not None
-        ids = segment_ids if per_layer else [0] * len(params)
-        dense = {s: k for k, s in enumerate(dict.fromkeys(ids))}  # relabel to 0..K-1
-        self.segments = torch.repeat_interleave(torch.tensor([dense[s] for s in ids], dtype=torch.long),
-                                                torch.tensor(self.numels, dtype=torch.long)).to(device)
-        self.runs = segment_runs(self.segments) if size else []
-        self.grams = torch.empty(max(len(dense), 1), num_tasks, num_tasks, dtype=torch.float32, device=device)
-        self.aggregator = cls(num_tasks, max(len(dense), 1), gradvac_beta=gradvac_beta, **(aggregator_options or {}))
+        segments, self.runs, self.num_segments = column_segments(self.numels,
+                                                                 segment_ids if per_layer else [0] * len(params))
+        self.segments = segments.to(device)
+        self.grams = torch.empty(self.num_segments, num_tasks, num_tasks, dtype=torch.float32, device=device)
+        self.aggregator = cls(num_tasks, self.num_segments, gradvac_beta=gradvac_beta, **(aggregator_options or {}))
         self.generator = torch.Generator().manual_seed(seed)
         self.cosine_sum = torch.zeros(num_tasks, num_tasks, dtype=torch.float64)
         self.steps = self.adjustments = 0
+
+    @staticmethod
+    def local_part(param: torch.Tensor) -> torch.Tensor:
+        """The part of `param` this process holds (all of it; a shard in [`ShardedGradientSurgery`])."""
+        return param
 
     def _allocate(self) -> None:
         """The `[T, P]` buffer, each parameter's slot in each row, and the update's `(P,)`, at first use: a surgery
@@ -277,7 +293,8 @@ class GradientSurgery:
         """Aggregate the buffer's rows and write the update into the shared parameters' `.grad`."""
         if not self.params:
             return
-        total, grams, count = combine(self.aggregator, self.buffer, self.generator, self.runs, self.total, self.grams)
+        total, grams, count = combine(self.aggregator, self.buffer, self.generator, self.runs, self.total, self.grams,
+                                      num_segments=self.num_segments)
         self.cosine_sum += cosines_from_gram(grams.sum(0)).cpu()
         self.steps += 1
         self.adjustments += count
