@@ -359,8 +359,13 @@ class LoadSampler(threading.Thread):
 
 def run_logged(argv: list[str], log: Path) -> tuple[int, float]:
     """Run `argv` from the repo root with HF_HUB_OFFLINE=1, output to `log`. Returns (exit code, peak RSS in MB of
-    the child alone, from `wait4`); interrupting stops the child."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    the child alone, from `wait4`); interrupting stops the child.
+
+    The repo root leads PYTHONPATH, so that a script row (`python examples/...`, whose own folder would lead
+    `sys.path`) imports `hf_multitask` from this checkout, whose commit `run.json` records, and not from wherever
+    the package is installed in editable mode."""
+    paths = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
     with open(log, "w", encoding="utf-8") as handle:
         process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT)
         try:
@@ -384,6 +389,7 @@ def run_row(row: Row, root: Path, smoke: bool = False, archive: Path | None = No
     out, log, archive = root / row.output_dir, row.log_path(root), archive or row.archive(root)
     out.mkdir(parents=True, exist_ok=True)
     argv = row_argv(row, root, smoke)
+    software = software_info()  # the checkout as the run starts (it could change while the run goes on)
     start, start_unix, began, load = datetime.now(timezone.utc), time.time(), time.monotonic(), LoadSampler()
     load.start()
     code, rss = run_logged(argv, log)
@@ -396,7 +402,7 @@ def run_row(row: Row, root: Path, smoke: bool = False, archive: Path | None = No
               "smoke": smoke, "start": start.isoformat(timespec="seconds"), "start_unix": round(start_unix, 3),
               "end": datetime.now(timezone.utc).isoformat(timespec="seconds"), "wall_seconds": round(wall, 1),
               "peak_rss_mb": round(rss, 1), "load_average": load_summary, "machine": machine_info(),
-              **software_info()}
+              **software}
     archive.mkdir(parents=True, exist_ok=True)
     for name in ("eval_results.json", PREDICTIONS):
         if problem is None and (out / name).is_file():

@@ -1,14 +1,17 @@
 """The ablation's table from its archive: mean ± sd over seeds per row, and each row's paired difference to its
 comparator with a 95% interval that covers both seed variance and dev-set sampling, and a verdict from it.
 
-The interval is scipy's bootstrap (`scipy.stats.bootstrap`, percentile method) over independent samples: the seed
-pairs (the row's k-th seed with its comparator's k-th seed, resampled with replacement) and, per task, the dev
-examples (resampled with replacement, the same examples for both sides of a pair). One resample's statistic is the
-mean over its seed pairs of (row's score - comparator's score), each score computed on the resampled examples. The
-verdict reads the interval of the overall score's difference: "helps" when it lies above 0, "hurts" below, and "no
-effect detectable at this budget" when it covers 0. With 3 seeds the seed part of the interval is narrow-biased
-(a bootstrap of n values has (n - 1) / n of their variance, and 3 values have only 10 distinct resamples): the A/A
-row (the main settings against themselves with other seeds) shows how wide "no effect" is.
+The difference is the mean over seed pairs (the row's k-th seed with its comparator's k-th seed) of row minus
+comparator. Its interval adds the two sources of variance: the seeds' (the sample variance of the n per-pair
+differences over n, with n - 1 degrees of freedom) and the dev set's (the variance of the mean difference when
+each task's dev examples are resampled, the same examples for both sides of every pair: scipy's bootstrap,
+`scipy.stats.bootstrap`), and reads `difference ± t(0.975, n - 1) × sqrt(seed variance + dev variance)`: the
+degrees of freedom of the seeds' part, which is conservative (the dev part, estimated from thousands of examples,
+would allow more; `t(0.975, 2)` = 4.30 against the normal 1.96). The seeds' part is not
+bootstrapped: with 3 seed pairs a percentile bootstrap's interval is the range of the three differences (each
+extreme pair is drawn three times in 1 resample of 27), which under no effect excludes 0 one time in four.
+The verdict reads the interval of the overall score's difference: "helps" when it lies above 0, "hurts" below,
+and "no effect detectable at this budget" when it covers 0.
 
     python benchmarks/ablation_stats.py                   # the tables and the plot into docs/ (from the archive)
     python benchmarks/ablation_stats.py --stdout          # print the tables only
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy.stats import bootstrap
+from scipy.stats import t as student_t
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ablation  # noqa: E402  (benchmarks/ is not a package)
@@ -78,29 +82,31 @@ def check_same_examples(a: Run, b: Run) -> None:
 def paired_intervals(row_runs: list[Run], base_runs: list[Run], keys: list[str], seed: int = 0,
                      n_resamples: int = RESAMPLES) -> dict[str, tuple[float, float, float]]:
     """`{key: (difference, low, high)}` for each of `keys` (tasks and `overall`): the mean over seed pairs of row
-    minus comparator, and its 95% percentile-bootstrap interval resampling seed pairs and each task's dev examples
-    independently. One bootstrap with a vector-valued statistic: each resample scores every key once, and every key
-    sees the same resamples (as separate bootstraps seeded alike would)."""
+    minus comparator, and its 95% interval from the seeds' and the dev set's variance (the module's docstring).
+    One bootstrap with a vector-valued statistic: every key sees the same resampled dev examples."""
     pairs = list(zip(row_runs, base_runs))
     for a, b in pairs:
         check_same_examples(a, b)
     tasks = list(pairs[0][0].predictions)
     sizes = [len(pairs[0][0].predictions[task]["id"]) for task in tasks]
 
-    def statistic(seed_index, *example_index):
-        examples = {task: np.asarray(index, dtype=int) for task, index in zip(tasks, example_index)}
-        differences = []
-        for k in np.asarray(seed_index, dtype=int):
-            row, base = scores(pairs[k][0], examples), scores(pairs[k][1], examples)
-            differences.append([row[key] - base[key] for key in keys])
-        return np.mean(differences, axis=0)
+    def differences(examples: dict[str, np.ndarray] | None) -> np.ndarray:
+        """`[pairs, keys]`: each pair's row-minus-comparator score on `examples` (all when None)."""
+        return np.array([[row[key] - base[key] for key in keys]
+                         for row, base in ((scores(a, examples), scores(b, examples)) for a, b in pairs)])
 
-    data = (np.arange(len(pairs)), *(np.arange(size) for size in sizes))
-    point = statistic(*data)
-    result = bootstrap(data, statistic, n_resamples=n_resamples, paired=False, vectorized=False,
-                       method="percentile", confidence_level=0.95, rng=np.random.default_rng(seed))
-    low, high = np.atleast_1d(result.confidence_interval.low), np.atleast_1d(result.confidence_interval.high)
-    return {key: (float(point[i]), float(low[i]), float(high[i])) for i, key in enumerate(keys)}
+    def statistic(*example_index):
+        return differences({task: np.asarray(index, dtype=int) for task, index in zip(tasks, example_index)}).mean(0)
+
+    per_pair = differences(None)
+    point, n = per_pair.mean(0), len(pairs)
+    dev = bootstrap(tuple(np.arange(size) for size in sizes), statistic, n_resamples=n_resamples, paired=False,
+                    vectorized=False, method="percentile", rng=np.random.default_rng(seed))
+    seed_var, dev_var = per_pair.var(0, ddof=1) / n, np.atleast_1d(dev.standard_error) ** 2
+    se = np.sqrt(seed_var + dev_var)
+    dof = np.where(seed_var > 0, n - 1, np.inf)  # no seed variance (identical pairs): the dev part's normal quantile
+    half = student_t.ppf(0.975, dof) * se
+    return {key: (float(point[i]), float(point[i] - half[i]), float(point[i] + half[i])) for i, key in enumerate(keys)}
 
 
 def verdict(low: float, high: float) -> str:
@@ -133,8 +139,8 @@ def summarize(row: ablation.Row, root: Path, n_resamples: int = RESAMPLES, group
     if row.comparator is not None:
         comparator = ablation.rows_by_name(group)[row.comparator]
         base, base_seeds = {run.seed: run for run in done_runs(comparator, root)}, comparator.seeds
-        pairs = [(run, base[base_seeds[row.seeds.index(run.seed)]]) for run in runs
-                 if base_seeds[row.seeds.index(run.seed)] in base]
+        partner = {own: other for own, other in zip(row.seeds, base_seeds)}  # k-th seed with k-th seed
+        pairs = [(run, base[partner[run.seed]]) for run in runs if partner.get(run.seed) in base]
         if len(pairs) >= 2:
             mine, theirs = [a for a, _ in pairs], [b for _, b in pairs]
             difference = paired_intervals(mine, theirs, list(values), n_resamples=n_resamples)
@@ -157,9 +163,9 @@ def difference_cell(result: RowResult, key: str) -> str:
 
 def main_table(results: list[RowResult]) -> str:
     """Per row: seeds done, mean ± sd per task and overall, the overall difference to the comparator with its 95%
-    interval, the verdict, mean wall time and mean load."""
+    interval, the verdict, median wall time (runs under other load are far slower: the load column) and mean load."""
     header = ("| row | what changes | against | seeds | SST acc | Quora acc | STS r | overall | Δ overall [95% CI] "
-              "| verdict | wall time (mean) | load (mean) |")
+              "| verdict | wall time (median) | load (mean) |")
     lines = [header, "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
     for r in results:
         verdict_text = verdict(*r.difference["overall"][1:]) if "overall" in r.difference else "—"
@@ -169,7 +175,7 @@ def main_table(results: list[RowResult]) -> str:
         lines.append("| " + " | ".join([
             r.row.name, r.row.changes, r.row.comparator or "—", f"{len(r.runs)}/{len(r.row.seeds)}",
             *(cell(r, task) for task, _ in TASKS), cell(r, "overall", 4), difference_cell(r, "overall"),
-            verdict_text, ablation.format_seconds(np.mean(wall)) if wall else "—",
+            verdict_text, ablation.format_seconds(np.median(wall)) if wall else "—",
             f"{np.mean(load):.1f}" if load else "—"]) + " |")
     return "\n".join(lines)
 
@@ -182,6 +188,20 @@ def task_difference_table(results: list[RowResult]) -> str:
         if r.row.comparator is not None:
             cells = [difference_cell(r, task) for task, _ in TASKS]
             lines.append(f"| {r.row.name} | {r.row.comparator} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def versions_table(results: list[RowResult]) -> str:
+    """Which checkout each run trained from (`run.json`'s `git_commit` as the run started, `+ changes` when the
+    checkout had uncommitted edits), so that runs of one comparison from different code are visible."""
+    runs_by_version: dict[str, list[str]] = {}
+    for r in results:
+        for run in r.runs:
+            commit = (run.record.get("git_commit") or "unknown")[:7]
+            version = commit + (" + changes" if run.record.get("git_dirty") else "")
+            runs_by_version.setdefault(version, []).append(f"{r.row.name} {run.seed}")
+    lines = ["| code version | runs |", "|---|---|"]
+    lines += [f"| {version} | {', '.join(runs)} |" for version, runs in runs_by_version.items()]
     return "\n".join(lines)
 
 
@@ -211,7 +231,7 @@ def plot_differences(results: list[RowResult], path: Path) -> Path | None:
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_yticks(range(len(shown)), [f"{r.row.name} vs {r.row.comparator}" for r in reversed(shown)])
     ax.set_xlabel("Δ dev overall vs comparator, mean over seed pairs\n"
-                  "(95% bootstrap interval over seeds and dev examples)")
+                  "(95% interval: seed variance (t) + dev-set variance (bootstrap))")
     ax.set_title("Ablation: paired difference to each row's comparator")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -231,7 +251,7 @@ def render(root: Path, n_resamples: int = RESAMPLES, group: str = "main") -> tup
     rows = table_rows(group)
     results = [summarize(row, root, n_resamples, group) for row in rows]
     text = "\n\n".join([main_table(results), "Paired differences per task:", task_difference_table(results),
-                        "Commands:", commands_table(rows)])
+                        "Commands:", commands_table(rows), "Code versions of the runs done:", versions_table(results)])
     return text, results
 
 

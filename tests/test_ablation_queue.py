@@ -376,3 +376,16 @@ def test_status_estimates_the_time_left_from_quiet_runs(tmp_path, capsys):
 @pytest.mark.parametrize("seconds, text", [(41.2, "41 s"), (581, "9 min 41 s"), (3725, "1 h 02 min")])
 def test_format_seconds(seconds, text):
     assert ablation.format_seconds(seconds) == text
+
+
+def test_a_script_row_imports_the_library_of_the_queues_checkout(tmp_path, monkeypatch):
+    """`python examples/x.py` puts the script's folder first on sys.path; the repo root leads PYTHONPATH so that
+    `import hf_multitask` finds this checkout (whose commit run.json records), not an editable install elsewhere."""
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    script = tmp_path / "examples" / "where.py"
+    script.parent.mkdir()
+    script.write_text("import os, sys\nprint(os.environ['PYTHONPATH'])\nprint(sys.path[1])\n")
+    code, _ = ablation.run_logged([sys.executable, str(script)], tmp_path / "log")
+    paths, first = (tmp_path / "log").read_text().splitlines()
+    assert code == 0 and paths == os.pathsep.join([str(ablation.REPO), "/elsewhere"])
+    assert first == str(ablation.REPO)

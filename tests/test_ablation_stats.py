@@ -57,7 +57,7 @@ def study(tmp_path, monkeypatch):
     for seed in (1, 2, 3):
         archive_run(tmp_path, rows[0], seed, 0.5, 0.5, rng)
         archive_run(tmp_path, rows[1], seed, 0.65, 0.5, rng)
-        archive_run(tmp_path, rows[3], seed, 0.5, 2.0, rng)
+        archive_run(tmp_path, rows[3], seed, 0.5, 5.0, rng)
     for seed in (4, 5, 6):
         archive_run(tmp_path, rows[2], seed, 0.5, 0.5, rng)
     return tmp_path, {row.name: row for row in rows}
@@ -70,7 +70,7 @@ def test_means_and_paired_differences_are_what_the_predictions_give(study):
     assert better.mean["sst"] == pytest.approx(np.mean(sst)) and better.sd["sst"] == pytest.approx(np.std(sst, ddof=1))
     point, low, high = better.difference["sst"]
     assert point == pytest.approx(better.mean["sst"] - base.mean["sst"])
-    assert low < point < high and 0.05 < low < 0.15 < high < 0.3  # +0.15 by construction
+    assert low < point < high and 0 < low < 0.15 < high < 0.35  # +0.15 by construction
     assert base.difference == {}  # the reference has no comparator
 
 
@@ -102,8 +102,38 @@ def test_tables_and_plot(study, tmp_path):
     assert "1 min 42 s" in table[2]
     per_task = ablation_stats.task_difference_table(results).splitlines()
     assert [line.split(" | ")[0] for line in per_task[2:]] == ["| better", "| same", "| worse_sts"]
+    versions = ablation_stats.versions_table(results).splitlines()
+    assert versions[2].startswith("| unknown | base 1, base 2, base 3, better 1,")  # the fakes record no commit
     path = ablation_stats.plot_differences(results, tmp_path / "plot.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_interval_adds_the_seed_and_the_dev_set_variance(study):
+    """Never narrower than a t-interval on the per-pair differences alone (a percentile bootstrap over 3 seed pairs
+    is their range); with no seed variance, the dev-set bootstrap's normal interval."""
+    from scipy.stats import t
+
+    root, rows = study
+    better, base = (ablation_stats.done_runs(rows[name], root) for name in ("better", "base"))
+    per_pair = np.array([ablation_stats.scores(a)["sst"] - ablation_stats.scores(b)["sst"]
+                         for a, b in zip(better, base)])
+    point, low, high = ablation_stats.paired_intervals(better, base, ["sst"], n_resamples=300)["sst"]
+    seeds_only = t.ppf(0.975, 2) * per_pair.std(ddof=1) / np.sqrt(3)
+    assert point == pytest.approx(per_pair.mean()) and high - point == pytest.approx(point - low)
+    assert high - point > seeds_only
+    same = [better[0]] * 3, [base[0]] * 3  # one pair three times: no seed variance
+    point, low, high = ablation_stats.paired_intervals(*same, ["sst"], n_resamples=300)["sst"]
+    a, b = better[0].predictions["sst"], base[0].predictions["sst"]
+    right = (a["predicted"] == a["gold"]).astype(float) - (b["predicted"] == b["gold"]).astype(float)
+    assert (high - low) / 2 == pytest.approx(1.96 * right.std() / np.sqrt(len(right)), rel=0.15)
+
+
+def test_a_row_with_more_seeds_than_its_comparator_pairs_those_it_can(study):
+    root, rows = study
+    longer = ablation.Row("better", "+ a", ("python", "x.py"), "runs/ablation/better", comparator="base",
+                          seeds=(1, 2, 3, 7))
+    result = ablation_stats.summarize(longer, root, n_resamples=50)
+    assert len(result.runs) == 3 and "overall" in result.difference
 
 
 def test_pairs_on_different_examples_are_refused(study):
