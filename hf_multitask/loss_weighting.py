@@ -10,14 +10,13 @@ The pure math (`uncertainty_loss`, `dwa_weights`) takes tensors and is tested wi
 
 from __future__ import annotations
 
-import inspect
 from typing import ClassVar
 
 import torch
 from torch import nn
 
 from .callbacks import LossWeightingCallback
-from .utils import Registry
+from .utils import Registry, constructor_options
 
 LOSS_WEIGHTINGS: Registry = Registry("loss weighting", first=("none",),
                                     unknown="Unknown loss_weighting {name!r}{hint}; known: {known}")
@@ -115,9 +114,7 @@ def register_loss_weighting(cls: type[LossWeighting]) -> type[LossWeighting]:
 def loss_weighting_options(cls: type[LossWeighting]) -> list[str]:
     """The options `loss_weighting_kwargs` can set for `cls`: its `__init__`'s named parameters after `task_names`,
     less those with a field of their own ([`LossWeighting.option_fields`])."""
-    skip = {"self", "task_names", *cls.option_fields}
-    return [name for name, param in inspect.signature(cls.__init__).parameters.items()
-            if name not in skip and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)]
+    return constructor_options(cls, skip=("task_names", *cls.option_fields))
 
 
 def get_loss_weighting(name: str) -> type[LossWeighting]:

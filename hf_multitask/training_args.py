@@ -184,7 +184,8 @@ class MultitaskTrainingArguments(TrainingArguments):
         if self.task_sampling not in STRATEGIES:
             raise ValueError(f"task_sampling must be one of {STRATEGIES}, got {self.task_sampling!r}")
         get_aggregator(self.gradient_surgery)  # an unknown name is an error listing the registered ones
-        self._check_surgery_kwargs()
+        self._check_kwargs("gradient_surgery_kwargs", "gradient_surgery", "aggregator",
+                           lambda: aggregator_options(get_aggregator(self.gradient_surgery)))
         if not 0.0 < self.gradvac_beta <= 1.0:
             raise ValueError(f"gradvac_beta must be in (0, 1], got {self.gradvac_beta}")
         if self.gradient_surgery != "none":
@@ -198,18 +199,18 @@ class MultitaskTrainingArguments(TrainingArguments):
             raise ValueError(f"head_learning_rate must be >= 0 or None, got {self.head_learning_rate}")
         self._check_sharding()
 
-    def _check_surgery_kwargs(self) -> None:
-        options = self.gradient_surgery_kwargs or {}
+    def _check_kwargs(self, field_name: str, method_field: str, what: str, takes) -> None:
+        """`<field_name>` (e.g. `gradient_surgery_kwargs`): a dict, only with a method other than 'none' in
+        `method_field`, and naming only options `takes()` lists (the method's `__init__` parameters)."""
+        options, method = getattr(self, field_name) or {}, getattr(self, method_field)
         if not isinstance(options, dict):
-            raise ValueError(f"gradient_surgery_kwargs must be a dict (a JSON object on the command line), got "
-                             f"{options!r}")
-        if options and self.gradient_surgery == "none":
-            raise ValueError(f"gradient_surgery_kwargs={options} needs a gradient_surgery other than 'none'")
-        takes = aggregator_options(get_aggregator(self.gradient_surgery))
-        unknown = sorted(set(options) - set(takes))
+            raise ValueError(f"{field_name} must be a dict (a JSON object on the command line), got {options!r}")
+        if options and method == "none":
+            raise ValueError(f"{field_name}={options} needs a {method_field} other than 'none'")
+        unknown = sorted(set(options) - set(takes())) if options else []
         if unknown:
-            raise ValueError(f"gradient_surgery_kwargs: {unknown} not among the options of the "
-                             f"{self.gradient_surgery!r} aggregator's __init__ ({takes or 'it takes none'})")
+            raise ValueError(f"{field_name}: {unknown} not among the options of the {method!r} {what}'s __init__ "
+                             f"({takes() or 'it takes none'})")
 
     def _check_sharding(self) -> None:
         """Sharded training with what it cannot run (DeepSpeed or FSDP1 with grouped batches, SMART or regularisers;
@@ -220,19 +221,11 @@ class MultitaskTrainingArguments(TrainingArguments):
             raise ValueError(reason)
 
     def _check_loss_weighting(self) -> None:
-        options = self.loss_weighting_kwargs or {}
-        if not isinstance(options, dict):
-            raise ValueError(f"loss_weighting_kwargs must be a dict (a JSON object on the command line), got "
-                             f"{options!r}")
+        self._check_kwargs("loss_weighting_kwargs", "loss_weighting", "loss weighting",
+                           lambda: loss_weighting_options(get_loss_weighting(self.loss_weighting)))
         if self.loss_weighting == "none":
-            if options:
-                raise ValueError(f"loss_weighting_kwargs={options} needs a loss_weighting other than 'none'")
             return
-        takes = loss_weighting_options(get_loss_weighting(self.loss_weighting))  # (unknown name: an error)
-        unknown = sorted(set(options) - set(takes))
-        if unknown:
-            raise ValueError(f"loss_weighting_kwargs: {unknown} not among the options of the "
-                             f"{self.loss_weighting!r} loss weighting's __init__ ({takes or 'it takes none'})")
+        get_loss_weighting(self.loss_weighting)  # an unknown name: an error listing the known ones
         if self.gradient_surgery != "none":
             raise ValueError(f"loss_weighting={self.loss_weighting!r} cannot be combined with gradient_surgery="
                              f"{self.gradient_surgery!r}: a loss weighting sums the weighted losses in one backward "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 from collections.abc import Iterable
 
@@ -46,6 +47,14 @@ def resolve_encoder_path(name_or_path: str | os.PathLike) -> str:
             return name  # a hub id: let transformers fetch it where the hub is reachable
         return str(get_model_path())
     return name
+
+
+def constructor_options(cls: type, skip: Iterable[str]) -> list[str]:
+    """The named parameters of `cls.__init__` (positional-or-keyword or keyword-only) not in `skip` (nor `self`):
+    the options a `*_kwargs` argument may pass it."""
+    skipped = {"self", *skip}
+    return [name for name, param in inspect.signature(cls.__init__).parameters.items()
+            if name not in skipped and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)]
 
 
 class Registry(dict):

@@ -9,12 +9,11 @@ turns weights into `.grad`, are in `aggregators/surgery.py`.
 
 from __future__ import annotations
 
-import inspect
 from typing import ClassVar
 
 import torch
 
-from ..utils import Registry
+from ..utils import Registry, constructor_options
 
 
 class Aggregator:
@@ -73,9 +72,7 @@ class Aggregator:
 def aggregator_options(cls: type[Aggregator]) -> list[str]:
     """The options `gradient_surgery_kwargs` can set for `cls`: its `__init__`'s named parameters after `num_tasks`
     and `num_segments`, less `gradvac_beta` (a field of its own)."""
-    skip = {"self", "num_tasks", "num_segments", "gradvac_beta"}
-    return [name for name, param in inspect.signature(cls.__init__).parameters.items()
-            if name not in skip and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)]
+    return constructor_options(cls, skip=("num_tasks", "num_segments", "gradvac_beta"))
 
 
 AGGREGATORS: Registry = Registry("aggregator", first=("none",),
