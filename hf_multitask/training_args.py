@@ -207,10 +207,11 @@ class MultitaskTrainingArguments(TrainingArguments):
             raise ValueError(f"{field_name} must be a dict (a JSON object on the command line), got {options!r}")
         if options and method == "none":
             raise ValueError(f"{field_name}={options} needs a {method_field} other than 'none'")
-        unknown = sorted(set(options) - set(takes())) if options else []
+        known = takes() if options else []
+        unknown = sorted(set(options) - set(known))
         if unknown:
             raise ValueError(f"{field_name}: {unknown} not among the options of the {method!r} {what}'s __init__ "
-                             f"({takes() or 'it takes none'})")
+                             f"({known or 'it takes none'})")
 
     def _check_sharding(self) -> None:
         """Sharded training with what it cannot run (DeepSpeed or FSDP1 with grouped batches, SMART or regularisers;
