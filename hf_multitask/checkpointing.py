@@ -5,16 +5,18 @@ complete or not. [`MultitaskTrainer`] adds, after every file of a checkpoint is 
 
 - `multitask_state.safetensors`: the tensors of the extra training state (SMART's EMA teacher, GradVac's
   targets, PCGrad's ordering RNG, ...), and
-- `multitask_state.json`, the manifest, written last and atomically: the state's JSON values and the size of
-  every file in the checkpoint.
+- `multitask_state.json`, the manifest, written last and atomically: the state's JSON values and the size and
+  SHA-256 of every file in the checkpoint.
 
-A folder without the manifest was cut short while saving; one whose files differ from their recorded sizes was
-truncated or altered afterwards. [`last_complete_checkpoint`] skips the first kind, [`verify_checkpoint`] refuses
-both, naming the file. Nothing here is read with pickle.
+A folder without the manifest was cut short while saving; one whose files differ from their recorded sizes or
+digests was truncated or altered afterwards (a flipped bit in a weights file loads without complaint otherwise).
+[`last_complete_checkpoint`] skips the first kind, [`verify_checkpoint`] refuses both, naming the file. Nothing here
+is read with pickle.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -55,15 +57,20 @@ def save_training_state(folder: str, states: dict[str, dict]) -> None:
     write_manifest(folder, {"components": list(states), "scalars": scalars})
 
 
+def file_sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def write_manifest(folder: str, content: dict) -> None:
-    """Write `MANIFEST_NAME` atomically, recording the size of every other file under `folder`."""
+    """Write `MANIFEST_NAME` atomically, recording the size and SHA-256 of every other file under `folder`."""
     files = {}
     for root, _, names in os.walk(folder):
         for name in names:
             path = os.path.join(root, name)
             relative = os.path.relpath(path, folder)
             if relative != MANIFEST_NAME and not name.endswith(".tmp"):
-                files[relative] = os.path.getsize(path)
+                files[relative] = {"size": os.path.getsize(path), "sha256": file_sha256(path)}
     temporary = os.path.join(folder, MANIFEST_NAME + ".tmp")
     with open(temporary, "w") as f:
         json.dump({**content, "files": dict(sorted(files.items()))}, f, indent=2)
@@ -88,7 +95,8 @@ def read_manifest(folder: str) -> dict:
 
 
 def verify_checkpoint(folder: str) -> dict:
-    """Check that `folder` is a complete checkpoint whose files have their recorded sizes; returns the manifest.
+    """Check that `folder` is a complete checkpoint whose files have their recorded sizes and digests (a manifest
+    of an earlier version records sizes only); returns the manifest.
 
     Raises:
         CheckpointError: naming the missing, truncated or corrupt file.
@@ -96,13 +104,17 @@ def verify_checkpoint(folder: str) -> dict:
     if not os.path.isdir(folder):
         raise CheckpointError(f"{folder}: no such checkpoint directory")
     manifest = read_manifest(folder)
-    for name, size in manifest["files"].items():
+    for name, recorded in manifest["files"].items():
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
             raise CheckpointError(f"{path} is missing from the checkpoint")
+        size, digest = (recorded, None) if isinstance(recorded, int) else (recorded["size"], recorded["sha256"])
         if os.path.getsize(path) != size:
             raise CheckpointError(f"{path} has {os.path.getsize(path)} bytes, the checkpoint recorded {size}: "
                                   "it was truncated or changed after saving")
+        if digest is not None and file_sha256(path) != digest:
+            raise CheckpointError(f"{path} has the recorded size but not the recorded SHA-256: its content changed "
+                                  "after saving (disk or copy corruption)")
     return manifest
 
 

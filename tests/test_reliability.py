@@ -1,5 +1,6 @@
 """Fault handling in-process: non-finite losses, incomplete or damaged checkpoints, no pickle in our code."""
 
+import json
 import re
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from hf_multitask.checkpointing import (
     CheckpointError,
     last_complete_checkpoint,
     verify_checkpoint,
+    write_manifest,
 )
 from hf_multitask.trainer import NonFiniteLossError
 
@@ -139,15 +141,48 @@ def test_a_truncated_checkpoint_file_is_named(name, checkpoints, bert_config, to
     assert last_complete_checkpoint(str(out)) == str(out / "checkpoint-2")
 
 
-def test_a_damaged_file_of_the_right_size_is_named(checkpoints, bert_config, tokenized, tokenizer):
+@pytest.mark.parametrize("where", ["header", "tensor data"])
+def test_a_damaged_file_of_the_right_size_is_named(where, checkpoints, bert_config, tokenized, tokenizer):
     out, _ = checkpoints
     path = out / "checkpoint-4" / "model.safetensors"
     data = bytearray(path.read_bytes())
-    data[8:40] = b"\xff" * 32  # garble the safetensors header, same length
+    if where == "header":
+        data[8:40] = b"\xff" * 32  # garble the safetensors header, same length
+    else:
+        data[-5] ^= 0x01  # one flipped bit in the last tensor: safetensors loads it without complaint
     path.write_bytes(bytes(data))
     trainer, _ = make_nan_trainer(bert_config, tokenized, tokenizer, out, nan_steps=())
-    with pytest.raises(CheckpointError, match="checkpoint-4: cannot load the model weights"):
+    with pytest.raises(CheckpointError, match=re.escape(str(path)) + " has the recorded size but not the recorded "
+                                              "SHA-256"):
         trainer.train(resume_from_checkpoint=str(out / "checkpoint-4"))
+    assert last_complete_checkpoint(str(out)) == str(out / "checkpoint-2")
+
+
+def test_weights_damaged_before_the_manifest_was_written_are_named(checkpoints, bert_config, tokenized, tokenizer):
+    out, _ = checkpoints
+    folder = out / "checkpoint-4"
+    path = folder / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[8:40] = b"\xff" * 32
+    path.write_bytes(bytes(data))
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    write_manifest(str(folder), {key: value for key, value in manifest.items() if key != "files"})
+    trainer, _ = make_nan_trainer(bert_config, tokenized, tokenizer, out, nan_steps=())
+    with pytest.raises(CheckpointError, match="checkpoint-4: cannot load the model weights"):
+        trainer.train(resume_from_checkpoint=str(folder))
+
+
+def test_a_manifest_of_sizes_only_is_still_checked(checkpoints):
+    """Manifests written before the digests were added record `{file: size}`: still verified by size."""
+    out, _ = checkpoints
+    folder = out / "checkpoint-4"
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    manifest["files"] = {name: entry["size"] for name, entry in manifest["files"].items()}
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    assert verify_checkpoint(str(folder))["files"] == manifest["files"]
+    (folder / "optimizer.pt").write_bytes(b"0" * 10)
+    with pytest.raises(CheckpointError, match="optimizer.pt has 10 bytes"):
+        verify_checkpoint(str(folder))
 
 
 @pytest.mark.parametrize("cut", [100, -100])  # the header cut off; the last tensor's bytes cut off
