@@ -235,3 +235,13 @@ def test_import_option_needs_an_importable_module(tmp_path, monkeypatch):
         import_extensions(["--import", "no_such_module", "train"])
     with pytest.raises(SystemExit, match="--import needs a module name"):
         import_extensions(["--import", "--help"])
+
+
+def test_label_array_keeps_float_targets_and_pads_ragged_rows():
+    from hf_multitask.kinds.base import label_array
+
+    multi_hot = label_array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.0]])  # a multi-label kind's targets
+    assert multi_hot.dtype == np.float64 and multi_hot[0, 2] == 0.5
+    tags = label_array([[3, 1], [2]])  # tags per word
+    assert tags.dtype == np.int64 and tags.tolist() == [[3, 1], [2, -100]]
+    assert label_array([1, 0, 2]).tolist() == [1, 0, 2]

@@ -263,13 +263,16 @@ class TaskKind:
 
 
 def label_array(labels) -> np.ndarray:
-    """Gold labels as one array: a label per row as they are, lists of labels per row (a tag per word) padded with
-    -100 to the longest row."""
+    """Gold labels as one array: a label per row as they are; lists of labels per row (a tag per word, a multi-hot
+    vector) stacked, ragged ones padded with -100 to the longest row. The values keep their dtype (float
+    multi-hot targets stay float)."""
     labels = list(labels)
     if not labels or not isinstance(labels[0], (list, tuple, np.ndarray)):
         return np.asarray(labels)
-    out = np.full((len(labels), max(len(row) for row in labels)), -100, dtype=np.int64)
-    for i, row in enumerate(labels):
+    rows = [np.asarray(row) for row in labels]
+    dtype = np.result_type(*(row for row in rows if row.size), np.int64)
+    out = np.full((len(rows), max(len(row) for row in rows)), -100, dtype=dtype)
+    for i, row in enumerate(rows):
         out[i, :len(row)] = row
     return out
 
