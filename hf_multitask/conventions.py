@@ -9,32 +9,35 @@ in `Trainer` or is refused when the trainer is built, with a message that says w
 - the model must be multitask (have `specs`), or a peft wrapper of one;
 - `train_sampling_strategy`: `group_by_length` maps onto our length grouping; `sequential` and `batch_rebalance` are
   refused;
-- `label_smoothing_factor`, `compute_loss_func`, `preprocess_logits_for_metrics`, `include_for_metrics`: refused
-  (each task's kind computes its loss and metrics); `metric_for_best_model` must name a metric evaluation reports;
+- `label_smoothing_factor`, `compute_loss_func`, `preprocess_logits_for_metrics`, `include_for_metrics`,
+  `eval_do_concat_batches=False`: refused (each task's kind computes its loss and metrics); `metric_for_best_model`
+  must name a metric evaluation reports;
+- a `ClassLabel` label column whose names are the task's in another order is remapped to the task's ids;
 - `compute_metrics`: one callable for a one-task model, `{task_name: callable}`, or a callable with a `task_name`
   parameter ([`scope_compute_metrics`]); [`user_task_metrics`] files its results under `<prefix>_<task>_<name>`.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import Dataset
+from datasets import ClassLabel, Dataset
 from transformers import DataCollatorForMultipleChoice, DataCollatorForTokenClassification, DataCollatorWithPadding
+from transformers.trainer_utils import denumpify_detensorize
 from transformers.utils import logging
 
-from .data import MultitaskCollator, MultitaskDataset
+from .data import HF_LABEL_COLUMNS, MultitaskCollator, MultitaskDataset, check_sized
 from .kinds import PAIR_SUFFIX, DataValidationError
 from .metrics import metric_key
 
 logger = logging.get_logger(__name__)
 
-HF_LABEL_COLUMNS = ("label", "label_ids")  # what DataCollatorWithPadding renames to `labels`
 # The HF collators that pad a batch the way each task's kind does (sentences, choices, token labels with -100): a
 # MultitaskCollator replaces them
 HF_PADDING_COLLATORS = (DataCollatorWithPadding, DataCollatorForTokenClassification, DataCollatorForMultipleChoice)
@@ -96,7 +99,12 @@ def task_datasets(datasets, specs: Mapping, argument: str) -> dict:
     unknown = [name for name in datasets if name not in specs]
     if unknown:
         raise ValueError(f"{argument} has task(s) {unknown} with no head in the model (heads: {sorted(specs)})")
-    return {name: hf_labels(dataset, f"{argument}[{name!r}]") for name, dataset in datasets.items()}
+    checked = {}
+    for name, dataset in datasets.items():
+        where = f"{argument}[{name!r}]"
+        check_sized(dataset, where)
+        checked[name] = class_label_ids(hf_labels(dataset, where), specs[name], where)
+    return checked
 
 
 def hf_labels(dataset, where: str):
@@ -107,6 +115,34 @@ def hf_labels(dataset, where: str):
         raise DataValidationError(f"{where} has label columns {present}; keep one (remove_columns)")
     if present and present[0] != "labels":
         return dataset.rename_column(present[0], "labels")
+    return dataset
+
+
+def class_label_ids(dataset, spec, where: str):
+    """`dataset` with the ids of a `ClassLabel` `labels` column (or a list of them: tags per word) in the order of
+    the task's `label_names`, as run_glue.py maps a dataset's label names onto the model's: the same names in
+    another order are remapped (`Dataset.align_labels_with_mapping`); names partly the task's are an error; names
+    none of which are the task's (`LABEL_0`, ...) leave the ids as they are, with a warning."""
+    column = dataset.features.get("labels") if isinstance(dataset, Dataset) else None
+    feature = getattr(column, "feature", column)  # List(ClassLabel): tags per word
+    if not isinstance(feature, ClassLabel) or not spec.label_names or list(feature.names) == list(spec.label_names):
+        return dataset
+    theirs, ours = list(feature.names), list(spec.label_names)
+    if sorted(theirs) == sorted(ours):
+        ids = dataset.with_format("arrow")["labels"]
+        lowest = pc.min(pc.list_flatten(ids) if feature is not column else ids).as_py()
+        if lowest is not None and lowest < 0:
+            return dataset  # GLUE's test splits (-1): refused by the label check, which names the row
+        logger.warning_once(f"{where}: the dataset's ClassLabel names {theirs} are the task's label_names in "
+                            f"another order ({ours}); its label ids are remapped to the task's")
+        return dataset.align_labels_with_mapping({name: i for i, name in enumerate(ours)}, "labels")
+    if set(theirs) & set(ours):
+        raise DataValidationError(f"{where}: column 'labels' is a ClassLabel with names {theirs}, but task "
+                                  f"{spec.name!r} has label_names {ours}: rename or cast the dataset's labels "
+                                  "(Dataset.align_labels_with_mapping, cast_column) to the task's names")
+    logger.warning_once(f"{where}: the dataset's ClassLabel names {theirs} are none of task {spec.name!r}'s "
+                        f"label_names {ours}: its ids are read as the task's ("
+                        f"{', '.join(f'{i} = {name!r}' for i, name in enumerate(ours))})")
     return dataset
 
 
@@ -176,6 +212,10 @@ def build_collator(data_collator, processing_class, specs: Mapping, train: Multi
                              "AutoTokenizer.from_pretrained(...), or data_collator=MultitaskCollator(tokenizer)")
         return MultitaskCollator(processing_class, specs=specs)
     if isinstance(data_collator, MultitaskCollator):
+        missing = {name: spec for name, spec in specs.items() if name not in data_collator.specs}
+        if missing:  # MultitaskCollator(tokenizer): each task's kind collates its batches (token labels, choices)
+            data_collator = copy.copy(data_collator)
+            data_collator.specs = {**data_collator.specs, **missing}
         return data_collator
     if isinstance(data_collator, HF_PADDING_COLLATORS):
         name = type(data_collator).__name__
@@ -233,7 +273,8 @@ def check_training_args(args) -> None:
 
 def check_trainer_options(trainer) -> None:
     """Refuse the `Trainer` options that each task's own loss and metrics would otherwise ignore
-    (`label_smoothing_factor`, `compute_loss_func`, `preprocess_logits_for_metrics`, `include_for_metrics`), and a
+    (`label_smoothing_factor`, `compute_loss_func`, `preprocess_logits_for_metrics`, `include_for_metrics`,
+    `eval_do_concat_batches=False`), and a
     `metric_for_best_model` that evaluation never reports (it would fail at the first evaluation, after training)."""
     args, ignored = trainer.args, []
     if getattr(args, "label_smoothing_factor", 0.0):
@@ -247,24 +288,39 @@ def check_trainer_options(trainer) -> None:
     if getattr(args, "include_for_metrics", None):
         ignored.append(f"include_for_metrics={args.include_for_metrics} (compute_metrics gets one task's predictions "
                        "and label ids)")
+    if not getattr(args, "eval_do_concat_batches", True):
+        ignored.append("eval_do_concat_batches=False (each task's metric is computed over its whole set at once)")
     if ignored:
         raise ValueError(f"MultitaskTrainer does not apply {'; '.join(ignored)}: leave it unset")
-    check_best_metric(args.metric_for_best_model, list(trainer.specs))
+    check_best_metric(args.metric_for_best_model, trainer.specs, trainer.task_compute_metrics)
 
 
-def check_best_metric(metric: str | None, task_names: list[str]) -> None:
-    """`metric_for_best_model` must be a key evaluation reports: `loss` (the mean of the tasks' losses), `overall`,
-    or `<task>_<name>` (the task's metric, loss, or a `compute_metrics` result); `eval_` in front is optional."""
+def check_best_metric(metric: str | None, specs: Mapping, measured: Collection[str] = ()) -> None:
+    """`metric_for_best_model` must be a key evaluation reports (`eval_` in front is optional): `loss` (the mean of
+    the tasks' losses), `overall`, or `<task>_<name>` with `name` the task's `loss`, a metric its kind reports
+    ([`TaskKind.reported_metrics`]) or, for a task in `measured` (it has a `compute_metrics`), any name."""
     if metric is None:
         return
     name = metric.removeprefix("eval_")
-    if name in ("loss", "overall") or any(name.startswith(f"{task}_") and name != f"{task}_" for task in task_names):
+    if name in ("loss", "overall"):
         return
-    hint = f"; for this one-task model, '{task_names[0]}_{name}'" if len(task_names) == 1 else ""
+    offered = []
+    for task, spec in specs.items():
+        reported = spec.task_kind.reported_metrics(spec)
+        if task in measured or reported is None:
+            offered.append(f"'{task}_<your compute_metrics name>'")
+            if name.startswith(f"{task}_") and name != f"{task}_":
+                return
+            continue
+        names = [f"{task}_{key}" for key in ("loss", *reported)]
+        if name in names:
+            return
+        offered += [repr(key) for key in names]
+    only = next(iter(specs))
+    hint = f"; for this one-task model, '{only}_{name}'" if len(specs) == 1 and not name.startswith(only) else ""
     raise ValueError(f"metric_for_best_model={metric!r} is not a metric MultitaskTrainer reports: evaluation gives "
-                     "'loss' (the mean of the tasks' losses), 'overall', and per task '<task>_<metric>', "
-                     f"'<task>_loss' and your compute_metrics results as '<task>_<name>' (tasks: "
-                     f"{', '.join(task_names)}){hint}")
+                     f"'loss' (the mean of the tasks' losses), 'overall', {', '.join(offered)} (each with 'eval_' "
+                     f"in front or not; a task's compute_metrics adds '<task>_<name>' for each name it returns){hint}")
 
 
 def groups_by_length(args) -> bool:
@@ -319,6 +375,7 @@ def user_task_metrics(fn: Callable | None, task_name: str, eval_pred, ours: Mapp
     results = fn(eval_pred)
     if not isinstance(results, Mapping):
         raise TypeError(f"compute_metrics for task {task_name!r} returned {type(results).__name__}, not a dict")
+    results = denumpify_detensorize(dict(results))  # numpy and torch scalars as Python numbers, as Trainer's
     out = {}
     for name, value in results.items():
         name = str(name).removeprefix(f"{prefix}_")

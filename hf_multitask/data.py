@@ -281,6 +281,16 @@ def _log_truncation(dataset: Dataset, spec: TaskSpec, tokenizer, max_length: int
 # ---- the joint dataset and the collator ----
 
 
+def check_sized(dataset, where: str) -> None:
+    """Refuse a dataset without a length (a streaming one) or an empty one; the message starts with `where`."""
+    if isinstance(dataset, (IterableDataset, torch.utils.data.IterableDataset)) or not hasattr(dataset, "__len__"):
+        raise TypeError(f"{where}: {type(dataset).__name__} has no length (a streaming dataset?); each task's rows "
+                        "are drawn by index: load it whole (load_dataset(..., streaming=False)) or materialise it "
+                        "(Dataset.from_list(list(dataset)))")
+    if len(dataset) == 0:
+        raise ValueError(f"{where}: the dataset is empty")
+
+
 class MultitaskDataset(torch.utils.data.Dataset):
     """Several task datasets behind one index space; every example carries its `task_name`.
 
@@ -289,11 +299,7 @@ class MultitaskDataset(torch.utils.data.Dataset):
 
     def __init__(self, datasets: Mapping[str, Dataset]):
         for name, dataset in datasets.items():
-            iterable = isinstance(dataset, (IterableDataset, torch.utils.data.IterableDataset))
-            if iterable or not hasattr(dataset, "__len__"):
-                raise TypeError(f"Task {name!r}: MultitaskDataset needs sized datasets, got {type(dataset).__name__}")
-            if len(dataset) == 0:
-                raise ValueError(f"Task {name!r}: the dataset is empty")
+            check_sized(dataset, f"Task {name!r}")
         self.datasets = dict(datasets)
         self.task_names = list(self.datasets)
         self.offsets, total = {}, 0
@@ -329,6 +335,18 @@ class MultitaskDataset(torch.utils.data.Dataset):
         return {name: kinds[name].example_lengths(ds) for name, ds in self.datasets.items()}
 
 
+HF_LABEL_COLUMNS = ("label", "label_ids")  # what DataCollatorWithPadding renames to `labels`
+
+
+def hf_label_key(feature: dict[str, Any]) -> dict[str, Any]:
+    """`feature` with HF's `label` / `label_ids` key as `labels`, as `DataCollatorWithPadding` renames them (for
+    datasets the trainer could not rename a column of: torch datasets, say)."""
+    if "labels" in feature:
+        return feature
+    key = next((k for k in HF_LABEL_COLUMNS if k in feature), None)
+    return feature if key is None else {**{k: v for k, v in feature.items() if k != key}, "labels": feature[key]}
+
+
 class MultitaskCollator:
     """Pads a batch of one task's examples and adds `task_name`; a batch of several tasks (the sampler's
     grouped mode) becomes `{task_name: batch}`, one padded batch per task, in order of first appearance.
@@ -349,7 +367,7 @@ class MultitaskCollator:
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         by_task: dict[str, list[dict[str, Any]]] = {}
         for feature in features:
-            by_task.setdefault(feature["task_name"], []).append(feature)
+            by_task.setdefault(feature["task_name"], []).append(hf_label_key(feature))
         if len(by_task) == 1:
             (name, group), = by_task.items()
             return self.collate_one(name, group)

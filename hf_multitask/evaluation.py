@@ -17,6 +17,27 @@ from .metrics import compute_task_metrics, metric_key, overall_key, overall_scor
 logger = logging.get_logger(__name__)
 
 
+def task_dataloader(trainer, task_name: str, dataset):
+    """One task's evaluation or prediction DataLoader, rows in dataset order.
+
+    Not `Trainer.get_eval_dataloader`: under `train_sampling_strategy="group_by_length"` its sampler orders the rows
+    by length (predictions would come back shuffled), and with `dataloader_persistent_workers` it keeps one loader
+    for all evaluations, which would serve the first task's rows to every task. Here, with persistent workers, the
+    loaders of the trainer's own `eval_dataset` are kept one per task; any other dataset gets a fresh loader.
+    """
+    own = isinstance(trainer.eval_dataset, Mapping) and trainer.eval_dataset.get(task_name) is dataset
+    keep = own and trainer.args.dataloader_persistent_workers
+    kept = trainer.__dict__.setdefault("_task_eval_dataloaders", {})
+    if keep and kept.get(task_name, (None,))[0] is dataset:
+        return kept[task_name][1]
+    # sampler_fn=None: the DataLoader's sequential order (accelerate shards it across ranks, as the Trainer's)
+    loader = trainer._get_dataloader(MultitaskDataset({task_name: dataset}), description="Evaluation",
+                                     batch_size=trainer.args.eval_batch_size)
+    if keep:
+        kept[task_name] = (dataset, loader)
+    return loader
+
+
 def evaluate_tasks(trainer, datasets: Mapping, prefix: str, ignore_keys=None,
                    description: str = "Evaluation") -> tuple[dict[str, EvalLoopOutput], dict[str, float], int]:
     """Run `trainer.evaluation_loop` on each task's dataset. Returns (`{task: EvalLoopOutput}`, metrics, number of
@@ -27,7 +48,7 @@ def evaluate_tasks(trainer, datasets: Mapping, prefix: str, ignore_keys=None,
     user_fns = getattr(trainer, "task_compute_metrics", {})
     for task_name, dataset in datasets.items():
         output = trainer.evaluation_loop(
-            trainer.get_eval_dataloader(MultitaskDataset({task_name: dataset})),
+            task_dataloader(trainer, task_name, dataset),
             description=f"{description} [{task_name}]", prediction_loss_only=False, ignore_keys=ignore_keys,
             metric_key_prefix=f"{prefix}_{task_name}",
         )

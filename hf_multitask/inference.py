@@ -356,9 +356,10 @@ class MultitaskPipeline(Pipeline):
     with the interface of transformers' text-classification pipeline.
 
     Inputs are a string, a `{"text": a, "text_pair": b}` dict for pair tasks, or a list of either. Each input
-    gives `{"label": name, "score": probability}` (classification) or `{"score": value}` (regression); a single
-    input gives a one-element list, as in text-classification. Texts are tokenised as in training (the task's
-    `max_length`, its cross- or bi-encoding).
+    gives `{"label": name, "score": probability}` (classification) or `{"score": value}` (regression); as in
+    text-classification, a single string gives a one-element list (unless `top_k` is passed in the call) and a
+    single dict its answer. Texts are tokenised as in training (the task's `max_length`, its cross- or
+    bi-encoding).
 
     Args:
         task_name: The task; may be left out when the model has one task, and given per call instead.
@@ -376,7 +377,7 @@ class MultitaskPipeline(Pipeline):
     [{'label': 'very positive', 'score': 0.61}]
     >>> pair = {"text": "A man plays guitar.", "text_pair": "A person plays guitar."}
     >>> classifier(pair, task_name="sts")  # doctest: +SKIP
-    [{'score': 4.62}]
+    {'score': 4.62}
     ```
     """
 
@@ -406,8 +407,8 @@ class MultitaskPipeline(Pipeline):
 
     def __call__(self, inputs, **kwargs):
         result = super().__call__(inputs, **kwargs)
-        ranked = "top_k" in kwargs or "top_k" in self._postprocess_params  # a list per input already
-        return [result] if isinstance(inputs, (str, dict)) and not ranked else result
+        # as text-classification: one string gives a one-element list unless top_k is passed in the call
+        return [result] if isinstance(inputs, str) and "top_k" not in kwargs else result
 
     def _spec(self, task_name: str | None) -> TaskSpec:
         if task_name is None:
@@ -432,6 +433,9 @@ class MultitaskPipeline(Pipeline):
     def _forward(self, model_inputs: dict, task_name: str | None = None) -> dict:
         spec = self._spec(task_name)
         extras = {k: model_inputs.pop(k) for k in spec.task_kind.extra_features if k in model_inputs}
+        mask = model_inputs.get("attention_mask")
+        if mask is not None:  # batch_size > 1 pads features it does not know with 0 (word 0): mark padding -100
+            extras = {k: v.masked_fill(mask == 0, -100) if v.shape == mask.shape else v for k, v in extras.items()}
         return {"logits": self.model(task_name=spec.name, **model_inputs).logits, **extras}
 
     def postprocess(self, model_outputs: dict, task_name: str | None = None, top_k=NOT_GIVEN) -> dict | list[dict]:

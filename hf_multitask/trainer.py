@@ -74,10 +74,11 @@ class MultitaskTrainer(TrainerModelCard, Trainer):
         super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
         conventions.check_training_args(self.args)
-        conventions.check_trainer_options(self)
-        check_sharded_trainer(self)  # FSDP / DeepSpeed turned on by an accelerate config: sharding.py
         self.task_compute_metrics = conventions.scope_compute_metrics(compute_metrics, self.specs,
                                                                       self.args.batch_eval_metrics)
+        conventions.check_trainer_options(self)
+        check_sharded_trainer(self)  # FSDP / DeepSpeed turned on by an accelerate config: sharding.py
+        self._checked_eval_dataset = self.eval_dataset  # normalised and validated by prepare_inputs
         self.train_sampler: MultitaskBatchSampler | None = None
         self._task_metrics = TaskMetrics()
         self._task_metric_names = ["loss"]
@@ -278,6 +279,9 @@ class MultitaskTrainer(TrainerModelCard, Trainer):
         outputs = model(**inputs)
         spec = self.specs[task_name]
         loss = outputs.loss
+        if loss is None:
+            raise ValueError(f"A batch of task {task_name!r} has no 'labels' (its keys: {sorted(inputs)}): keep the "
+                             "dataset's label column, as 'labels' or HF's 'label'")
         if model.training:  # the task's weight scales its training loss; logs and evaluation show it unweighted
             self._task_metrics.add(f"loss_{task_name}", loss)
             for regularizer in self.regularizers.values():
@@ -381,6 +385,11 @@ class MultitaskTrainer(TrainerModelCard, Trainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Evaluate every task; returns `<prefix>_<task>_<metric>`, `<prefix>_<task>_loss`, the user's
         `compute_metrics` per task and `<prefix>_overall`. `eval_dataset` as at construction."""
+        if isinstance(eval_dataset, str):  # a key of the eval datasets, as Trainer.evaluate takes it
+            own = self._task_datasets(self.eval_dataset, "eval_dataset")
+            if eval_dataset not in own:
+                raise KeyError(f"evaluate(eval_dataset={eval_dataset!r}): the trainer's eval_dataset has {list(own)}")
+            eval_dataset = {eval_dataset: own[eval_dataset]}
         datasets = self._task_datasets(eval_dataset if eval_dataset is not None else self.eval_dataset, "eval_dataset")
         self._memory_tracker.start()  # the parent's evaluate does this too; transformers has no public API for it
         start_time = time.time()
@@ -415,9 +424,11 @@ class MultitaskTrainer(TrainerModelCard, Trainer):
     def _task_datasets(self, datasets, argument: str, labels_required: bool = True) -> dict:
         if datasets is None:
             raise TypeError(f"MultitaskTrainer needs {argument} as a non-empty {{task_name: Dataset}}")
-        if datasets is self.eval_dataset:  # normalised and validated at construction
+        if datasets is self._checked_eval_dataset:  # normalised and validated already
             return datasets
-        datasets = conventions.task_datasets(datasets, self.specs, argument)
+        checked = conventions.task_datasets(datasets, self.specs, argument)
         tokenizer = self.processing_class or getattr(self.data_collator, "tokenizer", None)
-        conventions.validate_datasets(datasets, self.specs, argument, tokenizer, labels_required)
-        return datasets
+        conventions.validate_datasets(checked, self.specs, argument, tokenizer, labels_required)
+        if datasets is self.eval_dataset:  # assigned after construction: keep the checked form
+            self.eval_dataset = self._checked_eval_dataset = checked
+        return checked

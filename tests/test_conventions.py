@@ -379,6 +379,7 @@ def test_bi_encoded_pairs_need_their_second_sentence(data_dir, tokenizer):
 @pytest.mark.parametrize("option, value, named", [
     ("label_smoothing_factor", 0.1, "label_smoothing_factor=0.1"),
     ("include_for_metrics", ["inputs"], "include_for_metrics=['inputs']"),
+    ("eval_do_concat_batches", False, "eval_do_concat_batches=False"),
     ("compute_loss_func", lambda outputs, labels, num_items_in_batch=None: outputs.loss, "compute_loss_func"),
     ("preprocess_logits_for_metrics", lambda logits, labels: logits.argmax(-1), "preprocess_logits_for_metrics"),
 ])
@@ -386,19 +387,29 @@ def test_options_the_task_losses_and_metrics_would_ignore_are_rejected(option, v
                                                                        tokenizer, tmp_path):
     """They were silently ignored (label smoothing, compute_loss_func, inputs for metrics) or broke evaluation
     (argmax'd logits reach the tasks' metrics): refused when the trainer is built, naming the option."""
-    in_args = option in ("label_smoothing_factor", "include_for_metrics")
+    in_args = option in ("label_smoothing_factor", "include_for_metrics", "eval_do_concat_batches")
     with pytest.raises(ValueError, match=f"does not apply {named.replace('[', '.').replace(']', '.')}"):
         MultitaskTrainer(model=make_model(bert_config), args=args(tmp_path, **({option: value} if in_args else {})),
                          train_dataset=tokenized["train"], processing_class=tokenizer,
                          **({} if in_args else {option: value}))
 
 
-@pytest.mark.parametrize("metric", ["accuracy", "eval_f1", "sst_"])
+@pytest.mark.parametrize("metric", ["accuracy", "eval_f1", "sst_", "sts_pearsonr", "eval_sst_acc", "sst_f1"])
 def test_a_best_model_metric_evaluation_never_reports_is_rejected(metric, bert_config, tokenized, tokenizer,
                                                                  tmp_path):
     with pytest.raises(ValueError, match=f"metric_for_best_model='{metric}' is not a metric"):
         MultitaskTrainer(model=make_model(bert_config), args=args(tmp_path, metric_for_best_model=metric),
                          train_dataset=tokenized["train"], processing_class=tokenizer)
+
+
+def test_a_best_model_metric_from_compute_metrics_is_accepted(bert_config, tokenized, tokenizer, tmp_path):
+    """A task with a compute_metrics may report any name; the others only their loss and metric."""
+    measure = {"sst": lambda eval_pred: {"acc": 0.0}}
+    MultitaskTrainer(model=make_model(bert_config), args=args(tmp_path, metric_for_best_model="eval_sst_acc"),
+                     train_dataset=tokenized["train"], processing_class=tokenizer, compute_metrics=measure)
+    with pytest.raises(ValueError, match=r"'sts_acc' is not a metric .*'sts_loss', 'sts_pearson'"):
+        MultitaskTrainer(model=make_model(bert_config), args=args(tmp_path, metric_for_best_model="sts_acc"),
+                         train_dataset=tokenized["train"], processing_class=tokenizer, compute_metrics=measure)
 
 
 def test_a_one_task_model_is_told_its_metric_name(bert_config, tokenized, tokenizer, tmp_path):

@@ -119,7 +119,7 @@ def test_multitask_dataset_locates_examples(tokenized):
 
 
 def test_multitask_dataset_rejects_iterable_and_empty(tokenized):
-    with pytest.raises(TypeError, match="'sst': MultitaskDataset needs sized datasets"):
+    with pytest.raises(TypeError, match="'sst': IterableDataset has no length"):
         MultitaskDataset({"sst": tokenized["train"]["sst"].to_iterable_dataset()})
     with pytest.raises(ValueError, match="'sst': the dataset is empty"):
         MultitaskDataset({"sst": tokenized["train"]["sst"].select([])})

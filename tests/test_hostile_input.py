@@ -145,15 +145,17 @@ def tokenize_raw(columns: dict):
     return build
 
 
-def trainer_with(train_dataset_of):
-    """A MultitaskTrainer on the tiny model whose train_dataset is `train_dataset_of(tokenized sst train)`."""
+def trainer_with(train_dataset_of, eval_dataset_of=None):
+    """A MultitaskTrainer on the tiny model whose train_dataset is `train_dataset_of(tokenized sst train)` (and
+    eval_dataset `eval_dataset_of(it)`)."""
 
     def build(tmp_path, request):
         sst = request.getfixturevalue("tokenized")["train"]["sst"]
         model, tokenizer = request.getfixturevalue("tiny_model"), request.getfixturevalue("tokenizer")
         args = training_args(tmp_path, max_steps=1)
+        evaluation = eval_dataset_of(sst) if eval_dataset_of else None
         return lambda: MultitaskTrainer(model=model, args=args, train_dataset=train_dataset_of(sst),
-                                        processing_class=tokenizer)
+                                        eval_dataset=evaluation, processing_class=tokenizer)
 
     return build
 
@@ -388,13 +390,17 @@ REJECTED = [
      r"TaskSpec 'sst': text_columns and label_column must be distinct"),
     # iterable datasets where a sized one is needed
     ("hf_iterable_in_multitask_dataset", multitask_dataset(lambda ds: ds.to_iterable_dataset()), TypeError,
-     r"Task 'sst': MultitaskDataset needs sized datasets, got IterableDataset"),
+     r"Task 'sst': IterableDataset has no length \(a streaming dataset\?\); each task's rows are drawn by index: "
+     r"load it whole"),
     ("torch_iterable_in_multitask_dataset", multitask_dataset(TorchStream), TypeError,
-     r"Task 'sst': MultitaskDataset needs sized datasets, got TorchStream"),
+     r"Task 'sst': TorchStream has no length"),
     ("sized_torch_iterable_in_multitask_dataset", multitask_dataset(SizedTorchStream), TypeError,
-     r"Task 'sst': MultitaskDataset needs sized datasets, got SizedTorchStream"),
+     r"Task 'sst': SizedTorchStream has no length"),
     ("iterable_task_in_trainer", trainer_with(lambda sst: {"sst": sst.to_iterable_dataset()}), TypeError,
-     r"Task 'sst': MultitaskDataset needs sized datasets, got IterableDataset"),
+     r"train_dataset\['sst'\]: IterableDataset has no length"),
+    ("iterable_eval_task_in_trainer", trainer_with(lambda sst: {"sst": sst},
+                                                   lambda sst: {"sst": sst.to_iterable_dataset()}), TypeError,
+     r"eval_dataset\['sst'\]: IterableDataset has no length"),
 ]
 
 

@@ -180,7 +180,7 @@ def test_pipeline_pairs_and_regression(model, tokenizer):
     got = scorer([{"text": a, "text_pair": b} for a, b in pairs], task_name="sts")
     assert [set(g) for g in got] == [{"score"}] * 2
     np.testing.assert_allclose([g["score"] for g in got], predict(model, "sts", pairs, tokenizer), atol=1e-5)
-    (quora,) = scorer({"text": "how is it", "text_pair": "how is it"}, task_name="quora")
+    quora = scorer({"text": "how is it", "text_pair": "how is it"}, task_name="quora")  # a dict: its answer
     assert quora["label"] == predict(model, "quora", [("how is it", "how is it")], tokenizer)[0]
 
 
@@ -220,7 +220,8 @@ def test_pipeline_top_k_ranks_labels_as_text_classification_does(model, tokenize
     assert classifier(texts[0], top_k=1) == top2[:1] and classifier(texts[0]) == top2[:1]
     built = pipeline("multitask-text-classification", model=model, tokenizer=tokenizer, task_name="sst",
                      device="cpu", top_k=None)
-    assert [g["label"] for g in built(texts[1])] == [g["label"] for g in ranked[1]]
+    (listed,) = built(texts[1])  # top_k set when built: a list of lists, as text-classification
+    assert [g["label"] for g in listed] == [g["label"] for g in ranked[1]]
     with pytest.raises(ValueError, match="top_k: task 'sts' is a regression task; it has no labels to rank"):
         classifier({"text": "a", "text_pair": "b"}, task_name="sts", top_k=2)
     with pytest.raises(ValueError, match="top_k must be a positive int, or None"):

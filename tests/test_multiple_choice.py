@@ -197,3 +197,18 @@ def test_grouped_batches_with_pcgrad_mix_multiple_choice_and_sentence_tasks(mc_d
     cosines = [k for entry in trainer.state.log_history for k in entry if k.startswith("grad_cos_")]
     assert "grad_cos_sst_mc" in cosines and "grad_cos_sts_mc" in cosines  # one surgery over the three tasks
     assert {"eval_sst_accuracy", "eval_sts_pearson", "eval_mc_accuracy", "eval_overall"} <= set(trainer.evaluate())
+
+
+def test_the_pipeline_batches_choices_and_matches_predict(bert_config, tokenizer):
+    """The pipeline pads dimension 1 of a batch only (the choices): each example's choices go to max_length."""
+    from transformers import pipeline
+
+    torch.manual_seed(0)
+    model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=[mc_task(max_length=32)])).eval()
+    inputs = [("what is good ?", "bad film", "a good film", "the cat", "awful movie"),
+              ("what ?", "good", "the dog is on the grass today", "not great", "a question")]
+    expected = model.predict("mc", inputs, tokenizer)
+    chooser = pipeline("multitask-text-classification", model=model, tokenizer=tokenizer, device="cpu")
+    for batch_size in (1, 2):
+        assert [answer["label"] for answer in chooser(inputs, batch_size=batch_size)] == expected
+    assert chooser(inputs[1])["label"] == expected[1]  # one tuple: its answer, as a dict

@@ -221,6 +221,10 @@ def test_predictions_outputs_and_worst_examples(ner_data, bert_config, tokenizer
     tagger = pipeline("multitask-text-classification", model=model.eval(), tokenizer=tokenizer, task_name="ner")
     (answer,) = tagger("a man with a zebra")
     assert answer["labels"] == labels[0] and len(answer["scores"]) == 5
+    texts = ["a man with a zebra", "it", "the cat is on the grass with a dog"]  # padded when batched
+    expected = model.predict("ner", texts, tokenizer)
+    for batch_size in (1, 3):
+        assert [answer["labels"] for answer in tagger(texts, batch_size=batch_size)] == expected
     dev = load_task_data(spec, ner_data, splits=("dev",))["dev"]
     dev_logits = predict_logits(model, "ner", list(dev["tokens"][:8]) and [" ".join(w) for w in dev["tokens"][:8]],
                                 tokenizer)
@@ -348,3 +352,11 @@ def test_words_cut_off_by_max_length_are_not_scored(tokenizer):
     words = Dataset.from_dict({"tokens": [["a", "man", "with", "a", "cat"]], "labels": gold})
     features = tokenize_task(words, spec, tokenizer)
     assert first_subtokens(features[0]["word_ids"]) == [1, 2, 3] and len(features[0]["input_ids"]) == 8  # 3 words
+
+
+def test_a_word_with_no_tokens_is_named_not_skipped(bert_config, tokenizer):
+    """A zero-width space gives no tokens: skipping it shifted every later word's tag by one."""
+    torch.manual_seed(0)
+    model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=[ner_task()]))
+    with pytest.raises(DataValidationError, match=r"example 0: word 1 \('\\u200b'\) gives no tokens"):
+        model.predict("ner", [["the", "\u200b", "man", "cat"]], tokenizer)

@@ -207,6 +207,12 @@ class TaskKind:
         references = np.asarray(labels).reshape(-1)
         return load_metric(spec.metric).compute(predictions=self.predictions(spec, logits), references=references)
 
+    def reported_metrics(self, spec) -> tuple[str, ...] | None:
+        """The names [`compute_metrics`] returns, which `metric_for_best_model` is checked against when the trainer
+        is built (`None`: not known, any name is let through). The default compute_metrics returns `spec.metric`;
+        a kind that overrides it says what it returns here."""
+        return (spec.metric,) if type(self).compute_metrics is TaskKind.compute_metrics else None
+
     def metric_to_unit(self, spec, value: float) -> float:
         """The task's metric mapped to [0, 1] for the overall score."""
         return value

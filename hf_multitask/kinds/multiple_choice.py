@@ -66,8 +66,9 @@ class MultipleChoiceKind(ClassificationKind):
         n = len(choices)
         firsts = [c for c in contexts for _ in range(n)]
         seconds = [choices[j][i] for i in range(len(contexts)) for j in range(n)]
-        if tokenizer_kwargs.get("return_tensors"):
-            tokenizer_kwargs.setdefault("padding", True)
+        if tokenizer_kwargs.get("return_tensors"):  # the pipeline's one example: (1, N, seq) tensors
+            # to max_length: the pipeline's batching pads dimension 1 only (here N), so every example's seq must agree
+            tokenizer_kwargs.setdefault("padding", "max_length")
         flat = tokenizer(firsts, seconds, truncation="longest_first", max_length=max_length, **tokenizer_kwargs)
         if isinstance(flat["input_ids"], torch.Tensor):  # (examples * n, seq) -> (examples, n, seq)
             return {k: v.view(len(contexts), n, -1) for k, v in flat.items()}

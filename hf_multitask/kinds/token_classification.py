@@ -131,6 +131,13 @@ class TokenClassificationKind(ClassificationKind):
         encoded = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length,
                             **tokenizer_kwargs)
         word_ids = [[IGNORE if w is None else w for w in encoded.word_ids(i)] for i in range(len(words))]
+        for i, ids in enumerate(word_ids):  # a word with no tokens would shift every later word's tag
+            kept = max(ids, default=IGNORE)  # words after it were cut off by max_length
+            empty = sorted(set(range(kept)) - set(ids))
+            if empty:
+                raise DataValidationError(f"Task {spec.name!r}, example {i}: word {empty[0]} "
+                                          f"({words[i][empty[0]]!r}) gives no tokens with this tokenizer, so no "
+                                          "tag can be read for it; remove it from the words")
         features = dict(encoded)
         features["word_ids"] = torch.tensor(word_ids) if tokenizer_kwargs.get("return_tensors") else word_ids
         if single and not tokenizer_kwargs.get("return_tensors"):
@@ -175,7 +182,10 @@ class TokenClassificationKind(ClassificationKind):
             predicted_tags.append([spec.label_names[i] for i in predicted_row[scored]])
         result = load_metric("seqeval").compute(predictions=predicted_tags, references=gold_tags,
                                                 scheme=spec.extra.get("scheme"))
-        return {key: result[key] for key in ("f1", "precision", "recall", "accuracy")}
+        return {key: result[key] for key in self.reported_metrics(spec)}
+
+    def reported_metrics(self, spec) -> tuple[str, ...]:
+        return ("f1", "precision", "recall", "accuracy")
 
     def decode(self, spec, logits: np.ndarray) -> list[list[str]]:
         return [[spec.label_names[i] for i in row if i != IGNORE] for row in self.predictions(spec, logits)]
