@@ -44,6 +44,10 @@ class MultitaskConfig(PreTrainedConfig):
     pal: dict[str, Any] | None = None
 
     def __post_init__(self, **kwargs):
+        if "hidden_size" in kwargs:  # a plain encoder's config.json given to MultitaskModel.from_pretrained, say
+            raise ValueError(f"MultitaskConfig got hidden_size={kwargs['hidden_size']}: this is a plain encoder's "
+                             "config, not a multitask model's; build a multitask model on that encoder with "
+                             "MultitaskModel.from_encoder(path, tasks=[...])")
         super().__post_init__(**kwargs)
         if self.pooling not in POOLINGS:
             raise ValueError(f"MultitaskConfig.pooling must be one of {POOLINGS}, got {self.pooling!r}")

@@ -84,6 +84,9 @@ def export_task(
         raise ValueError(f"scale must be in (0, 0.1], got {scale}")
     exported = getattr(transformers, spec.task_kind.export_class).from_config(_plain_config(model, spec)).float()
     base = getattr(exported, exported.base_model_prefix)
+    if any("lora_" in key for key in model.encoder.state_dict()):
+        raise ValueError(f"Task {task_name!r}: the encoder holds LoRA layers (peft); merge them into it first, "
+                         "model = model.merge_and_unload(), then export")
     missing, unexpected = base.load_state_dict(model.encoder.state_dict(), strict=False)
     if unexpected or any(not key.startswith("pooler.") for key in missing):
         raise ValueError(f"The encoder's weights do not fit {type(exported).__name__}: missing {missing}, "

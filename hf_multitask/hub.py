@@ -10,7 +10,7 @@ from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.errors import EntryNotFoundError
 
 from .inference import add_tokenizer
-from .model_card import MODEL_CARD_NAME, REPLACEABLE_CARDS, write_model_card
+from .model_card import MODEL_CARD_NAME, REPLACEABLE_CARDS, is_replaceable_card, write_model_card
 
 
 def push_folder(model, folder: str | os.PathLike, repo_id: str, commit_message: str | None = None,
@@ -18,8 +18,8 @@ def push_folder(model, folder: str | os.PathLike, repo_id: str, commit_message: 
                 revision: str | None = None, commit_description: str | None = None, tags: Sequence[str] | None = None,
                 card: Mapping[str, Any] | None = None, tokenizer=None):
     """Upload a saved model's `folder` to the Hub repo `repo_id` as one commit (`HfApi.upload_folder`), with its
-    tokenizer ([`hf_multitask.inference.add_tokenizer`]) and hf-multitask's card in it, unless the repo's README.md
-    on the Hub is the user's own: that one is kept.
+    tokenizer ([`hf_multitask.inference.add_tokenizer`]) and hf-multitask's card in it, unless the folder's
+    README.md or the repo's on the Hub is the user's own: that one is kept (the folder's first).
 
     Args:
         model: The [`MultitaskModel`] saved in `folder`.
@@ -37,8 +37,11 @@ def push_folder(model, folder: str | os.PathLike, repo_id: str, commit_message: 
         remote = str(ModelCard.load(repo_id, token=token))
     except EntryNotFoundError:
         remote = None
-    if remote is not None and not any(mark in remote for mark in REPLACEABLE_CARDS):
-        with open(os.path.join(folder, MODEL_CARD_NAME), "w", encoding="utf-8") as f:
+    local = os.path.join(folder, MODEL_CARD_NAME)
+    if not is_replaceable_card(local):
+        pass  # the user's own README.md in the folder (`save_pretrained(..., push_to_hub=True)`): kept, uploaded
+    elif remote is not None and not any(mark in remote for mark in REPLACEABLE_CARDS):
+        with open(local, "w", encoding="utf-8") as f:
             f.write(remote)  # the user's own card on the Hub stays
     else:
         card = {**(card or {}), **({"tags": list(tags)} if tags else {})}

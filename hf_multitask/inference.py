@@ -1,6 +1,5 @@
 """Inference on raw text: [`predict`], the `multitask-text-classification` pipeline, PTB normalisation for SST,
-and the worst-predicted examples of an evaluation.
-"""
+and the worst-predicted examples of an evaluation."""
 
 from __future__ import annotations
 
@@ -355,11 +354,10 @@ class MultitaskPipeline(Pipeline):
     """`pipeline("multitask-text-classification", model=..., task_name=...)`: one task of a [`MultitaskModel`]
     with the interface of transformers' text-classification pipeline.
 
-    Inputs are a string, a `{"text": a, "text_pair": b}` dict for pair tasks, or a list of either. Each input
-    gives `{"label": name, "score": probability}` (classification) or `{"score": value}` (regression); as in
-    text-classification, a single string gives a one-element list (unless `top_k` is passed in the call) and a
-    single dict its answer. Texts are tokenised as in training (the task's `max_length`, its cross- or
-    bi-encoding).
+    Inputs are a string, a `{"text": a, "text_pair": b}` dict for pair tasks, or a list of either. Each input gives
+    `{"label": name, "score": probability}` (classification) or `{"score": value}` (regression); as in
+    text-classification, one string gives a one-element list (unless `top_k` is passed in the call), one dict its
+    answer. Texts are tokenised as in training (the task's `max_length`, its cross- or bi-encoding).
 
     Args:
         task_name: The task; may be left out when the model has one task, and given per call instead.
@@ -433,8 +431,7 @@ class MultitaskPipeline(Pipeline):
     def _forward(self, model_inputs: dict, task_name: str | None = None) -> dict:
         spec = self._spec(task_name)
         extras = {k: model_inputs.pop(k) for k in spec.task_kind.extra_features if k in model_inputs}
-        mask = model_inputs.get("attention_mask")
-        if mask is not None:  # batch_size > 1 pads features it does not know with 0 (word 0): mark padding -100
+        if (mask := model_inputs.get("attention_mask")) is not None:  # batching pads unknown features with 0: -100
             extras = {k: v.masked_fill(mask == 0, -100) if v.shape == mask.shape else v for k, v in extras.items()}
         return {"logits": self.model(task_name=spec.name, **model_inputs).logits, **extras}
 

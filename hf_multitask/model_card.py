@@ -386,21 +386,27 @@ def _data_section(specs, license) -> str:
 
 
 def _usage_section(config, specs, model_id, base, tokenizer_included) -> str:
-    path, spec = model_id or "path/to/this/model", next(iter(specs.values()))
+    # the example task: the first that reads a sentence or a pair with one output row per example (a choice or a
+    # token task's inputs are built by its kind: docs/multiple_choice.md, docs/token_classification.md)
+    simple = [s for s in specs.values() if not s.task_kind.token_level and len(s.text_columns) <= 2]
+    path, spec = model_id or "path/to/this/model", (simple or list(specs.values()))[0]
     tokenizer_path = path if tokenizer_included else base or "path/to/the/encoder"
     a, b = "A man plays a guitar.", "A person plays guitar."
     forward = f'logits = model(task_name="{spec.name}", **inputs).logits'
+    cut = f'truncation=True, max_length={spec.max_length}, return_tensors="pt"'  # as in training
     if not spec.is_pair:
         a = "a gorgeous, witty, seductive movie."
-        call, texts = [f'inputs = tokenizer(["{a}"], return_tensors="pt")', forward], f'["{a}"]'
+        call, texts = [f'inputs = tokenizer(["{a}"], {cut})', forward], f'["{a}"]'
     elif not spec.is_bi_encoded:
-        call = [f'inputs = tokenizer(["{a}"], ["{b}"], return_tensors="pt")  # [CLS] a [SEP] b [SEP]', forward]
+        call = [f'inputs = tokenizer(["{a}"], ["{b}"], {cut})  # [CLS] a [SEP] b [SEP]', forward]
         texts = f'[("{a}", "{b}")]'
     else:
         second = 'input_ids_b=b["input_ids"], attention_mask_b=b["attention_mask"]'
-        call = [f'inputs, b = tokenizer(["{a}"], return_tensors="pt"), tokenizer(["{b}"], return_tensors="pt")',
+        call = [f'inputs, b = tokenizer(["{a}"], {cut}), tokenizer(["{b}"], {cut})',
                 forward.replace("**inputs)", f"**inputs, {second})")]
         texts = f'[("{a}", "{b}")]'
+    if not simple:
+        texts = f"[...]  # {spec.task_kind.name} inputs, see hf-multitask's docs"
     load_tokenizer = f'tokenizer = AutoTokenizer.from_pretrained("{tokenizer_path}")'
     lines = [
         "## How to use\n", "### With hf-multitask\n", "`pip install hf-multitask`, then:\n", "```python",
@@ -414,7 +420,10 @@ def _usage_section(config, specs, model_id, base, tokenizer_included) -> str:
         "Training, `predict()`, the pipeline and export need hf-multitask.\n", "### With transformers alone\n",
     ]
     untravelled = untravelled_kinds(config)
-    if untravelled:
+    if not simple:
+        lines.append(f"See hf-multitask's docs for the inputs of {spec.task_kind.name} tasks; hf-multitask's "
+                     "`model.predict` and pipeline build them.")
+    elif untravelled:
         lines.append(f"Not possible for this model: its task kind(s) ({', '.join(sorted(set(untravelled.values())))})"
                      " are registered by code outside hf-multitask, which does not travel with the model. Install "
                      "hf-multitask and import the module that registers them.")

@@ -134,6 +134,15 @@ class MultitaskModel(PreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.encoder.get_input_embeddings()
 
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.encoder.set_input_embeddings(value)
+
+    def resize_token_embeddings(self, *args, **kwargs) -> nn.Embedding:
+        """The encoder's, with `config.encoder.vocab_size` (what a saved model is rebuilt from) set to match."""
+        embeddings = self.encoder.resize_token_embeddings(*args, **kwargs)
+        self.config.encoder.vocab_size = embeddings.num_embeddings
+        return embeddings
+
     # ---- heads and freezing ----
 
     def freeze_encoder(self, frozen: bool = True) -> None:
@@ -291,21 +300,14 @@ class MultitaskModel(PreTrainedModel):
         return counts
 
     def predict(self, task_name: str, inputs: list, tokenizer=None, **kwargs) -> list:
-        """Label names (classification) or scores (regression) for raw texts: [`hf_multitask.inference.predict`].
+        """Label names (classification) or scores (regression) for raw texts: [`hf_multitask.inference.predict`];
+        `model.predict("sst", ["A gorgeous, witty movie."], normalize="ptb")` gives `['very positive']`.
 
         Args:
             task_name: The task (and head).
             inputs: Strings for a single-sentence task, `(a, b)` pairs for a pair task.
             tokenizer: Defaults to the tokenizer saved at the model's `name_or_path` (loaded once).
             kwargs: `batch_size`, `normalize` (`"ptb"` for SST-style text), `return_probabilities`.
-
-        Example:
-
-        ```python
-        >>> model = MultitaskModel.from_pretrained("runs/main")  # doctest: +SKIP
-        >>> model.predict("sst", ["A gorgeous, witty movie."], normalize="ptb")  # doctest: +SKIP
-        ['very positive']
-        ```
         """
         from .inference import default_tokenizer, predict
 
@@ -338,7 +340,8 @@ class MultitaskModel(PreTrainedModel):
         self._require_pal().enabled = True
 
     def disable_pal(self) -> None:
-        """Run the plain encoder (PALs kept, not applied) until `enable_pal()`."""
+        """Run the plain encoder (PALs kept, not applied) until `enable_pal()`; not saved, as peft saves adapters but
+        not their state: a saved model loads with its PALs on (`remove_pal()` to save one without them)."""
         self._require_pal().enabled = False
 
     @contextmanager

@@ -262,6 +262,12 @@ def test_model_push_to_hub_keeps_the_users_card_on_the_hub(hub, monkeypatch, tin
     assert hub.readmes[-1] == USER_CARD
 
 
+def test_save_and_push_keeps_the_users_card_in_the_folder(hub, no_remote_card, tiny_model, tmp_path):
+    (tmp_path / "README.md").write_text("# My own card\n", encoding="utf-8")
+    tiny_model.save_pretrained(tmp_path, push_to_hub=True, repo_id="me/tiny")
+    assert hub.readmes[-1] == "# My own card\n" == (tmp_path / "README.md").read_text(encoding="utf-8")
+
+
 def test_trainer_save_writes_the_card_once_with_the_metrics(monkeypatch, tiny_model, tokenized, tokenizer, tmp_path):
     calls = []
     original = hf_multitask.model_card.write_model_card

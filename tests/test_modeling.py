@@ -162,3 +162,21 @@ def test_from_encoder_is_quiet_about_the_pooler_but_reports_other_weights(tmp_pa
     MultitaskModel.from_encoder(tmp_path / "bert", cs224n_tasks())
     assert "do not match its checkpoint: missing_keys: ['embeddings.LayerNorm.weight']" in caplog.text
     assert "pooler" not in caplog.text
+
+
+def test_resized_token_embeddings_save_and_load(tiny_model, tokenizer, tmp_path):
+    """Tokens added to the tokenizer, the embeddings resized: the model saves and loads (with hf-multitask and
+    with AutoModel), the new rows included."""
+    tokenizer.add_tokens(["zebraword", "grassword"])
+    embeddings = tiny_model.resize_token_embeddings(len(tokenizer))
+    assert embeddings.num_embeddings == len(tokenizer) == tiny_model.config.encoder.vocab_size
+    tiny_model.save_pretrained(tmp_path)
+    for loader in (MultitaskModel.from_pretrained, AutoModel.from_pretrained):
+        reloaded = loader(tmp_path)
+        torch.testing.assert_close(reloaded.get_input_embeddings().weight, embeddings.weight, rtol=0, atol=0)
+
+
+def test_a_plain_encoder_checkpoint_is_not_loaded_as_a_multitask_model(bert_config, tmp_path):
+    BertModel(bert_config).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"plain encoder's config, not a multitask model's; .*from_encoder"):
+        MultitaskModel.from_pretrained(tmp_path)

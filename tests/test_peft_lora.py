@@ -82,3 +82,12 @@ def test_a_lora_wrapped_save_writes_our_card_with_peft_metadata(tiny_model, toke
     assert front["library_name"] == "peft" and {"lora", "hf-multitask"} <= set(front["tags"])
     assert f"| `sst` | accuracy | {metrics['eval_sst_accuracy']:.4f} |" in card
     assert "### Framework versions\n\n- PEFT " in card
+
+
+def test_exporting_a_task_of_an_unmerged_lora_model_says_merge_first(bert_config, tmp_path):
+    from hf_multitask import MultitaskConfig, cs224n_tasks, export_task
+
+    model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=cs224n_tasks(), pooling="cls"))
+    wrapped = get_peft_model(model, LoraConfig(r=4, target_modules=["query", "value"]))
+    with pytest.raises(ValueError, match=r"LoRA layers \(peft\); merge them into it first"):
+        export_task(wrapped, "sst", tmp_path / "sst")

@@ -266,17 +266,24 @@ def card_snippet(card: str, title: str) -> str:
     return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
-@pytest.mark.parametrize("first", ["sst", "sts"])
+@pytest.mark.parametrize("first", ["sst", "sts", "choice", "tags"])
 def test_the_cards_transformers_only_snippet_runs(first, bert_config, tokenizer, tmp_path):
     model = mixed_model(bert_config)
     if first == "sts":  # a bi-encoded regression task first: the snippet's second tokenizer call
         model.config.tasks = [model.config.tasks[2], *model.config.tasks[:2], model.config.tasks[3]]
+    if first in ("choice", "tags"):  # a task whose inputs its kind builds first: the snippet shows the next one
+        other = (TaskSpec(name="choice", kind="multiple_choice", text_columns=("q", "a0", "a1"), label_column="gold")
+                 if first == "choice" else TaskSpec(name="tags", kind="token_classification", text_columns=("w",),
+                                                    label_column="t", label_names=["O", "B"]))
+        model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=[other, *model.specs.values()])).eval()
+        first = "sst"
     model.save_pretrained(tmp_path / "saved")
     tokenizer.save_pretrained(tmp_path / "saved")
     card = (tmp_path / "saved" / "README.md").read_text()
     assert "pip install hf-multitask" in card
     snippet = card_snippet(card, "With transformers alone")
     assert "trust_remote_code=True" in snippet and f'task_name="{first}"' in snippet
+    assert f'model.predict("{first}", ' in card_snippet(card, "With hf-multitask")
     printed = run_python(NO_LIBRARY + snippet.replace("path/to/this/model", str(tmp_path / "saved")), tmp_path)
     decoded = ast.literal_eval(printed.strip().splitlines()[-1])
     spec = model.specs[first]
