@@ -202,9 +202,9 @@ def base_model_id(config: MultitaskConfig) -> str | None:
 
 def _front_matter(config, specs, values, args, name, base, license, language, tags, datasets) -> str:
     results = [
-        EvalResult(task_type="text-classification", task_name=f"{task} ({spec.kind})", dataset_type=_data_key(spec),
-                   dataset_name=_dataset_name(spec), metric_type=spec.metric, metric_value=round(values[task], 4),
-                   metric_name=spec.metric.capitalize())
+        EvalResult(task_type=spec.task_kind.hub_task_type, task_name=f"{task} ({spec.kind})",
+                   dataset_type=_data_key(spec), dataset_name=_dataset_name(spec), metric_type=spec.metric,
+                   metric_value=round(values[task], 4), metric_name=spec.metric.capitalize())
         for task, spec in specs.items() if task in values
     ]
     data = ModelCardData(

@@ -106,6 +106,18 @@ def test_front_matter_is_hub_metadata_with_one_result_per_task(tiny_model):
     assert [r.metric_value for r in parsed.eval_results] == [0.4712, 0.8345, 0.8481]
 
 
+def test_model_index_names_each_tasks_hub_task_type(bert_config):
+    from hf_multitask import MultitaskConfig, MultitaskModel, TaskSpec, get_task
+
+    tags = TaskSpec(name="tags", kind="token_classification", text_columns=("w",), label_column="t",
+                    label_names=["O", "B"])
+    choice = TaskSpec(name="choice", kind="multiple_choice", text_columns=("q", "a0", "a1"), label_column="gold")
+    model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=[get_task("sst"), tags, choice]))
+    metrics = {"eval_sst_accuracy": 0.5, "eval_tags_f1": 0.25, "eval_choice_accuracy": 0.75}
+    results = front_matter(render_model_card(model, metrics))["model-index"][0]["results"]
+    assert [r["task"]["type"] for r in results] == ["text-classification", "token-classification", "multiple-choice"]
+
+
 def test_unset_licence_is_other_with_a_note(tiny_model):
     card = render_model_card(tiny_model)
     assert front_matter(card)["license"] == "other"

@@ -56,6 +56,7 @@ class TaskKind:
         extra_features: Tokenised features that are not model inputs (kept in the dataset for the kind's
             [`collate`] and [`example_outputs`], never passed to the model).
         export_class: The transformers Auto class an exported task loads with (`hf_multitask.export_task`).
+        hub_task_type: The Hub's task type of the task's results in the model card's `model-index`.
     """
 
     name: ClassVar[str] = ""
@@ -65,6 +66,7 @@ class TaskKind:
     token_level: ClassVar[bool] = False
     extra_features: ClassVar[tuple[str, ...]] = ()
     export_class: ClassVar[str] = "AutoModelForSequenceClassification"
+    hub_task_type: ClassVar[str] = "text-classification"
 
     # ---- the spec ----
 

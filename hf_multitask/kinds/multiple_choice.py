@@ -27,6 +27,7 @@ class MultipleChoiceKind(ClassificationKind):
 
     name = "multiple_choice"
     losses = ("cross_entropy",)
+    hub_task_type = "multiple-choice"
     metrics = ("accuracy",)
     export_class = "AutoModelForMultipleChoice"
 

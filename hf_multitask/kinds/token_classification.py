@@ -41,6 +41,7 @@ class TokenClassificationKind(ClassificationKind):
 
     name = "token_classification"
     losses = ("cross_entropy",)
+    hub_task_type = "token-classification"
     metrics = ("f1", "accuracy")
     options = ("scheme",)
     token_level = True
