@@ -10,7 +10,7 @@ from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.errors import EntryNotFoundError
 
 from .inference import add_tokenizer
-from .model_card import MODEL_CARD_NAME, REPLACEABLE_CARDS, is_replaceable_card, write_model_card
+from .model_card import MODEL_CARD_NAME, is_replaceable_card, is_replaceable_text, write_model_card
 
 
 def push_folder(model, folder: str | os.PathLike, repo_id: str, commit_message: str | None = None,
@@ -40,7 +40,7 @@ def push_folder(model, folder: str | os.PathLike, repo_id: str, commit_message: 
     local = os.path.join(folder, MODEL_CARD_NAME)
     if not is_replaceable_card(local):
         pass  # the user's own README.md in the folder (`save_pretrained(..., push_to_hub=True)`): kept, uploaded
-    elif remote is not None and not any(mark in remote for mark in REPLACEABLE_CARDS):
+    elif remote is not None and not is_replaceable_text(remote):
         with open(local, "w", encoding="utf-8") as f:
             f.write(remote)  # the user's own card on the Hub stays
     else:

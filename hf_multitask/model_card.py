@@ -158,7 +158,11 @@ def is_replaceable_card(path: str | os.PathLike) -> bool:
     if not os.path.isfile(path):
         return True
     with open(path, encoding="utf-8", errors="replace") as f:
-        text = f.read()
+        return is_replaceable_text(f.read())
+
+
+def is_replaceable_text(text: str) -> bool:
+    """Whether a card's text is ours or a generic card of transformers (not a user's own)."""
     return any(mark in text for mark in REPLACEABLE_CARDS)
 
 
