@@ -180,3 +180,20 @@ def test_a_plain_encoder_checkpoint_is_not_loaded_as_a_multitask_model(bert_conf
     BertModel(bert_config).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"plain encoder's config, not a multitask model's; .*from_encoder"):
         MultitaskModel.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("setting", [{"num_labels": 3}, {"id2label": {0: "a", 1: "b", 2: "c"}},
+                                     {"label2id": {"a": 0, "b": 1, "c": 2}}, {"problem_type": "regression"}])
+def test_model_level_label_settings_are_refused(tiny_model, tmp_path, setting):
+    """`from_pretrained(path, num_labels=3)` (run_glue.py's habit) would be written into config.json and change no
+    head: refused, naming where labels go. Loading with no such setting, and a dict round trip (which writes two
+    default labels), still work."""
+    tiny_model.save_pretrained(tmp_path)
+    name = next(iter(setting))
+    for loader in (MultitaskModel.from_pretrained, AutoModel.from_pretrained):
+        with pytest.raises(ValueError, match=rf"MultitaskConfig got {name}=.*labels belong to its tasks"):
+            loader(tmp_path, **setting)
+    reloaded = MultitaskModel.from_pretrained(tmp_path)
+    assert {k: v.shape for k, v in reloaded.heads.state_dict().items()} == {
+        k: v.shape for k, v in tiny_model.heads.state_dict().items()}
+    assert MultitaskConfig.from_dict(tiny_model.config.to_dict()).tasks == tiny_model.config.tasks
