@@ -130,7 +130,9 @@ class MultitaskTrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Group examples of similar length into batches (less padding)."}
     )
     gradient_surgery: str = field(
-        default="none", metadata={"help": f"Aggregator of the shared gradients, one of {aggregator_names()}."}
+        default="none", metadata={"help": "Aggregator of the shared gradients: built in, "
+                                          f"{', '.join(aggregator_names())}; or a name registered by a module "
+                                          "given with --import."}
     )
     task_sampling_grouped: bool = field(
         default=False, metadata={"help": "One batch of every task per step (implied by gradient surgery)."}
