@@ -49,6 +49,11 @@ def save_training_state(folder: str, states: dict[str, dict]) -> None:
             if isinstance(value, torch.Tensor):
                 tensors[f"{component}/{key}"] = value.detach().cpu().contiguous()
             elif isinstance(value, (bool, int, float, str, list, type(None))):
+                try:  # before anything is written: a list holding a tensor would leave a half-written checkpoint
+                    json.dumps(value)
+                except (TypeError, ValueError) as error:
+                    raise ValueError(f"Training state {component}.{key}: a list of JSON values only ({error}); "
+                                     "stack tensors into one tensor instead") from error
                 scalars.setdefault(component, {})[key] = value
             else:
                 raise ValueError(f"Training state {component}.{key}: {type(value).__name__} is neither a tensor "

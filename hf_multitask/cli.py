@@ -26,6 +26,7 @@ from .build import DataArguments, ModelArguments, build_model, build_task_specs,
 from .data import DataValidationError, load_task_data, load_task_split, load_tokenized, tokenize_task
 from .export import export_task, max_logit_difference
 from .inference import NORMALIZERS, predict_logits, task_logits, worst_examples
+from .kinds import MissingKindMethod, TaskKind
 from .metrics import metric_key, overall_key
 from .modeling import MultitaskModel
 from .report import write_report
@@ -117,6 +118,10 @@ def train(argv: list[str]) -> dict:
                                 data_args.max_train_samples)
     eval_data = load_tokenized(specs, tokenizer, data_args.data_dir, data_args.eval_split,
                                data_args.max_eval_samples)
+    if data_args.predictions_file:  # found before training, not after it
+        for spec in specs:
+            if type(spec.task_kind).prediction_records is TaskKind.prediction_records:
+                raise MissingKindMethod(spec.task_kind, "prediction_records", "train --predictions_file")
     trainer = MultitaskTrainer(model=model, args=training_args, train_dataset=train_data, eval_dataset=eval_data,
                                processing_class=tokenizer)
     if trainer.is_world_process_zero():
@@ -124,7 +129,14 @@ def train(argv: list[str]) -> dict:
     resume = training_args.resume_from_checkpoint
     # `--resume_from_checkpoint true` (or `last`): the last complete checkpoint of output_dir
     trainer.train(resume_from_checkpoint=True if str(resume).lower() in ("true", "last") else resume)
-    metrics = _evaluate_after_training(trainer, specs, eval_data, data_args.predictions_file)
+    try:
+        metrics = _evaluate_after_training(trainer, specs, eval_data, data_args.predictions_file)
+    except Exception:  # the trained model is saved (its card without metrics) before the error goes on
+        trainer.save_model(training_args.output_dir)
+        trainer.save_state()
+        print(f"hf-multitask: evaluation after training failed; the trained model is saved in "
+              f"{training_args.output_dir}", file=sys.stderr)
+        raise
     trainer.save_model(training_args.output_dir)
     trainer.save_state()
     if trainer.is_world_process_zero():

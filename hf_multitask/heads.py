@@ -22,6 +22,10 @@ class SentenceHead(nn.Module):
         self.out_proj = nn.Linear(hidden_size, num_labels)
 
     def forward(self, pooled: torch.Tensor, pooled_b: torch.Tensor | None = None) -> torch.Tensor:
+        if pooled_b is not None:  # a bi-encoded pair: reading only its first sentence would train on half the input
+            raise ValueError("SentenceHead reads one representation, but got a bi-encoded pair's second one too: a "
+                             "kind that allows pair_encoding='bi' must build a pair head for it (as "
+                             "PairClassificationHead), or refuse 'bi' in its check_spec")
         return self.out_proj(self.dropout(pooled))
 
 

@@ -418,9 +418,9 @@ class MultitaskPipeline(Pipeline):
     def preprocess(self, inputs, task_name: str | None = None, normalize: str | None = None) -> dict:
         spec = self._spec(task_name)
         if isinstance(inputs, dict):
-            if set(inputs) != {"text", "text_pair"}:
-                raise ValueError(f'A pair is a dict {{"text": a, "text_pair": b}}, got keys {sorted(inputs)}')
-            inputs = (inputs["text"], inputs["text_pair"])
+            if set(inputs) not in ({"text"}, {"text", "text_pair"}):  # as text-classification takes a dict
+                raise ValueError(f'A dict input is {{"text": a, "text_pair": b}} or {{"text": a}}: got {list(inputs)}')
+            inputs = (inputs["text"], inputs["text_pair"]) if "text_pair" in inputs else inputs["text"]
         texts = check_input(spec, inputs, "pipeline input")
         normalizer = get_normalizer(normalize)
         if normalizer is not None:

@@ -40,8 +40,14 @@ def overall_key(prefix: str | None) -> str:
 
 
 def compute_task_metrics(spec, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """`{<metric>: value}` for one task, from raw head outputs and gold labels."""
-    return spec.task_kind.compute_metrics(spec, logits, labels)
+    """`{<metric>: value}` for one task, from raw head outputs and gold labels; it must hold the task's own metric
+    (`spec.metric`, which the overall score reads)."""
+    found = spec.task_kind.compute_metrics(spec, logits, labels)
+    if not isinstance(found, Mapping) or spec.metric not in found:
+        got = sorted(found) if isinstance(found, Mapping) else type(found).__name__
+        raise ValueError(f"Task {spec.name!r}: {type(spec.task_kind).__name__}.compute_metrics must return a dict "
+                         f"holding the task's metric {spec.metric!r} (the overall score reads it), got {got}")
+    return found
 
 
 def overall_score(specs: Iterable, metrics: Mapping[str, float], prefix: str | None = None) -> float:

@@ -10,7 +10,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .aggregators import get_aggregator
+from .card_training import techniques_section, training_section
 from .configuration import MultitaskConfig
 from .metrics import metric_key, overall_key
 from .remote_code import CODE_FILES, untravelled_kinds
@@ -104,8 +104,8 @@ def render_model_card(
     sections = [
         f"---\n{front}---\n", MARKER, f"# {name}\n", _summary(config, specs, base),
         _tasks_section(specs), _results_section(specs, values, results_source),
-        _model_section(config, model), _training_section(training_args, trained_steps),
-        _techniques_section(config, specs, training_args), _data_section(specs, license),
+        _model_section(config, model), training_section(training_args, trained_steps),
+        techniques_section(config, specs, training_args), _data_section(specs, license),
         _usage_section(config, specs, model_id, base, tokenizer_included),
     ]
     return "\n".join(s.rstrip("\n") + "\n" for s in sections if s)
@@ -284,96 +284,6 @@ def _model_section(config, model) -> str:
     if hasattr(model, "num_parameters"):
         lines.append(f"- Parameters: {model.num_parameters():,} in all.")
     return "\n".join(lines) + "\n"
-
-
-def _pal_text(pal: Mapping[str, Any]) -> str:
-    text = f"rank {pal['rank']}, g = {pal['g']}"
-    if pal["g"] == "attention":
-        text += f" ({pal['num_heads']} heads)"
-    text += f", placement `{pal['placement']}`, " + ("V_E/V_D shared across layers" if pal["shared_across_layers"]
-                                                      else "V_E/V_D per layer")
-    layers = pal.get("layers_to_transform")
-    return text + f", layers {layers if layers else 'all'}, tasks {', '.join(pal.get('tasks') or [])}"
-
-
-def _training_section(args, trained_steps) -> str:
-    if args is None:
-        return ""
-    rows = _training_rows(args)
-    if trained_steps:
-        rows.append(("optimizer steps done", trained_steps))
-    lines = ["## Training\n", "| argument | value |", "|---|---|"]
-    lines += [f"| `{key}` | {value} |" if " " not in key else f"| {key} | {value} |" for key, value in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _training_rows(args) -> list[tuple[str, Any]]:
-    names = ["task_sampling", "task_sampling_grouped", "gradient_surgery"]
-    if getattr(args, "gradient_surgery", None) == "gradvac":
-        names += ["gradvac_beta", "gradvac_per_layer"]
-    if getattr(args, "smart_tasks", None):
-        names += ["smart_tasks", "smart_lambda", "smart_mu", "smart_steps", "smart_step_size", "smart_noise_std",
-                  "smart_epsilon", "smart_radius", "smart_momentum"]
-    names += ["regularizers"] if getattr(args, "regularizers", None) else []
-    names += ["learning_rate", "head_learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "optim",
-              "per_device_train_batch_size", "gradient_accumulation_steps"]
-    names += ["max_steps"] if getattr(args, "max_steps", -1) > 0 else ["num_train_epochs"]
-    names += ["seed"]
-    rows = [(n, getattr(args, n)) for n in names if hasattr(args, n) and getattr(args, n) is not None]
-    if hasattr(args, "world_size"):
-        batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-        rows.append((f"global batch ({args.world_size} process(es))", batch))
-    return [(n, _format_value(v)) for n, v in rows]
-
-
-def _format_value(value) -> str:
-    if isinstance(value, (list, tuple)):
-        return ", ".join(str(v) for v in value)
-    return str(getattr(value, "value", value))  # enums (optim, lr_scheduler_type) by value
-
-
-def _techniques_section(config, specs, args) -> str:
-    items = [f"Sentence representation: `{config.pooling}` pooling"
-             + (" over non-padding tokens." if config.pooling == "mean" else " (the first token's final state).")]
-    pairs = {enc: [t for t, s in specs.items() if s.is_pair and s.pair_encoding == enc] for enc in ("cross", "bi")}
-    if pairs["cross"]:
-        items.append(f"Cross-encoded pairs (`[CLS] a [SEP] b [SEP]`, one encoder pass): {', '.join(pairs['cross'])}.")
-    if pairs["bi"]:
-        items.append(f"Bi-encoded pairs (a and b encoded apart; [u; v; |u − v|] for classification, cosine for "
-                     f"regression): {', '.join(pairs['bi'])}.")
-    if config.pal is not None:
-        items.append(f"Projected Attention Layers (Stickland & Murray 2019, arXiv:1902.02671): "
-                     f"{_pal_text(config.pal)}.")
-    ordinal = [t for t, s in specs.items() if "ordinal" in s.loss]
-    if ordinal:
-        items.append(f"Ordinal log loss on ordered classes: {', '.join(ordinal)}.")
-    items += _training_techniques(args)
-    return "## Techniques\n\n" + "\n".join(f"- {item}" for item in items) + "\n"
-
-
-def _training_techniques(args) -> list[str]:
-    if args is None:
-        return []
-    items = [f"Task sampling: `{getattr(args, 'task_sampling', 'annealed')}`."]
-    surgery = getattr(args, "gradient_surgery", "none")
-    if surgery == "gradvac":
-        items.append(f"GradVac (Wang et al. 2021) on the shared parameters, β = {args.gradvac_beta:g}, "
-                     f"{'one target per layer' if args.gradvac_per_layer else 'one target'}.")
-    elif surgery != "none":
-        title = get_aggregator(surgery).title or f"`{surgery}`"
-        items.append(f"{title} on the shared parameters, one batch of every task per step.")
-    elif getattr(args, "task_sampling_grouped", False):
-        items.append("Grouped batches: one batch of every task per step, losses summed.")
-    if getattr(args, "smart_tasks", None):
-        items.append(f"SMART (Jiang et al. 2020) on {', '.join(args.smart_tasks)}: λ_s = {args.smart_lambda:g}, "
-                     f"μ = {args.smart_mu:g}, {args.smart_steps} ascent step(s).")
-    for name, options in (getattr(args, "regularizers", None) or {}).items():
-        settings = ", ".join(f"{key} = {value}" for key, value in options.items() if key != "tasks")
-        tasks = ", ".join(options.get("tasks", []))
-        items.append(f"Regulariser `{name}` on {tasks}{': ' + settings if settings else ''}.")
-    if getattr(args, "head_learning_rate", None) is not None:
-        items.append(f"Separate learning rate for the heads: {args.head_learning_rate:g}.")
-    return items
 
 
 def _data_section(specs, license) -> str:

@@ -443,7 +443,7 @@ class MultitaskModel(PreTrainedModel):
             if input_ids_b is None and inputs_embeds_b is None:
                 raise ValueError(f"Task {task_name!r} is bi-encoded: the batch needs input_ids_b")
             pooled_b = self.encode(input_ids_b, attention_mask_b, token_type_ids_b, inputs_embeds_b)
-        logits = self.heads[task_name](pooled, pooled_b)
+        logits = spec.task_kind.checked_logits(spec, self.heads[task_name](pooled, pooled_b), input_ids, inputs_embeds)
         loss = spec.task_kind.loss(spec, logits, labels) if labels is not None else None
         output = MultitaskModelOutput(loss=loss, logits=logits)
         return output if (self.config.return_dict if return_dict is None else return_dict) else output.to_tuple()

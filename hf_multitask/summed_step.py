@@ -43,6 +43,11 @@ def summed_training_step(trainer, model, inputs: dict[str, dict]) -> torch.Tenso
         weighting.advance(trainer.state.global_step, epoch_steps(trainer))
         stacked = torch.stack([losses[name] for name in weighting.task_names])
         objective, weights = weighting.combine(stacked)
+        if objective.dim() != 0 or weights.shape != stacked.shape:
+            raise ValueError(f"loss weighting {weighting.name!r}: combine must give a scalar objective and weights of "
+                             f"the losses' shape {tuple(stacked.shape)}, got an objective of shape "
+                             f"{tuple(objective.shape)} and weights of shape {tuple(weights.shape)} (weights() "
+                             "returns (T,), one per task)")
         total = objective / accumulation
         terms = list(stacked.detach() * weights / accumulation)
         losses = dict(zip(weighting.task_names, stacked))

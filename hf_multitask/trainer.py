@@ -36,8 +36,8 @@ from .evaluation import evaluate_tasks
 from .loss_weighting import build_loss_weighting
 from .mixed_precision import active_scaler, combine_unscaled, drop_gradients
 from .optim import build_optimizer, head_lr_param_groups, no_decay_names
-from .regularizers import Regularizer, build_regularizers
-from .sampling import MultitaskBatchSampler
+from .regularizers import Regularizer, build_regularizers, regularizer_term
+from .sampling import MultitaskBatchSampler, SamplerPlanState
 from .sharding import check_sharded_trainer, sharded_surgery
 from .summed_step import mean_across_ranks, summed_training_step
 from .trainer_card import TrainerModelCard
@@ -87,6 +87,8 @@ class MultitaskTrainer(TrainerModelCard, Trainer):
         self.add_callback(SamplerEpochCallback(self))
         self._nonfinite = NonFiniteGuard(list(self.specs), getattr(self.args, "nonfinite_loss_limit", 10))
         self._stateful["nonfinite"] = self._nonfinite
+        self._stateful["sampler_plan"] = SamplerPlanState(lambda: self.train_sampler and {
+            **self.train_sampler.plan(), "gradient_accumulation_steps": self.args.gradient_accumulation_steps})
         self.regularizers = self._build_regularizers()
         self.surgery = self._build_surgery()
         self.loss_weighting = build_loss_weighting(self)
@@ -148,6 +150,7 @@ class MultitaskTrainer(TrainerModelCard, Trainer):
         if not isinstance(self.train_dataset, MultitaskDataset):
             raise TypeError("MultitaskTrainer needs train_dataset as {task_name: Dataset} or a MultitaskDataset")
         self.train_sampler, args = self._build_train_sampler(self.train_dataset), self.args
+        self._stateful["sampler_plan"].check()  # against a resumed checkpoint's plan, if one was loaded first
         dataloader = DataLoader(  # the Trainer's DataLoader settings (`Trainer._get_dataloader`), our batch sampler
             self.train_dataset, batch_sampler=self.train_sampler, collate_fn=self.data_collator,
             num_workers=args.dataloader_num_workers, pin_memory=args.dataloader_pin_memory,
@@ -286,7 +289,7 @@ class MultitaskTrainer(TrainerModelCard, Trainer):
             self._task_metrics.add(f"loss_{task_name}", loss)
             for regularizer in self.regularizers.values():
                 if regularizer.applies_to(task_name):
-                    loss = loss + regularizer.loss(model, inputs, outputs, spec)
+                    loss = loss + regularizer_term(regularizer, model, inputs, outputs, spec)
                     for key, value in regularizer.logs.items():
                         self._task_metrics.add(f"{key}_{task_name}", value)
             loss = loss * spec.loss_weight
@@ -355,7 +358,7 @@ class MultitaskTrainer(TrainerModelCard, Trainer):
         for name, obj in self._stateful.items():
             if name in states:
                 obj.load_state_dict(states[name])
-            else:
+            elif not getattr(obj, "optional", False):
                 logger.warning(f"{resume_from_checkpoint} has no saved state for {name!r}: it starts afresh")
 
     def _load_optimizer_and_scheduler(self, checkpoint) -> None:

@@ -57,6 +57,10 @@ def constructor_options(cls: type, skip: Iterable[str]) -> list[str]:
             if name not in skipped and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)]
 
 
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 class Registry(dict):
     """Names of the extension points (task kinds, aggregators, regularisers, loss weightings) to what is registered
     under them, with one rule for adding and one error for an unknown name. A plain `dict` otherwise.
@@ -87,13 +91,15 @@ class Registry(dict):
         self.what, self.unknown, self.first = what, unknown, first
 
     def add(self, name: str, entry, cls: type):
-        """Register `entry` (`cls` or an instance of it) under `name`; returns `entry`. The same class again (e.g.
-        its module imported twice) replaces it; another class under a taken name is an error."""
+        """Register `entry` (`cls` or an instance of it) under `name`; returns `entry`. The same class again (same
+        module and qualified name: its module reloaded) replaces it; another class under a taken name is an error,
+        one of the same name from another module included."""
         if not name:
             raise ValueError(f"{cls.__name__}.name is empty: a {self.what} needs a name")
         known = self.get_class(name)
-        if known is not None and known.__qualname__ != cls.__qualname__:
-            raise ValueError(f"A {self.what} named {name!r} is registered already ({known.__qualname__})")
+        if known is not None and _class_path(known) != _class_path(cls):
+            raise ValueError(f"A {self.what} named {name!r} is registered already ({_class_path(known)}); "
+                             f"{_class_path(cls)} needs another name")
         self[name] = entry
         return entry
 

@@ -234,8 +234,10 @@ def test_pipeline_errors(model, tokenizer):
         classifier("a good film")
     with pytest.raises(ValueError, match=r"pipeline input: task 'sst' takes single sentences"):
         classifier({"text": "a", "text_pair": "b"}, task_name="sst")
-    with pytest.raises(ValueError, match=r'A pair is a dict \{"text": a, "text_pair": b\}'):
+    with pytest.raises(ValueError, match=r'A dict input is \{"text": a, "text_pair": b\} or \{"text": a\}'):
         classifier({"text": "a", "pair": "b"}, task_name="quora")
+    # {"text": a} alone is one sentence, as text-classification reads it
+    assert classifier({"text": "a good film"}, task_name="sst") == classifier("a good film", task_name="sst")[0]
     with pytest.raises(ValueError, match="Unknown task_name 'nli'"):
         pipeline("multitask-text-classification", model=model, tokenizer=tokenizer, task_name="nli", device="cpu")
 

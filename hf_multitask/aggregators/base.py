@@ -9,6 +9,7 @@ turns weights into `.grad`, are in `aggregators/surgery.py`.
 
 from __future__ import annotations
 
+import inspect
 from typing import ClassVar
 
 import torch
@@ -30,7 +31,9 @@ class Aggregator:
         degree: Homogeneity degree d: gradients scaled by c > 0 give c**d times the update (1 for PCGrad, GradVac,
             MGDA-style methods; 0 for methods whose update does not depend on the gradients' scale).
         per_segment: `True`: `weights` gets one Gram matrix per segment (GradVac's per-layer targets) and returns
-            one weight vector per segment; `False`: it gets the whole model's Gram matrix, `[1, T, T]`.
+            one weight vector per segment; `False`: it gets the whole model's Gram matrix, `[1, T, T]`. The segments
+            are the model's layers while `gradvac_per_layer` is true (its default); with it false, every
+            per-segment method, not only GradVac, gets one segment: the whole model.
 
     Args:
         num_tasks: T.
@@ -98,8 +101,14 @@ def register_aggregator(cls: type[Aggregator]) -> type[Aggregator]:
 
     ```
     """
+    if not (isinstance(cls, type) and issubclass(cls, Aggregator)):
+        raise TypeError(f"register_aggregator takes an Aggregator subclass (the class, not an instance), got {cls!r}")
     if cls.degree not in (0, 1):
         raise ValueError(f"{cls.__name__}.degree must be 0 or 1, got {cls.degree}")
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        raise TypeError(f"{cls.__name__}.__init__ must end with **options: every aggregator is built with the run's "
+                        "shared options (gradvac_beta, ...) and takes what it needs of them by name")
     return AGGREGATORS.add(cls.name, cls, cls)
 
 
@@ -140,6 +149,10 @@ def aggregate(aggregator: Aggregator, grams: torch.Tensor, generator: torch.Gene
             raise TypeError(f"Aggregator {aggregator.name!r}.weights must return (weights {list(weights.shape)}, "
                             f"number of adjustments), got {_describe(result)}")
         found, count = result
+        if not torch.isfinite(found).all():  # applied unchecked, NaN weights would write NaN into every gradient
+            raise FloatingPointError(f"Aggregator {aggregator.name!r}.weights returned non-finite weights "
+                                     f"{found.tolist()} for finite Gram matrices (scaled to a largest diagonal "
+                                     "entry of 1): a division by a zero norm, say, when a task's gradient is 0")
         found = found.to(weights) * safe[:, None] ** ((aggregator.degree - 1) / 2)
         weights = torch.where(nonzero[:, None], found, weights)
     return weights.expand(grams.shape[0], -1), count

@@ -40,10 +40,13 @@ class TaskKind:
     To train and evaluate, a kind needs `num_labels`, `build_head`, `loss`, `parse_value` and `predictions`; each of
     the other methods without a default serves one feature and raises [`MissingKindMethod`], naming the method
     and the feature, when that feature is used without it: `divergence` (SMART, R-Drop), `decode` (`model.predict`),
-    `pipeline_output` (the pipeline), `prediction_records` (`hf-multitask predict`), `error_scores` and
-    `error_fields` (the worst examples), `plot_predictions` (`hf-multitask report`, which skips the plot).
+    `pipeline_output` (the pipeline), `prediction_records` (`hf-multitask predict`, `train --predictions_file`,
+    `evaluate --predictions`), `error_scores` and `error_fields` (the worst examples), `plot_predictions`
+    (`hf-multitask report`, which skips the plot).
 
-    Every method takes the task's spec: a kind holds no per-task state, so one instance serves every task of the kind.
+    A kind holds no per-task state, so one instance serves every task of the kind: the methods that depend on a
+    task take its spec; `encoder_inputs`, `collate`, `example_lengths` and `divergence` work on tensors alone and
+    cannot read a spec's options.
 
     Attributes:
         name: The value of `TaskSpec.kind` that selects this kind.
@@ -98,6 +101,18 @@ class TaskKind:
     def build_head(self, spec, hidden_size: int, dropout: float) -> nn.Module:
         """The task's head: `forward(pooled, pooled_b)` -> `(batch, num_labels)`."""
         raise MissingKindMethod(self, "build_head", "every task")
+
+    def checked_logits(self, spec, logits, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None):
+        """The head's output, checked against what the kind's loss and predictions read: a tensor of `batch` rows
+        (the batch's first dimension) and `num_labels(spec)` columns; a `ValueError` naming task and head if not.
+        A kind whose head gives another shape overrides this."""
+        batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        if not torch.is_tensor(logits) or logits.dim() < 2 or logits.shape[0] != batch or (
+                logits.shape[-1] != self.num_labels(spec)):
+            shape = tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__
+            raise ValueError(f"Task {spec.name!r}: the head ({self.name} kind's build_head) must give (batch={batch}, "
+                             f"..., num_labels={self.num_labels(spec)}) outputs, got {shape}")
+        return logits
 
     def encoder_inputs(self, *inputs: torch.Tensor | None) -> tuple:
         """The batch's `(input_ids, attention_mask, token_type_ids, inputs_embeds)` as the encoder reads them,
@@ -206,8 +221,13 @@ class TaskKind:
         """`{metric name: value}` from raw head outputs and gold labels (`spec.metric` through `evaluate`)."""
         from ..metrics import load_metric
 
-        references = np.asarray(labels).reshape(-1)
-        return load_metric(spec.metric).compute(predictions=self.predictions(spec, logits), references=references)
+        predictions, references = self.predictions(spec, logits), np.asarray(labels)
+        if references.ndim > 1 and references.size != np.asarray(predictions).size:
+            raise ValueError(f"Task {spec.name!r} ({self.name}): the default compute_metrics compares one prediction "
+                             f"per example with one label, but the labels have shape {references.shape} and the "
+                             f"predictions {np.asarray(predictions).shape}; a kind with several labels per example "
+                             "overrides compute_metrics (and reported_metrics)")
+        return load_metric(spec.metric).compute(predictions=predictions, references=references.reshape(-1))
 
     def reported_metrics(self, spec) -> tuple[str, ...] | None:
         """The names [`compute_metrics`] returns, which `metric_for_best_model` is checked against when the trainer
@@ -238,7 +258,8 @@ class TaskKind:
 
     def prediction_records(self, spec, logits: np.ndarray) -> list[dict]:
         """`hf-multitask predict`'s fields for each example."""
-        raise MissingKindMethod(self, "prediction_records", "hf-multitask predict")
+        raise MissingKindMethod(self, "prediction_records", "hf-multitask predict, train --predictions_file and "
+                                "evaluate --predictions")
 
     def error_scores(self, spec, logits: np.ndarray, gold: np.ndarray) -> np.ndarray:
         """How wrong each prediction is (larger is worse), to rank the worst examples."""
@@ -327,6 +348,14 @@ def register_kind(kind: TaskKind) -> TaskKind:
     >>> register_kind(Binary())  # doctest: +SKIP
     ```
     """
+    if not isinstance(kind, TaskKind):
+        what = f"the class {kind.__name__}" if isinstance(kind, type) else repr(kind)
+        raise TypeError(f"register_kind takes an instance of a TaskKind subclass (register_kind(MyKind())), got "
+                        f"{what}")
+    if not kind.losses or not kind.metrics:
+        raise ValueError(f"Task kind {kind.name!r} ({type(kind).__name__}) needs at least one name in losses and in "
+                         f"metrics (the first is a task's default), got losses={kind.losses!r}, "
+                         f"metrics={kind.metrics!r}")
     return KINDS.add(kind.name, kind, type(kind))
 
 

@@ -9,6 +9,7 @@ from .base import (
     build_regularizers,
     get_regularizer,
     register_regularizer,
+    regularizer_term,
 )
 from .rdrop import RDropRegularizer
 from .smart import EmaTeacher, SmartRegularizer
@@ -23,4 +24,5 @@ __all__ = [
     "build_regularizers",
     "get_regularizer",
     "register_regularizer",
+    "regularizer_term",
 ]

@@ -88,7 +88,28 @@ REGULARIZERS: Registry = Registry("regulariser", unknown="Unknown regulariser {n
 
 def register_regularizer(cls: type[Regularizer]) -> type[Regularizer]:
     """Register the [`Regularizer`] subclass `cls` under `cls.name`; returns it (usable as a class decorator)."""
+    if not (isinstance(cls, type) and issubclass(cls, Regularizer)):
+        raise TypeError(f"register_regularizer takes a Regularizer subclass (the class, not an instance), got {cls!r}")
+    if not isinstance(cls.log_names, property) and (  # a property (SMART's) is read from each instance
+            isinstance(cls.log_names, str) or not all(isinstance(key, str) for key in cls.log_names)):
+        raise TypeError(f"{cls.__name__}.log_names must be a tuple of strings, got {cls.log_names!r} (one name: "
+                        "('name',), with the comma)")
     return REGULARIZERS.add(cls.name, cls, cls)
+
+
+def regularizer_term(regularizer: Regularizer, model: nn.Module, inputs: dict, outputs, spec) -> torch.Tensor:
+    """`regularizer.loss(...)`, checked: a scalar tensor, and `logs` keys among the class's `log_names` (a key
+    outside them would never be logged)."""
+    term = regularizer.loss(model, inputs, outputs, spec)
+    if not torch.is_tensor(term) or term.dim() != 0:
+        shape = tuple(term.shape) if torch.is_tensor(term) else type(term).__name__
+        raise ValueError(f"Regulariser {regularizer.name!r}.loss must return a scalar tensor (the batch's weighted "
+                         f"terms, reduced), got {shape} on a batch of task {spec.name!r}")
+    unknown = sorted(set(regularizer.logs) - set(regularizer.log_names))
+    if unknown:
+        raise ValueError(f"Regulariser {regularizer.name!r} logged {unknown}, which are not in its log_names "
+                         f"{tuple(regularizer.log_names)}: add them there to have them logged")
+    return term
 
 
 def get_regularizer(name: str) -> type[Regularizer]:
