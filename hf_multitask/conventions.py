@@ -274,7 +274,7 @@ def check_training_args(args) -> None:
 def check_trainer_options(trainer) -> None:
     """Refuse the `Trainer` options that each task's own loss and metrics would otherwise ignore
     (`label_smoothing_factor`, `compute_loss_func`, `preprocess_logits_for_metrics`, `include_for_metrics`,
-    `eval_do_concat_batches=False`), and a
+    `eval_do_concat_batches=False`, accelerate's `split_batches` / `dispatch_batches`), and a
     `metric_for_best_model` that evaluation never reports (it would fail at the first evaluation, after training)."""
     args, ignored = trainer.args, []
     if getattr(args, "label_smoothing_factor", 0.0):
@@ -290,6 +290,10 @@ def check_trainer_options(trainer) -> None:
                        "and label ids)")
     if not getattr(args, "eval_do_concat_batches", True):
         ignored.append("eval_do_concat_batches=False (each task's metric is computed over its whole set at once)")
+    for option in ("split_batches", "dispatch_batches"):  # accelerate's; they would re-cut our rank-aware batches
+        if getattr(getattr(args, "accelerator_config", None), option, None):
+            ignored.append(f"accelerator_config {option}=True (every rank draws its own slice of each task's batch "
+                           "from the multitask sampler; per_device_train_batch_size is each rank's share)")
     if ignored:
         raise ValueError(f"MultitaskTrainer does not apply {'; '.join(ignored)}: leave it unset")
     check_best_metric(args.metric_for_best_model, trainer.specs, trainer.task_compute_metrics)

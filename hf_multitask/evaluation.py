@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+import torch
 from transformers.trainer_utils import EvalLoopOutput, EvalPrediction
 from transformers.utils import logging
 
@@ -38,6 +39,18 @@ def task_dataloader(trainer, task_name: str, dataset):
     return loader
 
 
+def task_loss(spec, output: EvalLoopOutput) -> float:
+    """The task's loss over its evaluation rows, each once, from the gathered outputs and labels.
+
+    `Trainer.evaluation_loop`'s loss repeats each batch's mean loss once per row, and under several processes the
+    last batch of a rank that ran out of rows is filled with repeated rows (accelerate's `even_batches`), which the
+    gathered predictions drop but that loss keeps: it would depend on the number of processes.
+    """
+    logits, labels = torch.as_tensor(np.asarray(output.predictions)), torch.as_tensor(np.asarray(output.label_ids))
+    with torch.no_grad():
+        return float(spec.task_kind.loss(spec, logits.float(), labels))
+
+
 def evaluate_tasks(trainer, datasets: Mapping, prefix: str, ignore_keys=None,
                    description: str = "Evaluation") -> tuple[dict[str, EvalLoopOutput], dict[str, float], int]:
     """Run `trainer.evaluation_loop` on each task's dataset. Returns (`{task: EvalLoopOutput}`, metrics, number of
@@ -54,6 +67,8 @@ def evaluate_tasks(trainer, datasets: Mapping, prefix: str, ignore_keys=None,
         )
         end_prediction_bars(trainer.callback_handler)  # each task's progress bar with its own total
         metrics.update(output.metrics)
+        if output.label_ids is not None and output.predictions is not None:  # over each row once (see task_loss)
+            metrics[metric_key(prefix, task_name, "loss")] = task_loss(specs[task_name], output)
         if output.label_ids is not None:
             ours = compute_task_metrics(specs[task_name], output.predictions, output.label_ids)
             undefined = [name for name, value in ours.items() if isinstance(value, float) and np.isnan(value)]

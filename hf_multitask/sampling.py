@@ -12,6 +12,9 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 STRATEGIES = ("round_robin", "proportional", "annealed", "uniform")
 
@@ -106,8 +109,8 @@ class MultitaskBatchSampler(torch.utils.data.Sampler[list[int]]):
         return math.ceil(total / len(self.sizes)) if self.grouped else total
 
     def set_epoch(self, epoch: int) -> None:
-        if int(epoch) != self.epoch:
-            self._position = 0  # no batch of the new epoch yielded yet (what `state_dict` must say)
+        if int(epoch) != self.epoch:  # no batch of the new epoch yielded yet (what `state_dict` must say), and none
+            self._position = self._skip = 0  # to skip: a state saved at the old epoch's end resumes at the new start
         self.epoch = int(epoch)
 
     def set_total_batches(self, total_batches: int) -> None:
@@ -131,6 +134,13 @@ class MultitaskBatchSampler(torch.utils.data.Sampler[list[int]]):
             raise ValueError(f"Sampler state was saved with another {'; '.join(differ)}: cannot resume from it")
         self.epoch, self.seed, self._skip = state["epoch"], state["seed"], state["position"]
         self.total_batches = state["total_batches"]
+
+    def plan(self) -> dict:
+        """What fixes the batch sequence, as JSON values: the Trainer resumes by skipping the batches it counts as
+        trained, which are the checkpoint's only under the same plan ([`SamplerPlanState`])."""
+        return {"task_names": self.task_names, "task_sizes": self.sizes, "strategy": self.strategy,
+                "grouped": self.grouped, "global_batch_size": self.global_batch_size, "seed": self.seed,
+                "group_by_length": self.lengths is not None, "total_batches": self.total_batches}
 
     def progress(self, batch_in_epoch: int) -> float:
         """Training progress t in [0, 1] at a batch of the current epoch (for the annealed schedule)."""
@@ -207,3 +217,44 @@ class MultitaskBatchSampler(torch.utils.data.Sampler[list[int]]):
             if step >= skip:
                 self._position = step + 1
                 yield batch
+
+
+class SamplerPlanState:
+    """The training sampler's plan ([`MultitaskBatchSampler.plan`], with the gradient accumulation) as a part of
+    [`MultitaskTrainer`]'s checkpointed state. A resumed run whose plan differs is refused: the Trainer skips
+    `global_step` steps' worth of batches of the *new* sequence, so another global batch, accumulation, seed, task
+    set or sampling would retrain some examples and never see others, silently. A changed budget
+    (`total_batches`, from `max_steps`) only moves the annealed schedule: a warning.
+
+    Args:
+        current: The running sampler's plan, or `None` before the sampler is built (the check then waits for
+            [`check`], which the Trainer calls when it builds the sampler).
+    """
+
+    optional = True  # a checkpoint written before plans were saved resumes without one, unchecked
+
+    def __init__(self, current):
+        self.current, self.saved = current, None
+
+    def state_dict(self) -> dict:
+        return self.current() or {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.saved = dict(state) or None
+        self.check()
+
+    def check(self) -> None:
+        plan = self.current()
+        if self.saved is None or plan is None:
+            return
+        saved, self.saved = self.saved, None
+        differ = [f"{key} {saved[key]!r} (this run: {plan[key]!r})" for key in plan
+                  if key != "total_batches" and key in saved and saved[key] != plan[key]]
+        if differ:
+            raise ValueError(f"The checkpoint being resumed was trained with {'; '.join(differ)}. The Trainer skips "
+                             "the batches it counts as trained, which are the checkpoint's only with the same batch "
+                             "plan: resume with the checkpoint's settings (the same global batch: per-device batch x "
+                             "processes x accumulation), or start a new run from its weights")
+        if saved.get("total_batches") != plan["total_batches"] and plan["strategy"] == "annealed":
+            logger.warning(f"Resuming with a budget of {plan['total_batches']} batches where the checkpoint had "
+                           f"{saved.get('total_batches')}: the annealed sampling schedule follows the new budget")

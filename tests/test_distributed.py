@@ -37,7 +37,8 @@ def test_two_processes_get_the_same_task_and_disjoint_shards(data_dir, tokenizer
 def test_two_processes_train_like_one_with_the_global_batch(modes, data_dir, tokenizer_dir, tmp_path):
     """Same final weights, 2 x batch 2 under torchrun vs 1 x batch 4, without and with gradient surgery, with
     SMART (its noise is drawn per example, whatever the process layout), and with a loss weighting (the learned
-    log-variances and DWA's windows included)."""
+    log-variances and DWA's windows included); and the same evaluation losses and metrics, though a rank's last
+    dev batch is filled with repeated rows."""
     from safetensors.torch import load_file
 
     script = Path(__file__).with_name("dist_train_script.py")
@@ -56,6 +57,12 @@ def test_two_processes_train_like_one_with_the_global_batch(modes, data_dir, tok
             tmp_path / "double" / f"{mode}.safetensors")
         for key in single:
             torch.testing.assert_close(double[key], single[key], atol=2e-5, rtol=1e-4, msg=f"{mode}: {key}")
+    if "plain" in modes:  # evaluation counts every dev row once: the same losses and metrics as one process
+        single, double = (json.loads((tmp_path / name / "plain_eval.json").read_text()) for name in runs)
+        keys = [k for k in single if k.startswith("eval_") and not k.endswith(("_runtime", "_per_second"))]
+        assert "eval_sts_loss" in keys and "eval_overall" in keys
+        for key in keys:
+            assert double[key] == pytest.approx(single[key], rel=1e-4, abs=1e-5), key
     baseline = load_file(tmp_path / "single" / "none.safetensors")
     for mode in modes:
         if mode not in ("plain", "none", "smart"):  # each method really changes the training

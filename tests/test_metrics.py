@@ -22,3 +22,10 @@ def test_overall_score_is_the_cs224n_formula():
     specs = {t.name: t for t in cs224n_tasks()}
     metrics = {"eval_sst_accuracy": 0.5, "eval_quora_accuracy": 0.8, "eval_sts_pearson": 0.6}
     assert overall_score(specs, metrics, prefix="eval") == pytest.approx((0.5 + 0.8 + (0.6 + 1) / 2) / 3)
+
+
+@pytest.mark.parametrize("metric", ["pearson", "spearman"])
+def test_a_correlation_of_one_row_is_undefined_not_an_error(metric):
+    """scipy refuses fewer than two rows; a one-row dev set is NaN, which evaluation warns about (reliability.md)."""
+    spec = get_task("sts").replace(metric=metric)
+    assert np.isnan(compute_task_metrics(spec, np.array([[3.0]]), np.array([4.0]))[metric])

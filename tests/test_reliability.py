@@ -229,3 +229,32 @@ def test_the_api_page_documents_every_public_name():
 
     missing = [name for name in hf_multitask.__all__ if f"::: hf_multitask.{name}\n" not in page + "\n"]
     assert not missing, f"docs/api.md lacks {missing}"
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    ({"per_device_train_batch_size": 2}, r"global_batch_size 4 \(this run: 2\)"),
+    ({"gradient_accumulation_steps": 2}, r"gradient_accumulation_steps 1 \(this run: 2\)"),
+    ({"data_seed": 7}, r"seed 0 \(this run: 7\)"),
+    ({"task_sampling": "round_robin"}, r"strategy 'annealed' \(this run: 'round_robin'\)"),
+])
+def test_resuming_with_another_batch_plan_is_refused(change, named, checkpoints, bert_config, tokenized, tokenizer):
+    """The Trainer skips `global_step` steps' worth of batches of the new plan: with another global batch (the
+    per-device batch alone is all transformers compares), accumulation, seed or sampling, some examples would be
+    trained twice and others never, silently."""
+    out, _ = checkpoints
+    assert verify_checkpoint(str(out / "checkpoint-2"))["scalars"]["sampler_plan"]["global_batch_size"] == 4
+    trainer, _ = make_nan_trainer(bert_config, tokenized, tokenizer, out, nan_steps=(), save_strategy="no", **change)
+    with pytest.raises(ValueError, match=rf"The checkpoint being resumed was trained with {named}\..*same global "
+                                         "batch"):
+        trainer.train(resume_from_checkpoint=str(out / "checkpoint-2"))
+
+
+def test_resuming_with_a_larger_budget_warns_that_the_annealed_schedule_follows_it(checkpoints, bert_config,
+                                                                                    tokenized, tokenizer, caplog):
+    out, _ = checkpoints
+    trainer, snap = make_nan_trainer(bert_config, tokenized, tokenizer, out, nan_steps=(), save_strategy="no",
+                                     max_steps=6)
+    with caplog.at_level("WARNING"):
+        trainer.train(resume_from_checkpoint=str(out / "checkpoint-4"))
+    assert sorted(snap.params) == [5, 6]
+    assert "Resuming with a budget of 6 batches where the checkpoint had 4" in caplog.text

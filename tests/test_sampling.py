@@ -135,6 +135,20 @@ def test_state_dict_after_set_epoch_resumes_at_the_new_epochs_start():
     assert list(resumed) == list(sampler) and len(list(resumed)) == len(sampler)
 
 
+def test_state_dict_at_an_epochs_end_resumes_the_whole_next_epoch():
+    """A state saved after an epoch's last batch (position == len), then `set_epoch(next)`: the whole next epoch,
+    not an empty one (the skip of the loaded position belongs to the old epoch)."""
+    sampler = MultitaskBatchSampler(SIZES, batch_size=4, strategy="annealed", seed=5)
+    list(sampler)
+    state = sampler.state_dict()
+    assert state["position"] == len(sampler)
+    resumed = MultitaskBatchSampler(SIZES, batch_size=4, strategy="annealed", seed=5)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(1)
+    sampler.set_epoch(1)
+    assert list(resumed) == list(sampler) and len(list(resumed)) == len(sampler)
+
+
 def test_bad_arguments_are_rejected():
     with pytest.raises(ValueError, match="Unknown task_sampling strategy 'random'"):
         MultitaskBatchSampler(SIZES, 4, "random")

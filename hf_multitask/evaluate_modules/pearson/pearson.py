@@ -16,4 +16,6 @@ class Pearson(evaluate.Metric):
         )
 
     def _compute(self, predictions, references):
+        if len(predictions) < 2:  # undefined, as for constant predictions: NaN, which evaluation warns about
+            return {"pearson": float("nan")}
         return {"pearson": float(pearsonr(predictions, references)[0])}

@@ -16,4 +16,6 @@ class Spearman(evaluate.Metric):
         )
 
     def _compute(self, predictions, references):
+        if len(predictions) < 2:  # undefined, as for constant predictions: NaN, which evaluation warns about
+            return {"spearman": float("nan")}
         return {"spearman": float(spearmanr(predictions, references)[0])}
