@@ -26,7 +26,7 @@ from .build import DataArguments, ModelArguments, build_model, build_task_specs,
 from .data import DataValidationError, load_task_data, load_task_split, load_tokenized, tokenize_task
 from .export import export_task, max_logit_difference
 from .inference import NORMALIZERS, predict_logits, task_logits, worst_examples
-from .kinds import MissingKindMethod, TaskKind
+from .kinds import MissingKindMethod
 from .metrics import metric_key, overall_key
 from .modeling import MultitaskModel
 from .report import write_report
@@ -120,7 +120,7 @@ def train(argv: list[str]) -> dict:
                                data_args.max_eval_samples)
     if data_args.predictions_file:  # found before training, not after it
         for spec in specs:
-            if type(spec.task_kind).prediction_records is TaskKind.prediction_records:
+            if not spec.task_kind.implements("prediction_records"):
                 raise MissingKindMethod(spec.task_kind, "prediction_records", "train --predictions_file")
     trainer = MultitaskTrainer(model=model, args=training_args, train_dataset=train_data, eval_dataset=eval_data,
                                processing_class=tokenizer)

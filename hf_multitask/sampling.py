@@ -128,8 +128,7 @@ class MultitaskBatchSampler(torch.utils.data.Sampler[list[int]]):
         batches, so it is refused for other tasks, sizes, strategy, grouping or global batch size."""
         ours = {"task_sizes": dict(zip(self.task_names, self.sizes)), "strategy": self.strategy,
                 "grouped": self.grouped, "global_batch_size": self.global_batch_size}
-        differ = [f"{key} {state[key]!r} (this sampler: {value!r})" for key, value in ours.items()
-                  if key in state and state[key] != value]  # (states saved before 2026-12-02 lack the last two)
+        differ = differences(state, ours, "this sampler")  # (states saved before 2026-12-02 lack the last two)
         if differ:
             raise ValueError(f"Sampler state was saved with another {'; '.join(differ)}: cannot resume from it")
         self.epoch, self.seed, self._skip = state["epoch"], state["seed"], state["position"]
@@ -219,6 +218,13 @@ class MultitaskBatchSampler(torch.utils.data.Sampler[list[int]]):
                 yield batch
 
 
+def differences(saved: Mapping, ours: Mapping, label: str) -> list[str]:
+    """`"<key> <saved value> (<label>: <our value>)"` for each key of `ours` that `saved` holds with another value
+    (a key `saved` lacks is not compared: states written before it was recorded)."""
+    return [f"{key} {saved[key]!r} ({label}: {value!r})" for key, value in ours.items()
+            if key in saved and saved[key] != value]
+
+
 class SamplerPlanState:
     """The training sampler's plan ([`MultitaskBatchSampler.plan`], with the gradient accumulation) as a part of
     [`MultitaskTrainer`]'s checkpointed state. A resumed run whose plan differs is refused: the Trainer skips
@@ -248,8 +254,7 @@ class SamplerPlanState:
         if self.saved is None or plan is None:
             return
         saved, self.saved = self.saved, None
-        differ = [f"{key} {saved[key]!r} (this run: {plan[key]!r})" for key in plan
-                  if key != "total_batches" and key in saved and saved[key] != plan[key]]
+        differ = differences(saved, {k: v for k, v in plan.items() if k != "total_batches"}, "this run")
         if differ:
             raise ValueError(f"The checkpoint being resumed was trained with {'; '.join(differ)}. The Trainer skips "
                              "the batches it counts as trained, which are the checkpoint's only with the same batch "

@@ -71,6 +71,10 @@ class TaskKind:
     export_class: ClassVar[str] = "AutoModelForSequenceClassification"
     hub_task_type: ClassVar[str] = "text-classification"
 
+    def implements(self, method: str) -> bool:
+        """Whether this kind's class overrides `TaskKind.<method>` (a feature's method, or a default)."""
+        return getattr(type(self), method) is not getattr(TaskKind, method)
+
     # ---- the spec ----
 
     def check_spec(self, spec) -> None:
@@ -233,7 +237,7 @@ class TaskKind:
         """The names [`compute_metrics`] returns, which `metric_for_best_model` is checked against when the trainer
         is built (`None`: not known, any name is let through). The default compute_metrics returns `spec.metric`;
         a kind that overrides it says what it returns here."""
-        return (spec.metric,) if type(self).compute_metrics is TaskKind.compute_metrics else None
+        return None if self.implements("compute_metrics") else (spec.metric,)
 
     def metric_to_unit(self, spec, value: float) -> float:
         """The task's metric mapped to [0, 1] for the overall score."""
