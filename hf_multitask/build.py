@@ -77,6 +77,12 @@ class DataArguments:
         "help": "After training, also write every eval example's prediction and gold label here (JSON lines, "
                 "gzipped for .gz; the format of `hf-multitask evaluate --predictions`), from the evaluation pass."})
 
+    def __post_init__(self):
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 (rows kept per task), got {value}; leave it out to keep all")
+
 
 def build_task_specs(model_args: ModelArguments) -> list[TaskSpec]:
     """The tasks `model_args.tasks` with `pair_encoding`, `max_length` and the JSON `task_overrides` applied: presets

@@ -19,10 +19,10 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
 
 from .build import DataArguments, ModelArguments, build_model, build_task_specs, build_tokenizer
+from .config_file import TRAIN_DATACLASSES, check_config_types, load_config_file
 from .data import DataValidationError, load_task_data, load_task_split, load_tokenized, tokenize_task
 from .export import export_task, max_logit_difference
 from .inference import NORMALIZERS, predict_logits, task_logits, worst_examples
@@ -34,8 +34,6 @@ from .trainer import MultitaskTrainer
 from .training_args import MultitaskTrainingArguments
 from .utils import did_you_mean
 
-TRAIN_DATACLASSES = (ModelArguments, DataArguments, MultitaskTrainingArguments)
-
 
 def parse_train_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, MultitaskTrainingArguments]:
     """`CONFIG.yaml [--key value ...]` or flags alone -> the three argument dataclasses."""
@@ -44,7 +42,7 @@ def parse_train_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, Mu
         raise SystemExit(0)
     parser = HfArgumentParser(TRAIN_DATACLASSES)
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
-        config = load_config_file(argv[0])
+        config = check_config_types(parser, load_config_file(argv[0]), argv[0])
         parser.set_defaults(**config)
         argv = argv[1:]
     model_args, data_args, training_args, rest = parser.parse_args_into_dataclasses(
@@ -72,30 +70,6 @@ def train_help() -> str:
     plain = HfArgumentParser(TrainingArguments, add_help=False).format_help().split("\n", 2)[-1]
     return (parser.format_help() + "\nEvery transformers.TrainingArguments option works as well "
             f"(https://huggingface.co/docs/transformers/main_classes/trainer#transformers.TrainingArguments):\n{plain}")
-
-
-def load_config_file(path: str) -> dict:
-    """A YAML (safe loader: no Python tags, nothing executed) or JSON config.
-
-    Unparsable files, unknown keys (with the closest known key) and a `tasks` that is not a list are errors
-    naming the file.
-    """
-    text = Path(path).read_text(encoding="utf-8")
-    try:
-        config = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a valid {'JSON' if path.endswith('.json') else 'YAML'} config: {err}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: a config file must hold a mapping of argument names to values")
-    known = {f.name for cls in TRAIN_DATACLASSES for f in dataclasses.fields(cls)}
-    unknown = sorted(set(config) - known)
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}{did_you_mean(unknown[0], known)}")
-    if "tasks" in config and not isinstance(config["tasks"], list):
-        raise ValueError(f"{path}: tasks must be a list of task names, e.g. [sst, sts], got {config['tasks']!r}")
-    if isinstance(config.get("task_overrides"), dict):
-        config["task_overrides"] = json.dumps(config["task_overrides"])
-    return config
 
 
 def print_metrics_table(metrics: dict[str, float], specs, prefix: str = "eval") -> None:

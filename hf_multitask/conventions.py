@@ -76,8 +76,10 @@ def prepare_inputs(model, train_dataset, eval_dataset, data_collator, processing
         train = train_dataset  # the caller's own MultitaskDataset (a subclass, say), nothing renamed in it
     collator = build_collator(data_collator, processing_class, specs, train)
     tokenizer = processing_class if processing_class is not None else getattr(collator, "tokenizer", None)
-    validate_datasets(train.datasets if train is not None else None, specs, "train_dataset", tokenizer)
-    validate_datasets(evaluation, specs, "eval_dataset", tokenizer)
+    vocab = vocab_size(model)
+    validate_datasets(train.datasets if train is not None else None, specs, "train_dataset", tokenizer,
+                      vocab_size=vocab)
+    validate_datasets(evaluation, specs, "eval_dataset", tokenizer, vocab_size=vocab)
     return train, evaluation, collator
 
 
@@ -146,11 +148,14 @@ def class_label_ids(dataset, spec, where: str):
     return dataset
 
 
-def validate_tokenized(spec, dataset, where: str, tokenizer=None, labels_required: bool = True) -> None:
-    """Check a tokenised dataset against its task spec as strictly as the loader checks files: `input_ids` present;
-    labels valid for the task's kind ([`TaskKind.check_label_column`]: integral class ids in range, finite scores
-    in `score_range`); a pair task carries two segments (two `[SEP]`s per row for cross-encoding, `input_ids_b`
-    for bi-encoding). Errors name `where` (argument and task), the row (the dataset index) and the column."""
+def validate_tokenized(spec, dataset, where: str, tokenizer=None, labels_required: bool = True,
+                       vocab_size: int | None = None) -> None:
+    """Check a tokenised dataset against its task spec as strictly as the loader checks files: `input_ids` present,
+    no row without tokens, every id in `0..vocab_size - 1` (the encoder's embeddings) when given; labels valid
+    for the task's kind ([`TaskKind.check_label_column`]: integral class ids in range, finite scores in
+    `score_range`; [`TaskKind.check_labels`]' warnings); a pair task carries two segments (two `[SEP]`s per row for
+    cross-encoding, `input_ids_b` for bi-encoding). Errors name `where` (argument and task), the row (the dataset
+    index) and the column."""
     if not isinstance(dataset, Dataset):
         return  # torch datasets: read row by row by the collator, not validated here
     columns = dataset.column_names
@@ -160,15 +165,39 @@ def validate_tokenized(spec, dataset, where: str, tokenizer=None, labels_require
         raise DataValidationError(f"{where}: task {spec.name!r} needs tokenised column(s) {missing}, but the dataset "
                                   f"has {columns}; tokenize it with hf_multitask.tokenize_task(dataset, spec, "
                                   "tokenizer)")
+    _check_token_ids(spec, dataset, where, vocab_size)
     if "labels" in columns:
         labels = dataset.with_format("arrow")["labels"].to_numpy(zero_copy_only=False)
         spec.task_kind.check_label_column(spec, labels, where)
+        spec.task_kind.check_labels(spec, labels.tolist(), where)  # e.g. the warning for classes that never occur
     elif labels_required:
         raise DataValidationError(f"{where}: no 'labels' column (columns: {columns}); task {spec.name!r} trains and "
                                   f"evaluates on gold labels: keep its label column {spec.label_column!r} as "
                                   "'labels' (or HF's 'label')")
     if spec.is_pair and not spec.is_bi_encoded:
         _check_two_segments(spec, dataset, where, tokenizer)
+
+
+def _check_token_ids(spec, dataset, where: str, vocab_size: int | None) -> None:
+    for column in [c for c in ("input_ids", f"input_ids{PAIR_SUFFIX}") if c in dataset.column_names]:
+        flat = dataset.with_format("arrow")[column]
+        flat = flat.combine_chunks() if isinstance(flat, pa.ChunkedArray) else flat
+        rows = np.arange(len(dataset))
+        while pa.types.is_list(flat.type) or pa.types.is_large_list(flat.type):  # a row, or a choice of one
+            rows = rows[pc.list_parent_indices(flat).to_numpy()]
+            flat = pc.list_flatten(flat)
+        empty = np.flatnonzero(np.bincount(rows, minlength=len(dataset)) == 0)
+        if len(empty):
+            raise DataValidationError(f"{where}: row {int(empty[0])}, column {column!r}: no tokens ({len(empty)} "
+                                      f"rows in all); task {spec.name!r} needs at least [CLS] [SEP] per row")
+        ids = flat.to_numpy(zero_copy_only=False)
+        bad = (ids < 0) | (ids >= vocab_size) if vocab_size is not None else ids < 0
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise DataValidationError(
+                f"{where}: row {int(rows[first])}, column {column!r}: token id {int(ids[first])} is outside the "
+                f"encoder's vocabulary (0..{'' if vocab_size is None else vocab_size - 1}; {int(bad.sum())} ids in "
+                f"all): was task {spec.name!r} tokenised with another tokenizer than the model's?")
 
 
 def _check_two_segments(spec, dataset, where: str, tokenizer) -> None:
@@ -191,10 +220,16 @@ def _check_two_segments(spec, dataset, where: str, tokenizer) -> None:
 
 
 def validate_datasets(datasets: Mapping | None, specs: Mapping, argument: str, tokenizer,
-                      labels_required: bool = True) -> None:
+                      labels_required: bool = True, vocab_size: int | None = None) -> None:
     """[`validate_tokenized`] for every task of `{task_name: dataset}`."""
     for name, dataset in (datasets or {}).items():
-        validate_tokenized(specs[name], dataset, f"{argument}[{name!r}]", tokenizer, labels_required)
+        validate_tokenized(specs[name], dataset, f"{argument}[{name!r}]", tokenizer, labels_required, vocab_size)
+
+
+def vocab_size(model) -> int | None:
+    """The number of rows of the model's input embeddings (what a token id must stay below), where it has them."""
+    embeddings = multitask_base(model).get_input_embeddings()
+    return getattr(embeddings, "num_embeddings", None)
 
 
 # ---- the collator ----

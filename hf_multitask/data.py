@@ -33,8 +33,10 @@ def read_delimited(path: str | os.PathLike) -> tuple[list[str], list[dict[str, s
     """Read a CS224N-style TSV (or a CSV): header line, standard CSV quoting. Returns (columns, rows).
 
     Rows are numbered from 1 after the header; blank lines are not rows (they are skipped and counted in a
-    warning). A row with more or fewer fields than the header, a repeated header name and, in a TSV, a field
-    that holds a tab (an unbalanced `"` swallows the following lines that way) are errors naming the row.
+    warning). A row with more or fewer fields than the header, a repeated header name, a field that holds a line
+    break (or, in a TSV, a tab: an unbalanced `"` swallows the following lines that way) and a quote that does
+    not follow CSV's rules (`"a" b`: text after a closing quote; a quote never closed) are errors naming the row
+    or line: the reader is strict, so no row is merged into another and no text is rewritten.
 
     Example:
 
@@ -45,12 +47,20 @@ def read_delimited(path: str | os.PathLike) -> tuple[list[str], list[dict[str, s
     ```
     """
     path = Path(path)
-    delimiter = "\t" if path.suffix == ".tsv" else ","
-    reader = csv.reader(io.StringIO(read_utf8(path).removeprefix("\ufeff"), newline=""), delimiter=delimiter)
-    try:  # (a leading byte-order mark is removed above: it would become part of the first column's name)
-        records = list(reader)
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    reader = csv.reader(io.StringIO(read_utf8(path).removeprefix("\ufeff"), newline=""), delimiter=delimiter,
+                        strict=True)
+    records, line = [], 0  # (a leading byte-order mark is removed above: it would join the first column's name)
+    try:
+        for record in reader:
+            records.append(record)
+            line = reader.line_num
     except csv.Error as err:
-        raise DataValidationError(f"{path}: line {reader.line_num}: {err}") from None
+        row = f"row {sum(1 for r in records[1:] if r) + 1}" if records else "the header"
+        message = str(err).replace("\t", "<tab>")
+        raise DataValidationError(
+            f"{path}: {row} (from line {line + 1}): {message} (a field that starts with '\"' is quoted and must end "
+            "with '\"' just before the next delimiter or the file's end; a quote inside is written '\"\"')") from None
     if not records or not records[0]:
         raise DataValidationError(f"{path}: no header line (the file is empty or its first line is blank)")
     columns, rows, blank = records[0], [], 0
@@ -78,11 +88,12 @@ def read_utf8(path: str | os.PathLike) -> str:
 
 
 def _row_dict(path: Path, row: int, columns: list[str], record: list[str], delimiter: str) -> dict[str, str]:
-    if delimiter == "\t":  # checked first: a swallowed tail also leaves the row short of fields
-        for column, cell in zip(columns, record):
-            if "\t" in cell:
-                raise DataValidationError(f"{path}: row {row}, column {column!r}: the field holds a tab, as when an "
-                                          "unbalanced '\"' swallows the following lines")
+    for column, cell in zip(columns, record):  # checked first: a swallowed tail also leaves the row short of fields
+        if "\n" in cell or "\r" in cell or (delimiter == "\t" and "\t" in cell):
+            held = "a tab" if "\t" in cell else "a line break"
+            raise DataValidationError(f"{path}: row {row}, column {column!r}: the field holds {held}, as when an "
+                                      "unbalanced '\"' swallows the following lines (text with line breaks: use "
+                                      "JSON lines)")
     if len(record) != len(columns):
         more_or_fewer = "more" if len(record) > len(columns) else "fewer"
         raise DataValidationError(f"{path}: row {row} has {more_or_fewer} fields ({len(record)}) than the header's "
@@ -126,21 +137,43 @@ def validate_rows(spec: TaskSpec, columns: list[str], rows: Iterable[Mapping[str
             out["labels"].append(kind.parse_label(spec, row[spec.label_column], where))
             kind.check_row(spec, texts, out["labels"][-1], f"{source}: row {count}")
         if keep_id:
-            out["id"].append(str(row["id"]))
+            out["id"].append(_parse_id(row["id"], f"{source}: row {count}, column 'id'"))
     if not count:
         raise DataValidationError(f"{source}: no rows for task {spec.name!r}")
+    if keep_id:
+        _check_unique_ids(out["id"], source)
     if labels:
         kind.check_labels(spec, out["labels"], source)
     return out
 
 
+def _parse_id(value: Any, where: str) -> str:
+    """A row's `id` as a string (predictions are keyed by it); a missing, empty or non-scalar id is an error."""
+    if value is None or isinstance(value, (bool, list, dict)) or not str(value).strip():
+        raise DataValidationError(f"{where}: empty or missing id ({value!r}); every row needs its own id (or leave "
+                                  "the 'id' column out)")
+    return str(value)
+
+
+def _check_unique_ids(ids: list[str], source: str) -> None:
+    first = {}
+    for row, value in enumerate(ids, start=1):
+        if value in first:
+            raise DataValidationError(f"{source}: rows {first[value]} and {row} share the id {value!r}; predictions "
+                                      "are keyed by id: give every row its own (or leave the 'id' column out)")
+        first[value] = row
+
+
 def find_data_file(spec: TaskSpec, data_dir: str | os.PathLike, split: str) -> Path:
-    """`<data_dir>/<file_stem>-<split>.<ext>` for the first extension that exists."""
+    """`<data_dir>/<file_stem>-<split>.<ext>` for the one extension that exists (two are an error)."""
     stem = spec.file_stem or spec.name
     candidates = [Path(data_dir) / f"{stem}-{split}.{ext}" for ext in DATA_EXTENSIONS]
-    for path in candidates:
-        if path.is_file():
-            return path
+    found = [path for path in candidates if path.is_file()]
+    if len(found) > 1:
+        raise DataValidationError(f"Task {spec.name!r}, split {split!r}: {len(found)} data files "
+                                  f"{[str(p) for p in found]}; keep one")
+    if found:
+        return found[0]
     raise FileNotFoundError(
         f"Task {spec.name!r}, split {split!r}: no data file; looked for {[str(p) for p in candidates]}"
     )
@@ -159,16 +192,24 @@ def load_task_split(spec: TaskSpec, path: str | os.PathLike, labels: bool = True
         raise FileNotFoundError(f"Task {spec.name!r}: data file {path} does not exist")
     if path.stat().st_size == 0:
         raise DataValidationError(f"{path}: the file is empty (0 bytes)")
-    if path.suffix in (".tsv", ".csv"):
+    suffix = path.suffix.lower()
+    if suffix.lstrip(".") not in DATA_EXTENSIONS:
+        raise DataValidationError(f"{path}: unknown data file type {path.suffix!r}; the loader reads "
+                                  f"{', '.join('.' + ext for ext in DATA_EXTENSIONS)}")
+    if suffix in (".tsv", ".csv"):
         columns, rows = read_delimited(path)
     else:
-        builder = "parquet" if path.suffix == ".parquet" else "json"
+        builder = "parquet" if suffix == ".parquet" else "json"
         if builder == "json":
             read_utf8(path)  # datasets' own decoding error gives an offset within one chunk, and no line
         try:
             loaded = load_dataset(builder, data_files=str(path), split="train")
-        except Exception as err:  # datasets wraps parser errors in several types
-            raise DataValidationError(f"{path}: could not be read as {builder}: {err!r}") from err
+        except Exception as err:  # datasets wraps the parsers' errors: name them, not only the wrapper
+            causes, cause = [], err
+            while cause is not None:
+                causes.append(f"{type(cause).__name__}: {cause}")
+                cause = cause.__cause__ or cause.__context__
+            raise DataValidationError(f"{path}: could not be read as {builder}: {'; '.join(causes)}") from err
         columns, rows = loaded.column_names, loaded
     return Dataset.from_dict(validate_rows(spec, columns, rows, str(path), labels=labels))
 
@@ -209,6 +250,8 @@ def load_tokenized(specs: Iterable[TaskSpec], tokenizer, data_dir: str | os.Path
     out = {}
     for spec in specs:
         dataset = load_task_data(spec, data_dir, splits=(split,))[split]
+        if limit is not None and limit < 1:
+            raise ValueError(f"A row limit (max_train_samples / max_eval_samples) must be >= 1, got {limit}")
         if limit is not None:
             dataset = dataset.select(range(min(limit, len(dataset))))
         out[spec.name] = tokenize_task(dataset, spec, tokenizer)
@@ -229,6 +272,8 @@ def tokenize_task(dataset: Dataset, spec: TaskSpec, tokenizer, num_proc: int | N
     if missing:
         raise DataValidationError(f"Task {spec.name!r}: no text column(s) {missing} in the dataset (its columns: "
                                   f"{dataset.column_names}); TaskSpec.text_columns names the columns to tokenise")
+    if len(dataset) == 0:
+        raise DataValidationError(f"Task {spec.name!r}: the dataset is empty (no rows to tokenise)")
     for column in spec.text_columns:  # data that no loader validated: the tokenizer's errors name no row
         for index, value in enumerate(dataset[column]):
             spec.task_kind.parse_text(spec, value, f"Task {spec.name!r}: row {index}, column {column!r}")

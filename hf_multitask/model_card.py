@@ -3,6 +3,7 @@ the data's licences and how to load it."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -128,22 +129,25 @@ def write_model_card(directory: str | os.PathLike, model, overwrite: bool = Fals
         return False
     kwargs.setdefault("model_name", os.path.basename(os.path.normpath(os.path.abspath(directory))))
     os.makedirs(directory, exist_ok=True)
-    text = _with_peft_metadata(render_model_card(model, **kwargs), path)
+    text = _with_peft_metadata(render_model_card(model, **kwargs), path, getattr(model, "config", model))
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
     return True
 
 
-def _with_peft_metadata(text: str, path: str) -> str:
+def _with_peft_metadata(text: str, path: str, config) -> str:
     """`text` with the metadata peft wrote into the README.md at `path` (a LoRA-wrapped save): its `library_name`,
-    tags and `base_model` in the front matter, its framework versions at the end. `text` itself where peft wrote
-    none."""
+    tags and `base_model` in the front matter, its framework versions at the end, and the usage of an adapter in
+    place of a whole model's ([`_peft_usage_section`]). `text` itself where peft wrote none."""
     if not os.path.isfile(path):
         return text
     with open(path, encoding="utf-8") as f:
         old = ModelCard(f.read())
     if old.data.get("library_name") != "peft":
         return text
+    usage = text.find("## How to use\n")
+    if usage >= 0:
+        text = text[:usage] + _peft_usage_section(os.path.dirname(path), config)
     card = ModelCard(text)
     card.data.library_name = "peft"
     card.data.tags = list(dict.fromkeys([*(card.data.tags or []), *(old.data.get("tags") or [])]))
@@ -151,6 +155,34 @@ def _with_peft_metadata(text: str, path: str) -> str:
     versions = [line for line in old.text.splitlines() if line.startswith("- PEFT ")]
     tail = "\n\n### Framework versions\n\n" + "\n".join(versions) if versions else ""
     return str(card).rstrip("\n") + tail + "\n"
+
+
+def _peft_usage_section(directory: str, config) -> str:
+    """How to load a peft adapter (LoRA) of a multitask model: onto its base, which its `adapter_config.json`
+    names where the wrapped model was loaded from a directory or the Hub."""
+    try:
+        with open(os.path.join(directory, "adapter_config.json"), encoding="utf-8") as f:
+            base = json.load(f).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        base = None
+    task = config.task_names[0]
+    lines = [
+        "## How to use\n",
+        "This directory holds a peft adapter (`adapter_config.json`, `adapter_model.safetensors`: the adapter's "
+        "weights and the modules peft saves whole, such as the task heads), not a whole model: load it onto its base "
+        "model with hf-multitask and peft.\n", "```python", "import hf_multitask", "from peft import PeftModel",
+        "from transformers import AutoTokenizer\n",
+        f'base = hf_multitask.MultitaskModel.from_pretrained("{base or "path/to/the/base/model"}")',
+        'model = PeftModel.from_pretrained(base, "path/to/this/adapter").eval()',
+        f'tokenizer = AutoTokenizer.from_pretrained("{base or "path/to/the/base/model"}")',
+        f'model.predict("{task}", [...], tokenizer=tokenizer)  # label names or scores', "```\n",
+        "`model.merge_and_unload()` gives a plain `MultitaskModel`, whose `save_pretrained` writes a whole model.",
+    ]
+    if base is None:
+        lines.append("\nThe adapter does not name its base (`base_model_name_or_path` is empty: the wrapped model was "
+                     "built in memory). Save the base model before wrapping it, and wrap the model loaded from that "
+                     "directory, so that peft records where it is.")
+    return "\n".join(lines) + "\n"
 
 
 def is_replaceable_card(path: str | os.PathLike) -> bool:

@@ -10,12 +10,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import AutoConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration import MultitaskConfig, is_multitask_model
 from .encoders import accepts_pooling_flag, encoder_from_config, load_encoder, naming_unreadable_weights
-from .pal import PalConfig, PalModel, load_adapter, save_adapter
+from .pal import PalConfig, PalModel, keeping_pal_task, load_adapter, save_adapter
 from .tasks import TaskSpec
 from .utils import resolve_encoder_path
 
@@ -86,14 +87,8 @@ class MultitaskModel(PreTrainedModel):
         return self._specs
 
     @classmethod
-    def from_encoder(
-        cls,
-        encoder_name_or_path: str | os.PathLike,
-        tasks: list[TaskSpec],
-        pooling: str = "mean",
-        classifier_dropout: float = 0.1,
-        **encoder_kwargs,
-    ) -> MultitaskModel:
+    def from_encoder(cls, encoder_name_or_path: str | os.PathLike, tasks: list[TaskSpec], pooling: str = "mean",
+                     classifier_dropout: float = 0.1, **encoder_kwargs) -> MultitaskModel:
         """A new multitask model on a pretrained encoder, with freshly initialised heads.
 
         Args:
@@ -109,10 +104,8 @@ class MultitaskModel(PreTrainedModel):
         if accepts_pooling_flag(encoder_config):
             encoder_kwargs.setdefault("add_pooling_layer", False)  # heads pool themselves
         encoder = load_encoder(path, **encoder_kwargs)
-        config = MultitaskConfig(
-            encoder=encoder.config, tasks=[t.to_dict() for t in tasks], pooling=pooling,
-            classifier_dropout=classifier_dropout,
-        )
+        config = MultitaskConfig(encoder=encoder.config, tasks=[t.to_dict() for t in tasks], pooling=pooling,
+                                 classifier_dropout=classifier_dropout)
         return cls(config, encoder=encoder)
 
     @classmethod
@@ -335,6 +328,11 @@ class MultitaskModel(PreTrainedModel):
         if self.pal is not None:
             self.pal.remove_hooks()
         self.pal, self.config.pal = None, None
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs):
+        """transformers' hook, with each layer's recomputation under its forward's PAL task ([`keeping_pal_task`])."""
+        func = gradient_checkpointing_func or checkpoint
+        super()._set_gradient_checkpointing(enable, keeping_pal_task(self, func), **kwargs)
 
     def enable_pal(self) -> None:
         self._require_pal().enabled = True

@@ -67,6 +67,11 @@ class TaskSpec:
         if self.kind not in KINDS:
             raise ValueError(f"TaskSpec {self.name!r}: kind must be one of {sorted(KINDS)}, got {self.kind!r}"
                              f"{did_you_mean(self.kind, KINDS)}{KINDS.import_note()}")
+        if isinstance(self.label_names, str) or (self.label_names is not None
+                                                 and not all(isinstance(n, str) for n in self.label_names)):
+            raise ValueError(f"TaskSpec {self.name!r}: label_names must be a list of class names (strings), got "
+                             f"{self.label_names!r}; YAML reads unquoted yes/no/true/false/on/off as booleans and "
+                             "digits as numbers: quote them")
         kind = self.task_kind
         kind.check_text_columns(self)
         columns = (*self.text_columns, self.label_column)

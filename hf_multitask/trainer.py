@@ -431,7 +431,8 @@ class MultitaskTrainer(TrainerModelCard, Trainer):
             return datasets
         checked = conventions.task_datasets(datasets, self.specs, argument)
         tokenizer = self.processing_class or getattr(self.data_collator, "tokenizer", None)
-        conventions.validate_datasets(checked, self.specs, argument, tokenizer, labels_required)
+        conventions.validate_datasets(checked, self.specs, argument, tokenizer, labels_required,
+                                      conventions.vocab_size(self.model))
         if datasets is self.eval_dataset:  # assigned after construction: keep the checked form
             self.eval_dataset = self._checked_eval_dataset = checked
         return checked

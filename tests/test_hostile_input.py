@@ -30,7 +30,7 @@ from hf_multitask import (
     tokenize_task,
 )
 from hf_multitask.build import ModelArguments, build_model, build_task_specs, fit_tokenizer_to_model
-from hf_multitask.cli import load_config_file, main
+from hf_multitask.cli import load_config_file, main, parse_train_args
 from hf_multitask.data import DataValidationError, load_tokenized
 
 from .conftest import SST_ROWS, STS_ROWS, write_tsv
@@ -203,6 +203,28 @@ def config_file(name: str, text: str):
     return build
 
 
+def train_config(text: str):
+    """`hf-multitask train`'s argument parsing of a config file holding `text`."""
+
+    def build(tmp_path, request):
+        path = tmp_path / "bad.yaml"
+        path.write_text(text)
+        return lambda: parse_train_args([str(path)])
+
+    return build
+
+
+def two_files_for_one_split(tmp_path, request):
+    write_tsv(tmp_path / "sst-train.tsv", SST_HEADER, SST_ROWS)
+    (tmp_path / "sst-train.csv").write_text("id,sentence,sentiment\na,good,3\n")
+    return lambda: load_task_data(get_task("sst"), tmp_path, splits=("train",))
+
+
+def tokenize_empty(tmp_path, request):
+    tokenizer = request.getfixturevalue("tokenizer")
+    return lambda: tokenize_task(Dataset.from_dict({"sentence": [], "labels": []}), get_task("sst"), tokenizer)
+
+
 def yaml_python_tag(tmp_path, request):
     """A YAML tag that would run a shell command under an unsafe loader; the marker file must not appear."""
     marker = tmp_path / "executed"
@@ -283,7 +305,21 @@ REJECTED = [
     ("row_with_fewer_fields", raw_file(FILE, "id\tsentence\tsentiment\na\tgood\t3\nb\tbad\n"),
      DataValidationError, r"sst-train\.tsv: row 2 has fewer fields \(2\) than the header's 3 columns"),
     ("unbalanced_quote", raw_file(FILE, 'id\tsentence\tsentiment\na\tgood\t3\nb\t"bad\t1\nc\tfine\t2\n'),
+     DataValidationError, r"sst-train\.tsv: row 2 \(from line 3\): unexpected end of data \(a field that starts "),
+    ("unbalanced_quote_swallowing_a_row",
+     raw_file(FILE, 'id\tsentence\tsentiment\na\tgood\t3\nb\t"bad\t1\nc\tfine"\t2\n'),
      DataValidationError, r"sst-train\.tsv: row 2, column 'sentence': the field holds a tab.*unbalanced"),
+    ("csv_quote_swallowing_rows", raw_file(FILE.replace(".tsv", ".csv"),
+                                           'id,sentence,sentiment\nr1,"great film,4\nr2,awful,0\nr3,meh",2\n'),
+     DataValidationError, r"sst-train\.csv: row 1, column 'sentence': the field holds a line break.*unbalanced"),
+    ("text_after_a_closing_quote", raw_file(FILE, 'id\tsentence\tsentiment\na\t"Hello" world\t3\n'),
+     DataValidationError, r"sst-train\.tsv: row 1 \(from line 2\): '<tab>' expected after '\"'"),
+    ("duplicate_ids", raw_file(FILE, "id\tsentence\tsentiment\na\tgood\t3\na\tbad\t1\n"),
+     DataValidationError, r"sst-train\.tsv: rows 1 and 2 share the id 'a'"),
+    ("empty_id", raw_file(FILE, "id\tsentence\tsentiment\na\tgood\t3\n\tbad\t1\n"),
+     DataValidationError, r"sst-train\.tsv: row 2, column 'id': empty or missing id"),
+    ("invisible_text", raw_file(FILE, "id\tsentence\tsentiment\na\t\u200b\t3\n"),
+     DataValidationError, r"sst-train\.tsv: row 1, column 'sentence': empty or missing text"),
     # labels out of range or of the wrong type
     ("sst_label_5", bad_row("sst", ("good", 5)), DataValidationError,
      r"sst-train\.tsv: row 3, column 'sentiment': label '5' is not a class id in 0\.\.4"),
@@ -376,6 +412,42 @@ REJECTED = [
      r"bad\.json: not a valid JSON config: .*line 1"),
     ("config_tasks_not_a_list", config_file("bad.yaml", "tasks: sst\n"), ValueError,
      r"bad\.yaml: tasks must be a list of task names, e\.g\. \[sst, sts\], got 'sst'"),
+    ("config_null_number", train_config("learning_rate:\n"), ValueError,
+     r"bad\.yaml: learning_rate is empty \(null\); give a value or leave the key out \(default 5e-05\)"),
+    ("config_fraction_for_an_integer", train_config("max_steps: 2.5\n"), ValueError,
+     r"bad\.yaml: max_steps must be an integer, got 2\.5"),
+    ("config_list_for_a_number", train_config("classifier_dropout: [0.1]\n"), ValueError,
+     r"bad\.yaml: classifier_dropout must be a number, got \[0\.1\]"),
+    ("config_nested_task_list", train_config("tasks: [[sst], quora]\n"), ValueError,
+     r"bad\.yaml: tasks must be a list of plain values, got \[\['sst'\], 'quora'\]"),
+    ("config_task_overrides_list", config_file("bad.yaml", "task_overrides: [sst]\n"), ValueError,
+     r"bad\.yaml: task_overrides must map task names to \{field: value\}, got \['sst'\]"),
+    ("config_no_rows", train_config("max_train_samples: 0\n"), ValueError,
+     r"max_train_samples must be >= 1 \(rows kept per task\), got 0"),
+    ("spec_label_names_a_string", spec(label_names="positive"), ValueError,
+     r"TaskSpec 'sst': label_names must be a list of class names \(strings\), got 'positive'"),
+    ("spec_label_names_yaml_booleans", spec(label_names=[False, True]), ValueError,
+     r"TaskSpec 'sst': label_names must be a list of class names \(strings\), got \[False, True\]; YAML reads "
+     r"unquoted yes/no"),
+    ("two_files_for_one_split", two_files_for_one_split, DataValidationError,
+     r"Task 'sst', split 'train': 2 data files \[.*sst-train\.tsv.*sst-train\.csv'\]; keep one"),
+    ("unknown_file_type", raw_file("sst-train.txt", "id\tsentence\tsentiment\na\tgood\t3\n"), DataValidationError,
+     r"sst-train\.txt: unknown data file type '\.txt'; the loader reads \.tsv, \.csv"),
+    ("jsonl_with_a_trailing_comma", jsonl("sst", ['{"sentence": "a", "sentiment": 3},']), DataValidationError,
+     r"sst-train\.jsonl: could not be read as json: DatasetGenerationError: .*; ArrowInvalid: JSON parse error"),
+    ("jsonl_null_id", jsonl("sst", ['{"id": null, "sentence": "a", "sentiment": 3}']), DataValidationError,
+     r"sst-train\.jsonl: row 1, column 'id': empty or missing id \(None\)"),
+    ("tokenize_empty_dataset", tokenize_empty, DataValidationError, r"Task 'sst': the dataset is empty"),
+    ("token_id_outside_the_vocabulary", trainer_with(lambda sst: {"sst": Dataset.from_dict(
+        {"input_ids": [[2, 7, 3], [2, 99999, 3]], "label": [0, 1]})}), DataValidationError,
+     r"train_dataset\['sst'\]: row 1, column 'input_ids': token id 99999 is outside the encoder's vocabulary "
+     r"\(0\.\.\d+; 1 ids in all\): was task 'sst' tokenised with another tokenizer"),
+    ("negative_token_id", trainer_with(lambda sst: {"sst": Dataset.from_dict(
+        {"input_ids": [[2, -3, 3]], "label": [0]})}), DataValidationError,
+     r"train_dataset\['sst'\]: row 0, column 'input_ids': token id -3 is outside"),
+    ("row_without_tokens", trainer_with(lambda sst: {"sst": Dataset.from_dict(
+        {"input_ids": [[2, 3], []], "label": [0, 1]})}), DataValidationError,
+     r"train_dataset\['sst'\]: row 1, column 'input_ids': no tokens \(1 rows in all\)"),
     ("unknown_task_name", task_specs(tasks=["sst", "stss"]), ValueError,
      r"Unknown task 'stss' \(did you mean 'sts'\?\)"),
     ("task_override_unknown_field", task_specs(task_overrides='{"sst": {"los": "ordinal"}}'), ValueError,
@@ -467,6 +539,10 @@ LOGGED = [
     ("classes_never_seen", tsv(SST_HEADER, [("bad", 0), ("meh", 1), ("ok", 2)]),
      r"sst-train\.tsv: task 'sst' has 5 classes, but class\(es\) \['positive', 'very positive'\] never occur in "
      r"its 3 rows"),
+    ("classes_never_seen_in_a_tokenised_dataset", trainer_with(lambda sst: {"sst": Dataset.from_dict(
+        {"input_ids": [[2, 5, 3]] * 3, "label": [0, 1, 2]})}),
+     r"train_dataset\['sst'\]: task 'sst' has 5 classes, but class\(es\) \['positive', 'very positive'\] never "
+     r"occur in its 3 rows"),
     # cross-encoded: [CLS] a [SEP] b [SEP] is 2 + 2 + 3 = 7, 4 + 4 + 3 = 11, 1 + 1 + 3 = 5 and 6 + 2 + 3 = 11 tokens
     ("truncated_cross_encoded", truncated_pairs("quora", [
         ("the film", "a movie", 1), ("the film is good", "a movie is bad", 0), ("good", "bad", 0),

@@ -13,6 +13,7 @@ from hf_multitask import (
     MultitaskModel,
     MultitaskTrainer,
     MultitaskTrainingArguments,
+    TaskSpec,
     cs224n_tasks,
     load_task_data,
     tokenize_task,
@@ -225,20 +226,25 @@ def test_deepcopy_hooks_the_copy_to_its_own_pals(tiny_model, inputs):
     assert_logits_differ(logits(twin, inputs), expected)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(tiny_model, inputs):
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_model, inputs, reentrant):
+    """Two tasks' forwards, then one backward (the summed step): each layer's recomputation must use the PAL of
+    its own forward, not the last task's."""
     tiny_model.add_pal(PalConfig(rank=8, g="attention", num_heads=2))
     perturb(tiny_model.pal)
     tiny_model.train()
     grads = []
     for checkpointing in (False, True):
         if checkpointing:
-            tiny_model.activation_checkpointing_enable({"use_reentrant": False})
+            tiny_model.activation_checkpointing_enable({"use_reentrant": reentrant})
             assert tiny_model.encoder.encoder.layer[0].gradient_checkpointing
         tiny_model.zero_grad()
-        torch.manual_seed(0)  # the same head dropout
-        tiny_model(task_name="sst", labels=torch.tensor([4, 1]), **inputs).loss.backward()
+        torch.manual_seed(0)  # the same dropout
+        sst = tiny_model(task_name="sst", labels=torch.tensor([4, 1]), **inputs).loss
+        quora = tiny_model(task_name="quora", labels=torch.tensor([1, 0]), **inputs).loss
+        (sst + quora).backward()
         grads.append({n: p.grad.clone() for n, p in tiny_model.named_parameters() if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys() and "pal.sst.V_E.weight" in grads[0]
+    assert grads[0].keys() == grads[1].keys() and {"pal.sst.V_E.weight", "pal.quora.V_D.weight"} <= grads[0].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)
 
@@ -311,6 +317,25 @@ def test_adapter_refuses_a_different_base(tiny_model, bert_config, tmp_path):
         other.load_pal_adapter(tmp_path)
     with pytest.raises(ValueError, match="not a saved PAL adapter"):
         other.load_pal_adapter(tmp_path / "missing")
+
+
+def test_an_adapter_that_does_not_fit_leaves_the_model_unchanged(tiny_model, bert_config, inputs, tmp_path):
+    """A PAL rank the heads do not care about, but a head of another shape: refused before the model's own PALs
+    are removed."""
+    tiny_model.add_pal(PalConfig(rank=8))
+    perturb(tiny_model.pal)
+    tiny_model.eval()
+    expected, config = logits(tiny_model, inputs), dict(tiny_model.config.pal)
+    other = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=[
+        TaskSpec(name="sst", kind="classification", text_columns=("sentence",), label_column="label",
+                 label_names=["neg", "pos"])]))
+    other.add_pal(PalConfig(rank=4))
+    other.save_pal_adapter(tmp_path)
+    with pytest.raises(ValueError, match=r"does not fit the model: .*shape mismatch \['heads\.sst\..*the model is "
+                                         r"unchanged"):
+        tiny_model.load_pal_adapter(tmp_path)
+    assert tiny_model.config.pal == config and tiny_model.pal.pal_config.rank == 8
+    assert_logits_equal(logits(tiny_model, inputs), expected)
 
 
 # ---- encoder families ----

@@ -82,6 +82,22 @@ def test_a_lora_wrapped_save_writes_our_card_with_peft_metadata(tiny_model, toke
     assert front["library_name"] == "peft" and {"lora", "hf-multitask"} <= set(front["tags"])
     assert f"| `sst` | accuracy | {metrics['eval_sst_accuracy']:.4f} |" in card
     assert "### Framework versions\n\n- PEFT " in card
+    usage = card[card.index("## How to use"):]  # an adapter's usage, not a whole model's
+    assert 'PeftModel.from_pretrained(base, "path/to/this/adapter")' in usage and "trust_remote_code" not in usage
+    assert "does not name its base" in usage  # the wrapped model was built in memory
+
+
+def test_an_adapter_of_a_saved_base_names_it_and_loads_as_its_card_says(tiny_model, tokenized, tokenizer, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "base")
+    model = get_peft_model(MultitaskModel.from_pretrained(tmp_path / "base"), lora_config())
+    trainer = make_trainer(model, tokenized, tokenizer, tmp_path / "out", **TRAINER_ARGS, max_steps=1)
+    trainer.save_model(str(tmp_path / "adapter"))
+    usage = (tmp_path / "adapter" / "README.md").read_text().split("## How to use")[1]
+    assert f'MultitaskModel.from_pretrained("{tmp_path / "base"}")' in usage and "does not name" not in usage
+    reloaded = PeftModel.from_pretrained(MultitaskModel.from_pretrained(tmp_path / "base"), tmp_path / "adapter")
+    expected, actual = logits(model.eval(), tokenizer), logits(reloaded.eval(), tokenizer)
+    for task in TASKS:
+        torch.testing.assert_close(actual[task], expected[task], rtol=0, atol=1e-6, msg=task)
 
 
 def test_exporting_a_task_of_an_unmerged_lora_model_says_merge_first(bert_config, tmp_path):

@@ -355,8 +355,11 @@ def test_words_cut_off_by_max_length_are_not_scored(tokenizer):
 
 
 def test_a_word_with_no_tokens_is_named_not_skipped(bert_config, tokenizer):
-    """A zero-width space gives no tokens: skipping it shifted every later word's tag by one."""
+    """A replacement character gives no tokens (BERT's tokenizer drops it): skipping it shifted every later word's
+    tag by one. A zero-width space is refused before, as invisible text."""
     torch.manual_seed(0)
     model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=[ner_task()]))
-    with pytest.raises(DataValidationError, match=r"example 0: word 1 \('\\u200b'\) gives no tokens"):
+    with pytest.raises(DataValidationError, match=r"example 0: word 1 \('\ufffd'\) gives no tokens"):
+        model.predict("ner", [["the", "\ufffd", "man", "cat"]], tokenizer)
+    with pytest.raises(DataValidationError, match=r"input 0: 'tokens': word 2 is empty or not a string \('\\u200b'\)"):
         model.predict("ner", [["the", "\u200b", "man", "cat"]], tokenizer)

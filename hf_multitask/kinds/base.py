@@ -7,6 +7,7 @@ other module asks it instead of testing the kind's name. A kind is one module: a
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -15,6 +16,13 @@ import torch
 from torch import nn
 
 from ..utils import Registry, did_you_mean
+
+
+def visible(text: str) -> bool:
+    """Whether `text` holds a character a tokenizer keeps: not only whitespace, control or format characters
+    (`\\u200b`, a byte-order mark, `\\x00`), which become an empty `[CLS] [SEP]`."""
+    return any(not char.isspace() and unicodedata.category(char) not in ("Cc", "Cf") for char in text)
+
 
 PAIR_SUFFIX = "_b"  # the second sentence of a bi-encoded pair: input_ids_b, attention_mask_b, token_type_ids_b
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -136,7 +144,7 @@ class TaskKind:
     def parse_text(self, spec, value: Any, where: str) -> Any:
         """One text cell from a file or dataset; an empty, missing or non-string value is a [`DataValidationError`]
         that starts with `where` (file, row, column)."""
-        if value is None or (isinstance(value, str) and not value.strip()):
+        if value is None or (isinstance(value, str) and not visible(value)):
             raise DataValidationError(f"{where}: empty or missing text ({value!r})")
         if not isinstance(value, str):
             raise DataValidationError(f"{where}: expected text, got {type(value).__name__} {value!r}")

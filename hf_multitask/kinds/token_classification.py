@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ..heads import SentenceHead
 from ..losses import symmetric_kl
 from ..utils import softmax
-from .base import MODEL_INPUTS, DataValidationError, TaskKind, label_array, register_kind
+from .base import MODEL_INPUTS, DataValidationError, TaskKind, label_array, register_kind, visible
 from .classification import ClassificationKind
 
 IGNORE = -100  # a token without a tag: later sub-tokens, special tokens, padding
@@ -80,7 +80,7 @@ class TokenClassificationKind(ClassificationKind):
         if not isinstance(words, (list, tuple)) or not words:
             raise DataValidationError(f"{where}: expected words (a list of strings, or a string), got {value!r}")
         for j, word in enumerate(words):
-            if not isinstance(word, str) or not word.strip():
+            if not isinstance(word, str) or not visible(word):
                 raise DataValidationError(f"{where}: word {j + 1} is empty or not a string ({word!r})")
         return list(words)
 

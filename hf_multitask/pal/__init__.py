@@ -2,7 +2,7 @@
 
 from .config import DEFAULT_TARGETS, PalConfig
 from .layer import ProjectedAttention, TaskPal
-from .model import PalModel, adapter_state_dict, load_adapter, save_adapter
+from .model import PalModel, adapter_state_dict, keeping_pal_task, load_adapter, save_adapter
 
 __all__ = [
     "DEFAULT_TARGETS",
@@ -11,6 +11,7 @@ __all__ = [
     "ProjectedAttention",
     "TaskPal",
     "adapter_state_dict",
+    "keeping_pal_task",
     "load_adapter",
     "save_adapter",
 ]

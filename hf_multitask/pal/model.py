@@ -17,6 +17,32 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 _ATTRIBUTES = ("pal_config", "layer_indices", "active_task", "enabled")  # task names must not shadow these
 
 
+def keeping_pal_task(model: nn.Module, checkpoint):
+    """`checkpoint` (torch's, with the model's options: what transformers hands each layer) whose recomputation in
+    the backward runs under the PAL state (task, enabled) of the layer's first forward. The state is the model's,
+    set by each forward: a step that runs several tasks' forwards before one backward (the summed step) would
+    otherwise recompute every task's layers with the last task's PAL. The wrapped function is what torch recomputes,
+    with or without `use_reentrant`; `model.pal` is read at each call (PALs may be added after checkpointing is on)."""
+
+    def checkpointed(function, *args, **kwargs):
+        pal = getattr(model, "pal", None)
+        if pal is None:
+            return checkpoint(function, *args, **kwargs)
+        state = (pal.active_task, pal.enabled)
+
+        def run(*run_args, **run_kwargs):
+            outer = (pal.active_task, pal.enabled)
+            pal.active_task, pal.enabled = state
+            try:
+                return function(*run_args, **run_kwargs)
+            finally:
+                pal.active_task, pal.enabled = outer
+
+        return checkpoint(run, *args, **kwargs)
+
+    return checkpointed
+
+
 def find_layers(encoder: nn.Module, layers_pattern: str | None) -> tuple[str, nn.ModuleList]:
     """`(path, layers)`: the encoder's `nn.ModuleList` of layers, at `layers_pattern` or a known family's path."""
     for pattern in [layers_pattern] if layers_pattern else DEFAULT_TARGETS:
@@ -165,7 +191,8 @@ def save_adapter(model, directory: str | os.PathLike, include_heads: bool = True
 
 
 def load_adapter(model, directory: str | os.PathLike) -> None:
-    """Add the saved PALs (and heads) of `directory` to `model`, replacing any PALs it has."""
+    """Add the saved PALs (and heads) of `directory` to `model`, replacing any PALs it has; an adapter that does
+    not fit is refused before anything of the model changes."""
     config, extra = PalConfig.from_pretrained(directory)
     base = extra.get("base_model", {})
     for key, ours in (("hidden_size", model.config.hidden_size),
@@ -173,15 +200,17 @@ def load_adapter(model, directory: str | os.PathLike) -> None:
         if base.get(key) is not None and base[key] != ours:
             raise ValueError(f"{directory}: the adapter was saved for {key}={base[key]}, the model has {ours}")
     state = load_file(os.path.join(directory, WEIGHTS_NAME))
+    candidate = PalModel(config, model.encoder, model.config.task_names)  # the PALs it would add, not attached
+    candidate.remove_hooks()
+    ours = {k: v.shape for k, v in model.state_dict().items() if not k.startswith("pal.")}
+    ours.update({f"pal.{k}": v.shape for k, v in candidate.state_dict().items()})
+    missing = sorted(k for k in ours if k.startswith("pal.") and k not in state)
+    unexpected = sorted(k for k in state if k not in ours)
+    wrong = sorted(k for k in state if k in ours and state[k].shape != ours[k])
+    if missing or unexpected or wrong:
+        raise ValueError(f"{directory} does not fit the model: missing {missing}, unexpected {unexpected}, "
+                         f"shape mismatch {wrong}; the model is unchanged")
     if model.pal is not None:
         model.remove_pal()
     model.add_pal(config)
-    ours = model.state_dict()
-    missing = sorted(k for k in ours if k.startswith("pal.") and k not in state)
-    unexpected = sorted(k for k in state if k not in ours)
-    wrong = sorted(k for k in state if k in ours and state[k].shape != ours[k].shape)
-    if missing or unexpected or wrong:
-        model.remove_pal()
-        raise ValueError(f"{directory} does not fit the model: missing {missing}, unexpected {unexpected}, "
-                         f"shape mismatch {wrong}")
     model.load_state_dict(state, strict=False)
