@@ -408,6 +408,10 @@ class MultitaskCollator:
         self.tokenizer = tokenizer
         self.pad_to_multiple_of = pad_to_multiple_of
         self.specs = dict(specs or {})
+        if getattr(tokenizer, "padding_side", "right") == "left":
+            logger.warning_once("The tokenizer pads on the left: a BERT-style encoder numbers positions from the "
+                                "first column, so a padded example gets other position embeddings than alone, and "
+                                "its outputs depend on the batch; set tokenizer.padding_side = 'right'")
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         by_task: dict[str, list[dict[str, Any]]] = {}

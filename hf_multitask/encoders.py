@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import logging as std_logging
 import os
 from contextlib import contextmanager
@@ -49,7 +50,13 @@ def encoder_from_config(encoder_config) -> PreTrainedModel:
 @contextmanager
 def naming_unreadable_weights(name_or_path: str | os.PathLike):
     """Turn safetensors' error about a weights file it cannot read (`invalid header length`, `incomplete metadata`:
-    the file was cut off while saving or downloading, or damaged) into an `OSError` that names the file."""
+    the file was cut off while saving or downloading, or damaged) into an `OSError` that names the file. A
+    directory holding a PAL adapter alone (no `config.json`) is refused first, saying how such an adapter loads."""
+    folder = Path(name_or_path)
+    if folder.is_dir() and not (folder / "config.json").is_file() and (folder / "adapter_config.json").is_file():
+        if json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")).get("adapter_type") == "PAL":
+            raise OSError(f"{folder} holds a PAL adapter, not a model: load its base model, then "
+                          f"model.load_pal_adapter({str(folder)!r})")
     try:
         yield
     except SafetensorError as error:
@@ -82,3 +89,14 @@ def _unreadable_weights(name_or_path: str | os.PathLike) -> str:
 class _DropLoadReport(std_logging.Filter):
     def filter(self, record: std_logging.LogRecord) -> bool:
         return "LOAD REPORT" not in str(record.msg)
+
+
+def adapter_parameter_ids(model) -> set[int]:
+    """Identities of the parameters of peft adapter layers inside `model` (LoRA's `lora_A`/`lora_B`, ...: the names
+    each peft tuner layer lists in `adapter_layer_names`); empty without peft."""
+    ids = set()
+    for module in model.modules():
+        for name in getattr(module, "adapter_layer_names", ()):
+            layer = getattr(module, name, None)
+            ids |= {id(p) for p in layer.parameters()} if hasattr(layer, "parameters") else set()
+    return ids

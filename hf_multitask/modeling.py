@@ -15,7 +15,13 @@ from transformers import AutoConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration import MultitaskConfig, is_multitask_model
-from .encoders import accepts_pooling_flag, encoder_from_config, load_encoder, naming_unreadable_weights
+from .encoders import (
+    accepts_pooling_flag,
+    adapter_parameter_ids,
+    encoder_from_config,
+    load_encoder,
+    naming_unreadable_weights,
+)
 from .pal import PalConfig, PalModel, keeping_pal_task, load_adapter, save_adapter
 from .tasks import TaskSpec
 from .utils import resolve_encoder_path
@@ -139,9 +145,12 @@ class MultitaskModel(PreTrainedModel):
     # ---- heads and freezing ----
 
     def freeze_encoder(self, frozen: bool = True) -> None:
-        """Freeze (or unfreeze) the shared parameters (the encoder); heads and PALs stay trainable. The CS224N frozen
-        baseline."""
-        for _, param in self.named_shared_parameters(trainable_only=False):
+        """Freeze (or unfreeze) the shared parameters (the encoder); heads, PALs and peft adapters (LoRA) stay as
+        they are. The CS224N frozen baseline. Unfreezing under peft is refused: peft's save holds no base weight."""
+        if (adapters := adapter_parameter_ids(self)) and not frozen:
+            raise ValueError("freeze_encoder(False): the encoder carries peft adapters, and peft's save_pretrained "
+                             "saves the adapters, not the base weights; merge_and_unload() first to train them all")
+        for param in [p for _, p in self.named_shared_parameters(trainable_only=False) if id(p) not in adapters]:
             param.requires_grad = not frozen
 
     def load_heads_from(self, source: MultitaskModel | str | os.PathLike, tasks: list[str] | None = None) -> None:
@@ -168,16 +177,7 @@ class MultitaskModel(PreTrainedModel):
             spec: The new task; its name must differ from the model's tasks.
             pal: Give the task a PAL when the model has PALs (`False`: it runs on the plain encoder).
 
-        Example:
-
-        ```python
-        >>> from hf_multitask import MultitaskModel, TaskSpec
-        >>> model = MultitaskModel.from_pretrained("runs/main")  # doctest: +SKIP
-        >>> model.add_task(TaskSpec(name="nli", kind="classification", text_columns=("premise", "hypothesis"),
-        ...                         label_column="label", label_names=["entailment", "neutral", "contradiction"]))
-        ... # doctest: +SKIP
-        >>> model.train_only(["nli"])  # doctest: +SKIP
-        ```
+        docs/concepts.md ("Adding a task") has the example: `add_task`, then `train_only`.
         """
         if spec.name in self.config.task_names:
             raise ValueError(f"Task {spec.name!r} exists already (tasks: {self.config.task_names}): pick a new name")
@@ -397,8 +397,9 @@ class MultitaskModel(PreTrainedModel):
         hidden = self.encoder(input_ids=input_ids, inputs_embeds=inputs_embeds, **kwargs).last_hidden_state
         if not pool:
             return hidden
-        if self.config.pooling == "cls":
-            return hidden[:, 0]
+        if self.config.pooling == "cls":  # the first token of each row's own: [CLS], on either padding side
+            first = attention_mask.int().argmax(1) if attention_mask is not None else 0
+            return hidden[torch.arange(hidden.shape[0], device=hidden.device), first]
         if attention_mask is None:
             return hidden.mean(1)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)

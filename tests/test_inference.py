@@ -174,6 +174,37 @@ def test_pipeline_from_a_directory_matches_predict(model_dir, model, tokenizer):
         assert got["label"] == want["label"] and got["score"] == pytest.approx(want["score"], abs=1e-5)
 
 
+def test_pipeline_runs_a_model_left_in_training_mode_without_dropout(model, tokenizer):
+    model.train()  # e.g. right after trainer.train()
+    classifier = pipeline("multitask-text-classification", model=model, tokenizer=tokenizer, task_name="sst",
+                          device="cpu")
+    scores = [classifier("a great film")[0]["score"] for _ in range(3)]
+    model.eval()
+    (expected,) = predict(model, "sst", ["a great film"], tokenizer, return_probabilities=True)[1]
+    assert scores == [pytest.approx(expected.max(), abs=1e-6)] * 3
+    model.train()
+    classifier("a great film")
+    assert model.training  # put back as it was, as predict() does
+
+
+def test_cls_pooling_reads_each_rows_first_token_on_either_padding_side(bert_config, tokenizer, caplog):
+    """Left padding put [PAD] at position 0 of the shorter rows; pooling='cls' read it."""
+    torch.manual_seed(0)
+    model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=[sst_task()], pooling="cls")).eval()
+    texts = ["a great film about a good dog", "bad"]
+    right = dict(tokenizer(texts, padding=True, return_tensors="pt"))
+    hidden = model.encode(**right, pool=False)
+    torch.testing.assert_close(model.encode(**right), hidden[:, 0], rtol=0, atol=0)  # as before for right padding
+    tokenizer.padding_side = "left"
+    left = dict(tokenizer(texts, padding=True, return_tensors="pt"))
+    start = int((left["attention_mask"][1] == 0).sum())  # the short row's [CLS]
+    assert start > 0
+    torch.testing.assert_close(model.encode(**left)[1], model.encode(**left, pool=False)[1, start])
+    with caplog.at_level("WARNING"):
+        predict(model, "sst", texts, tokenizer)
+    assert any("pads on the left" in r.getMessage() for r in caplog.records)
+
+
 def test_pipeline_pairs_and_regression(model, tokenizer):
     scorer = pipeline("multitask-text-classification", model=model, tokenizer=tokenizer, device="cpu")
     pairs = [("a man is playing", "a man plays"), ("the cat", "a question")]

@@ -319,6 +319,14 @@ def test_adapter_refuses_a_different_base(tiny_model, bert_config, tmp_path):
         other.load_pal_adapter(tmp_path / "missing")
 
 
+def test_loading_a_pal_adapter_as_a_model_says_how_it_loads(tiny_model, tmp_path):
+    tiny_model.add_pal(PalConfig(rank=4))
+    tiny_model.save_pal_adapter(tmp_path)
+    with pytest.raises(OSError, match=r"holds a PAL adapter, not a model: load its base model, then "
+                                      r"model\.load_pal_adapter"):  # (AutoModel: transformers' own KeyError first)
+        MultitaskModel.from_pretrained(tmp_path)
+
+
 def test_an_adapter_that_does_not_fit_leaves_the_model_unchanged(tiny_model, bert_config, inputs, tmp_path):
     """A PAL rank the heads do not care about, but a head of another shape: refused before the model's own PALs
     are removed."""

@@ -107,3 +107,49 @@ def test_exporting_a_task_of_an_unmerged_lora_model_says_merge_first(bert_config
     wrapped = get_peft_model(model, LoraConfig(r=4, target_modules=["query", "value"]))
     with pytest.raises(ValueError, match=r"LoRA layers \(peft\); merge them into it first"):
         export_task(wrapped, "sst", tmp_path / "sst")
+
+
+def test_freeze_encoder_leaves_lora_as_it_is_and_will_not_unfreeze_the_base(tiny_model):
+    model = get_peft_model(tiny_model, lora_config())
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(".lora_A." in n for n in trainable)
+    model.freeze_encoder()  # peft forwards it to the MultitaskModel
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable  # peft froze the base already
+    with pytest.raises(ValueError, match=r"freeze_encoder\(False\): the encoder carries peft adapters"):
+        model.freeze_encoder(False)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable
+
+
+def test_a_pal_adapter_saved_through_peft_holds_the_trained_copies_under_plain_names(tiny_model, bert_config,
+                                                                                    tmp_path):
+    from safetensors.torch import load_file
+
+    from hf_multitask import MultitaskConfig, cs224n_tasks
+    from hf_multitask.pal import PalConfig
+
+    tiny_model.add_pal(PalConfig(rank=4))
+    model = get_peft_model(tiny_model, lora_config(modules_to_save=[*(f"pal.{t}" for t in TASKS),
+                                                                      *(f"heads.{t}" for t in TASKS)]))
+    copies = {}
+    with torch.no_grad():  # "training": only peft's copies change
+        for name, param in model.get_base_model().named_parameters():
+            if ".modules_to_save.default." in name:
+                param.add_(0.1)
+                copies[name.replace(".modules_to_save.default.", ".")] = param.detach().clone()
+    model.save_pal_adapter(tmp_path / "pal")
+    saved = load_file(tmp_path / "pal" / "adapter_model.safetensors")
+    assert saved.keys() == copies.keys() and all(torch.equal(saved[k], copies[k]) for k in saved)
+    plain = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=cs224n_tasks()))
+    plain.load_pal_adapter(tmp_path / "pal")
+    assert all(torch.equal(plain.state_dict()[k], copies[k]) for k in copies)
+
+
+def test_a_pal_adapter_under_lora_is_refused_until_merged(tiny_model, tmp_path):
+    from hf_multitask.pal import PalConfig
+
+    tiny_model.add_pal(PalConfig(rank=4))
+    model = get_peft_model(tiny_model, lora_config(target_modules=["query", "value", "V_E", "V_D"]))
+    with pytest.raises(ValueError, match=r"save_pal_adapter: pal\.sst\..* is wrapped by a peft adapter.*"
+                                         r"merge_and_unload\(\) first"):
+        model.save_pal_adapter(tmp_path / "pal")
+    model.merge_and_unload().save_pal_adapter(tmp_path / "pal")

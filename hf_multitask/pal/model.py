@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from functools import partial
 
 import torch
@@ -168,14 +169,25 @@ class PalModel(nn.ModuleDict):
 
 def adapter_state_dict(model, include_heads: bool = True) -> dict[str, torch.Tensor]:
     """The PAL parameters (and the PAL tasks' heads) of `model`, under their names in the model; which parameters
-    those are is the model's answer (`MultitaskModel.task_parameter_owners`)."""
+    those are is the model's answer (`MultitaskModel.task_parameter_owners`). Under peft, a PAL or head trained as
+    one of `modules_to_save` is saved from its trained copy under its plain name; one that LoRA wraps is refused
+    (merge first)."""
     owners, tasks = model.task_parameter_owners(), set(model.pal.pal_config.tasks)
 
     def wanted(param) -> bool:
         task, attribute = owners.get(id(param), (None, None))
         return attribute == "pal" or (include_heads and attribute == "heads" and task in tasks)
 
-    return {k: p.detach().cpu().contiguous() for k, p in model.named_parameters() if wanted(p)}
+    state = {}
+    for name, param in model.named_parameters():
+        if not wanted(param) or ".original_module." in name:  # peft's modules_to_save: the untrained original
+            continue
+        if ".base_layer." in name or ".lora_" in name:
+            raise ValueError(f"save_pal_adapter: {name} is wrapped by a peft adapter (LoRA on a PAL or a head); "
+                             "merge_and_unload() first, then save the PAL adapter")
+        name = re.sub(r"\.modules_to_save\.[^.]+\.", ".", name)  # peft's trained copy, under the plain name
+        state[name] = param.detach().cpu().contiguous()
+    return state
 
 
 def save_adapter(model, directory: str | os.PathLike, include_heads: bool = True) -> None:
