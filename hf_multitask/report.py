@@ -21,6 +21,7 @@ from .plots import Series, plot_final_metrics, plot_lines, plot_surgery
 from .tasks import TaskSpec
 
 STATE_FILE = "trainer_state.json"
+ADAPTER_CONFIG = "adapter_config.json"  # a peft adapter (a LoRA-wrapped run) saves this instead of config.json
 
 
 # ---- finding and reading a run ----
@@ -34,11 +35,12 @@ def find_run_files(run_dir: str | Path) -> tuple[Path, Path]:
     checkpoint = last_complete_checkpoint(str(run_dir))
     candidates = [run_dir] + ([Path(checkpoint)] if checkpoint else [])
     states = [d / STATE_FILE for d in candidates if (d / STATE_FILE).is_file()]
-    models = [d for d in candidates if (d / "config.json").is_file()]
+    models = [d for d in candidates if (d / "config.json").is_file() or (d / ADAPTER_CONFIG).is_file()]
     if not states:
         raise FileNotFoundError(f"{run_dir}: no {STATE_FILE} in it or in a checkpoint-* directory")
     if not models:
-        raise FileNotFoundError(f"{run_dir}: no config.json (saved model) in it or in a checkpoint-* directory")
+        raise FileNotFoundError(f"{run_dir}: no config.json (saved model) or {ADAPTER_CONFIG} (peft adapter) in it "
+                                "or in a checkpoint-* directory")
     return states[0], models[0]
 
 
@@ -51,7 +53,16 @@ def load_log_history(state_file: str | Path) -> list[dict]:
 
 
 def load_task_specs(model_dir: str | Path) -> dict[str, TaskSpec]:
-    """`{task_name: TaskSpec}` from a saved model's `config.json`."""
+    """`{task_name: TaskSpec}` from a saved model's `config.json`, or from the base model's for a peft adapter (a
+    LoRA-wrapped run), which its `adapter_config.json` names."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file() and (model_dir / ADAPTER_CONFIG).is_file():
+        base = json.loads((model_dir / ADAPTER_CONFIG).read_text(encoding="utf-8")).get("base_model_name_or_path")
+        if not base:
+            raise FileNotFoundError(f"{model_dir}: a peft adapter whose {ADAPTER_CONFIG} names no base model "
+                                    "(base_model_name_or_path); the tasks are in the base's config.json: wrap a "
+                                    "model loaded from a directory, so that peft records it")
+        return MultitaskConfig.from_pretrained(str(base)).specs
     return MultitaskConfig.from_pretrained(str(model_dir)).specs
 
 

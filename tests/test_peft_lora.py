@@ -153,3 +153,18 @@ def test_a_pal_adapter_under_lora_is_refused_until_merged(tiny_model, tmp_path):
                                          r"merge_and_unload\(\) first"):
         model.save_pal_adapter(tmp_path / "pal")
     model.merge_and_unload().save_pal_adapter(tmp_path / "pal")
+
+
+def test_the_report_of_a_lora_run_reads_the_tasks_from_its_base(tiny_model, tokenized, tokenizer, data_dir, tmp_path):
+    from hf_multitask.report import write_report
+
+    tiny_model.save_pretrained(tmp_path / "base")
+    model = get_peft_model(MultitaskModel.from_pretrained(tmp_path / "base"), lora_config())
+    trainer = make_trainer(model, tokenized, tokenizer, tmp_path / "run", **{**TRAINER_ARGS, "logging_steps": 1},
+                           max_steps=2)
+    trainer.train()
+    trainer.evaluate()
+    trainer.save_model(str(tmp_path / "run"))
+    trainer.save_state()
+    paths = write_report(tmp_path / "run", data_dir=str(data_dir))
+    assert {"task_losses.png", "confusion_sst.png", "scatter_sts.png"} <= {p.name for p in paths}
