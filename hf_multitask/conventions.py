@@ -137,7 +137,15 @@ def class_label_ids(dataset, spec, where: str):
             return dataset  # GLUE's test splits (-1): refused by the label check, which names the row
         logger.warning_once(f"{where}: the dataset's ClassLabel names {theirs} are the task's label_names in "
                             f"another order ({ours}); its label ids are remapped to the task's")
-        return dataset.align_labels_with_mapping({name: i for i, name in enumerate(ours)}, "labels")
+        if feature is column:
+            return dataset.align_labels_with_mapping({name: i for i, name in enumerate(ours)}, "labels")
+        to_ours = [ours.index(name) for name in theirs]  # tags per word: datasets' method takes one ClassLabel only
+        features = dataset.features.copy()
+        features["labels"] = copy.deepcopy(column)
+        features["labels"].feature = ClassLabel(names=ours)
+        return dataset.map(lambda batch: {"labels": [[to_ours[t] if t >= 0 else t for t in row]
+                                                     for row in batch["labels"]]}, batched=True, features=features,
+                           desc="Remapping tag ids")
     if set(theirs) & set(ours):
         raise DataValidationError(f"{where}: column 'labels' is a ClassLabel with names {theirs}, but task "
                                   f"{spec.name!r} has label_names {ours}: rename or cast the dataset's labels "
@@ -166,6 +174,7 @@ def validate_tokenized(spec, dataset, where: str, tokenizer=None, labels_require
                                   f"has {columns}; tokenize it with hf_multitask.tokenize_task(dataset, spec, "
                                   "tokenizer)")
     _check_token_ids(spec, dataset, where, vocab_size)
+    spec.task_kind.check_tokenized(spec, dataset, where)
     if "labels" in columns:
         labels = dataset.with_format("arrow")["labels"].to_numpy(zero_copy_only=False)
         spec.task_kind.check_label_column(spec, labels, where)
@@ -316,7 +325,7 @@ def check_trainer_options(trainer) -> None:
         ignored.append(f"label_smoothing_factor={args.label_smoothing_factor} (each task's kind computes its loss)")
     if trainer.compute_loss_func is not None:
         ignored.append("compute_loss_func (each task's kind computes its loss: TaskSpec(loss=...) or a TaskKind, "
-                       "docs/kinds.md)")
+                       "docs/architecture.md, 'Adding a task kind')")
     if trainer.preprocess_logits_for_metrics is not None:
         ignored.append("preprocess_logits_for_metrics (each task's metric is computed from the head's raw outputs; "
                        "evaluation holds one task's outputs at a time)")

@@ -274,9 +274,14 @@ def tokenize_task(dataset: Dataset, spec: TaskSpec, tokenizer, num_proc: int | N
                                   f"{dataset.column_names}); TaskSpec.text_columns names the columns to tokenise")
     if len(dataset) == 0:
         raise DataValidationError(f"Task {spec.name!r}: the dataset is empty (no rows to tokenise)")
-    for column in spec.text_columns:  # data that no loader validated: the tokenizer's errors name no row
-        for index, value in enumerate(dataset[column]):
-            spec.task_kind.parse_text(spec, value, f"Task {spec.name!r}: row {index}, column {column!r}")
+    kind = spec.task_kind
+    texts = {column: [kind.parse_text(spec, value, f"Task {spec.name!r}: row {index}, column {column!r}")
+                      for index, value in enumerate(dataset[column])]  # no loader validated them, maybe
+             for column in spec.text_columns}  # (the tokenizer's errors name no row)
+    if "labels" in dataset.column_names:  # texts and labels that must agree (a tag per word), before they part
+        for index, label in enumerate(dataset["labels"]):
+            if isinstance(label, (list, tuple)):
+                kind.check_row(spec, {c: texts[c][index] for c in texts}, label, f"Task {spec.name!r}: row {index}")
     max_length = effective_max_length(spec, tokenizer)
     if max_length < spec.max_length:
         logger.warning(f"Task {spec.name!r}: max_length {spec.max_length} exceeds the tokenizer's limit {max_length}")
@@ -307,11 +312,12 @@ def encode_texts(spec: TaskSpec, tokenizer, texts: Sequence, max_length: int, **
 def count_truncated(dataset: Dataset, spec: TaskSpec, tokenizer, max_length: int) -> int:
     """Examples whose tokenised length exceeds `max_length`: the pair together for cross-encoding, either
     sentence for bi-encoding, as the kind groups them (an example counts once however many groups are too long)."""
-    groups = spec.task_kind.truncation_groups(spec)
+    kind = spec.task_kind
     too_long = [False] * len(dataset)
-    for group in groups:
-        lengths = tokenizer(*[list(dataset[c]) for c in group], truncation=False, return_length=True,
-                            **spec.task_kind.tokenizer_kwargs(spec))["length"]
+    for group in kind.truncation_groups(spec):  # each column as the kind reads it (words of a string, say)
+        columns = [[kind.parse_text(spec, value, f"row {i}, column {c!r}") for i, value in enumerate(dataset[c])]
+                   for c in group]
+        lengths = tokenizer(*columns, truncation=False, return_length=True, **kind.tokenizer_kwargs(spec))["length"]
         too_long = [flag or length > max_length for flag, length in zip(too_long, lengths)]
     return sum(too_long)
 

@@ -17,7 +17,7 @@ from transformers.utils import logging
 
 from .configuration import is_multitask_model
 from .data import MultitaskCollator, effective_max_length, encode_texts, tokenize_task
-from .kinds.base import label_array
+from .kinds.base import label_array, visible
 from .normalization import NORMALIZERS, get_normalizer, normalize_ptb  # noqa: F401 (public here too)
 from .tasks import TaskSpec
 
@@ -45,7 +45,7 @@ def check_input(spec: TaskSpec, item: Any, where: str) -> tuple[str, ...]:
     else:  # a token-level task also takes a list of words
         return (spec.task_kind.parse_text(spec, item, f"{where}: {spec.text_columns[0]!r}"),)
     for column, text in zip(spec.text_columns, texts):
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str) or not visible(text):
             raise ValueError(f"{where}: {column!r} is empty or not a string ({text!r})")
     return texts
 
@@ -141,7 +141,10 @@ def task_logits(model, task_name: str, features, tokenizer, batch_size: int = 32
 def encode_rows(spec: TaskSpec, tokenizer, rows: list[tuple[str, ...]]) -> list[dict[str, Any]]:
     """Tokenised features of checked inputs (tuples of texts, see [`check_input`]), exactly as [`tokenize_task`]
     tokenises a training split."""
-    dataset = Dataset.from_dict({column: [row[j] for row in rows] for j, column in enumerate(spec.text_columns)})
+    kind = spec.task_kind  # a token-level task's rows are words, given as a list or a string: one form in a column
+    columns = {column: [kind.parse_text(spec, row[j], f"input {i}: {column!r}") if kind.token_level else row[j]
+                        for i, row in enumerate(rows)] for j, column in enumerate(spec.text_columns)}
+    dataset = Dataset.from_dict(columns)
     bars = is_progress_bar_enabled()
     disable_progress_bar()  # one bar per call is noise in a library function
     try:

@@ -32,7 +32,8 @@ class TaskSpec:
         loss_weight: Multiplies the task's loss in the Trainer.
         max_length: Truncation length in tokens (pairs together for `cross`, each sentence for `bi`).
         file_stem: Data files are `<file_stem>-<split>.<ext>`; defaults to `name`.
-        extra: Options for the task's kind, for kinds that take any; the built-in kinds take none.
+        extra: Options for the task's kind: regression takes `initial_bias` (a number, or `"center"` of
+            `score_range`), token_classification `scheme` (seqeval's, e.g. `"IOB2"`); the others take none.
 
     Example:
 

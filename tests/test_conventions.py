@@ -444,6 +444,19 @@ def test_load_best_model_at_end_and_early_stopping_work(metric, bert_config, tok
     assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{best['step']}")
 
 
+def test_reduce_lr_on_plateau_reads_eval_loss(bert_config, tokenized, tokenizer, tmp_path):
+    """transformers steps ReduceLROnPlateau on the evaluation's `eval_loss` (its default metric): evaluation must
+    report it, and the rate must fall when it stops improving (patience 0, learning rate large enough to stall)."""
+    trainer = make_trainer(make_model(bert_config), tokenized, tokenizer, tmp_path, max_steps=8, eval_strategy="steps",
+                           eval_steps=2, learning_rate=0.5, lr_scheduler_type="reduce_lr_on_plateau",
+                           lr_scheduler_kwargs={"patience": 0, "factor": 0.5})
+    trainer.train()
+    assert type(trainer.lr_scheduler).__name__ == "ReduceLROnPlateau"
+    losses = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
+    worse = sum(later >= min(losses[:i + 1]) for i, later in enumerate(losses[1:]))
+    assert len(losses) == 4 and trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * 0.5 ** worse)
+
+
 def test_a_second_eval_set_of_one_task_goes_under_its_own_prefix(tiny_model, tokenized, tokenizer, tmp_path):
     """run_glue's MNLI habit (matched and mismatched sets of one task): the second set, alone, under a prefix."""
     trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path)

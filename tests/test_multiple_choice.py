@@ -212,3 +212,17 @@ def test_the_pipeline_batches_choices_and_matches_predict(bert_config, tokenizer
     for batch_size in (1, 2):
         assert [answer["label"] for answer in chooser(inputs, batch_size=batch_size)] == expected
     assert chooser(inputs[1])["label"] == expected[1]  # one tuple: its answer, as a dict
+
+
+def test_tokenised_rows_with_another_number_of_choices_are_named(bert_config, tokenizer, tmp_path):
+    """run_swag-style data with 3 choices for a 4-choice task crashed at the first step with a reshape error."""
+    from datasets import Dataset
+
+    spec = mc_task()
+    rows = [dict(tokenizer(["a man sits"] * 3, ["he reads", "he runs", "he eats"])) for _ in range(4)]
+    dataset = Dataset.from_dict({k: [r[k] for r in rows] for k in rows[0]} | {"label": [0, 1, 2, 0]})
+    model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=[spec]))
+    args = MultitaskTrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, max_steps=1)
+    with pytest.raises(DataValidationError, match=r"train_dataset\['mc'\]: row 0, column 'input_ids': 3 choices, "
+                                                  r"but task 'mc' has 4 .*4 rows in all"):
+        MultitaskTrainer(model=model, args=args, train_dataset={"mc": dataset}, processing_class=tokenizer)

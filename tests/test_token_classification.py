@@ -196,7 +196,7 @@ def _command_line_on_four_kinds(trainer, tmp_path, data_dir):
     assert len(ner) == 2 and len(ner[0]["gold"]) == len(ner[0]["tokens"]) and "word_error_rate" in ner[0]
     main(["predict", str(run), "--task", "ner", "a man with a zebra", "--output", str(tmp_path / "p")])
     (record,) = [json.loads(line) for line in (tmp_path / "p").read_text().splitlines()]
-    assert record["tokens"] == "a man with a zebra" and len(record["labels"]) == len(record["probabilities"]) == 5
+    assert record["tokens"] == "a man with a zebra" and len(record["tags"]) == len(record["probabilities"]) == 5
     main(["predict", str(run), "--task", "mc", "what is good ? ||| bad ||| good ||| a cat ||| it", "--output",
           str(tmp_path / "p")])
     (choice,) = [json.loads(line) for line in (tmp_path / "p").read_text().splitlines()]
@@ -363,3 +363,81 @@ def test_a_word_with_no_tokens_is_named_not_skipped(bert_config, tokenizer):
         model.predict("ner", [["the", "\ufffd", "man", "cat"]], tokenizer)
     with pytest.raises(DataValidationError, match=r"input 0: 'tokens': word 2 is empty or not a string \('\\u200b'\)"):
         model.predict("ner", [["the", "\u200b", "man", "cat"]], tokenizer)
+
+
+def test_tags_that_disagree_with_the_words_are_named_before_training(bert_config, tokenizer, tmp_path):
+    """More tags than words trained each word on its neighbour's tag; fewer failed at the first collate."""
+    from datasets import Dataset
+
+    spec = ner_task()
+    words = [["a", "man", "is", "good"], ["the", "cat", "is", "bad"]]
+    with pytest.raises(DataValidationError, match=r"Task 'ner': row 0: column 'tokens' has 4 words but column "
+                                                  r"'tags' has 5 tags"):
+        tokenize_task(Dataset.from_dict({"tokens": words, "labels": [[0, 1, 0, 0, 4], [0, 3, 0, 4]]}), spec,
+                      tokenizer)
+    model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=[spec]))
+    short = tokenize_task(Dataset.from_dict({"tokens": words, "labels": [[0, 1, 0, 0], [0, 3, 0, 4]]}), spec,
+                          tokenizer).map(lambda row, i: {"labels": row["labels"][:2] if i == 1 else row["labels"]},
+                                         with_indices=True)
+    with pytest.raises(DataValidationError, match=r"eval_dataset\['ner'\]: row 1, column 'labels': 2 tags for the 4 "
+                                                  r"words kept"):
+        MultitaskTrainer(model=model, args=args_for(tmp_path), eval_dataset={"ner": short}, processing_class=tokenizer)
+    aligned = Dataset.from_dict({**tokenizer(["a man", "the cat"]), "labels": [[-100, 1, 2, -100], [-100, 0, 3]]})
+    with pytest.raises(DataValidationError, match=r"row 1, column 'labels': 3 labels for 4 tokens of 'input_ids'"):
+        MultitaskTrainer(model=model, args=args_for(tmp_path), eval_dataset={"ner": aligned},
+                         processing_class=tokenizer)
+
+
+def test_conll_class_label_tags_in_another_order_are_remapped(bert_config, tokenizer, tmp_path):
+    from datasets import ClassLabel, Dataset, Features, List, Value
+
+    spec = ner_task()
+    other = [TAGS[i] for i in (0, 3, 4, 5, 1, 2)]  # the task's names, in another order
+    features = Features({"tokens": List(Value("string")), "labels": List(ClassLabel(names=other))})
+    raw = Dataset.from_dict({"tokens": [["a", "man", "is", "good"]], "labels": [[0, 4, 0, 2]]}, features=features)
+    model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=[spec]))
+    trainer = MultitaskTrainer(model=model, args=args_for(tmp_path), train_dataset={"ner": tokenize_task(raw, spec,
+                               tokenizer)}, processing_class=tokenizer)
+    remapped = trainer.train_dataset.datasets["ner"]
+    assert remapped["labels"] == [[TAGS.index(other[t]) for t in (0, 4, 0, 2)]]
+    assert remapped.features["labels"].feature.names == TAGS
+
+
+def test_string_words_count_truncation_per_example_and_a_tokenless_last_word_is_named(bert_config, tokenizer):
+    from datasets import Dataset
+
+    from hf_multitask.data import count_truncated
+
+    spec = ner_task()
+    strings = Dataset.from_dict({"tokens": ["a man is good"] * 4, "labels": [[0, 1, 0, 4]] * 4})
+    assert count_truncated(strings, spec, tokenizer, 32) == 0 and count_truncated(strings, spec, tokenizer, 4) == 4
+    model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=[spec]))
+    with pytest.raises(DataValidationError, match=r"example 0: word 2 \('\ufffd'\) gives no tokens"):
+        model.predict("ner", [["a", "man", "\ufffd"]], tokenizer)
+
+
+def test_word_error_rate_leaves_out_truncated_words():
+    spec = ner_task()
+    logits = np.full((2, 4, len(TAGS)), np.nan, dtype=np.float32)
+    logits[0, :2] = np.eye(len(TAGS))[[1, 0]] * 5  # row 0: 2 of 4 words kept, both right
+    logits[1, :4] = np.eye(len(TAGS))[[0, 0, 0, 1]] * 5  # row 1: one word of 4 wrong
+    gold = np.array([[1, 0, 0, 3], [0, 0, 0, 0]])
+    np.testing.assert_allclose(spec.task_kind.error_scores(spec, logits, gold), [0.0, 0.25])
+
+
+def test_evaluate_predictions_keep_the_gold_tags_beside_the_predicted(bert_config, tokenizer, ner_data, tmp_path):
+    from hf_multitask.cli import example_records
+    from hf_multitask.inference import task_logits
+
+    spec = ner_task()
+    model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=[spec]))
+    dev = tokenize_task(load_task_data(spec, ner_data, splits=("dev",))["dev"], spec, tokenizer)
+    records = example_records(spec, dev, task_logits(model, "ner", dev, tokenizer))
+    assert records[0]["labels"] == dev[0]["labels"] and len(records[0]["tags"]) == len(dev[0]["labels"])
+
+
+def test_predict_takes_strings_and_word_lists_in_one_call(bert_config, tokenizer):
+    model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=[ner_task()]))
+    mixed = model.predict("ner", ["a man is good", ["the", "cat"]], tokenizer)
+    assert mixed == model.predict("ner", [["a", "man", "is", "good"], ["the", "cat"]], tokenizer)
+    assert [len(tags) for tags in mixed] == [4, 2]

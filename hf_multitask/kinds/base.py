@@ -170,6 +170,11 @@ class TaskKind:
     def check_labels(self, spec, labels: list, source: str) -> None:
         """A look at all of a split's parsed labels at once (e.g. a warning for classes that never occur)."""
 
+    def check_tokenized(self, spec, dataset, where: str) -> None:
+        """Check a tokenised `datasets.Dataset` row by row where its columns must agree with each other (a tag per
+        word, a number of choices), when the Trainer is built; a [`DataValidationError`] names `where` (argument and
+        task), the row and the column. The default checks nothing."""
+
     def check_label_column(self, spec, labels: np.ndarray, where: str) -> None:
         """Check a tokenised dataset's whole `labels` column (one value per row, as the Trainer receives it)
         against the spec, when the Trainer is built; a [`DataValidationError`] names `where` (the argument and

@@ -83,14 +83,17 @@ class ClassificationKind(TaskKind):
             raise label_column_error(where, bad, np.asarray(labels), problem)  # shown as given: 7, not 7.0
 
     def check_labels(self, spec, labels: list, source: str) -> None:
+        self.warn_absent_classes(spec, set(labels), source, f"{len(labels)} rows")
+
+    def warn_absent_classes(self, spec, seen: set, source: str, counted: str) -> None:
+        """The warning for classes of the spec that never occur among the labels `seen` (`counted`: in how many)."""
         from transformers.utils import logging
 
-        seen = set(labels)
         absent = [name for k, name in enumerate(spec.label_names) if k not in seen]
         if absent:
             logging.get_logger("hf_multitask.data").warning(
                 f"{source}: task {spec.name!r} has {self.num_labels(spec)} classes, but class(es) {absent} never "
-                f"occur in its {len(labels)} rows")
+                f"occur in its {counted}")
 
     # ---- predictions and metrics ----
 

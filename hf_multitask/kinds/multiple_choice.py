@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..heads import ChoiceHead
-from .base import MODEL_INPUTS, register_kind
+from .base import MODEL_INPUTS, DataValidationError, register_kind
 from .classification import ClassificationKind
 
 
@@ -75,6 +75,18 @@ class MultipleChoiceKind(ClassificationKind):
             return {k: v.view(len(contexts), n, -1) for k, v in flat.items()}
         grouped = {k: [v[i * n:(i + 1) * n] for i in range(len(contexts))] for k, v in flat.items()}
         return {k: v[0] for k, v in grouped.items()} if single else grouped
+
+    def check_tokenized(self, spec, dataset, where: str) -> None:
+        """Every row holds the task's number of choices (a sequence each) in `input_ids`."""
+        wanted = len(spec.text_columns) - 1
+        counts = [len(ids) if isinstance(ids, list) and all(isinstance(c, list) for c in ids) else None
+                  for ids in dataset["input_ids"]]
+        bad = [row for row, count in enumerate(counts) if count != wanted]
+        if bad:
+            raise DataValidationError(
+                f"{where}: row {bad[0]}, column 'input_ids': {counts[bad[0]] or 'not a list of'} choices, but task "
+                f"{spec.name!r} has {wanted} ({list(spec.text_columns[1:])}; {len(bad)} rows in all); tokenise each "
+                "choice with the context, a (choices, seq) list per row (hf_multitask.tokenize_task does)")
 
     def truncation_groups(self, spec) -> list[list[str]]:
         return [[spec.text_columns[0], choice] for choice in spec.text_columns[1:]]

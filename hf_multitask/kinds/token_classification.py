@@ -103,7 +103,28 @@ class TokenClassificationKind(ClassificationKind):
                                       f"{spec.label_column!r} has {len(label)} tags; a task needs one tag per word")
 
     def check_labels(self, spec, labels: list, source: str) -> None:
-        super().check_labels(spec, [tag for row in labels for tag in row], source)
+        tags = [tag for row in labels for tag in row]
+        self.warn_absent_classes(spec, set(tags), source, f"{len(tags)} tags ({len(labels)} rows)")
+
+    def check_tokenized(self, spec, dataset, where: str) -> None:
+        """Tags per word (with `word_ids`): at least one per kept word; tags per token (an HF-aligned dataset):
+        one per token of `input_ids`."""
+        if "labels" not in dataset.column_names:
+            return
+        labels, input_ids = dataset["labels"], dataset["input_ids"]
+        word_ids = dataset["word_ids"] if "word_ids" in dataset.column_names else None
+        for row, tags in enumerate(labels):
+            count = len(tags) if isinstance(tags, (list, tuple)) else None
+            if count is None:
+                continue  # not a list of tags: check_label_column names it
+            if word_ids is not None and count < (needed := max(word_ids[row], default=IGNORE) + 1):
+                raise DataValidationError(f"{where}: row {row}, column 'labels': {count} tags for the {needed} "
+                                          f"words kept of the row; task {spec.name!r} needs one tag per word")
+            if word_ids is None and count != len(input_ids[row]):
+                raise DataValidationError(f"{where}: row {row}, column 'labels': {count} labels for "
+                                          f"{len(input_ids[row])} tokens of 'input_ids'; labels aligned per token "
+                                          "need one per token (-100 where none), or give tags per word with the "
+                                          "'word_ids' of hf_multitask.tokenize_task")
 
     def check_label_column(self, spec, labels: np.ndarray, where: str) -> None:
         count = self.num_labels(spec)
@@ -133,8 +154,11 @@ class TokenClassificationKind(ClassificationKind):
                             **tokenizer_kwargs)
         word_ids = [[IGNORE if w is None else w for w in encoded.word_ids(i)] for i in range(len(words))]
         for i, ids in enumerate(word_ids):  # a word with no tokens would shift every later word's tag
-            kept = max(ids, default=IGNORE)  # words after it were cut off by max_length
-            empty = sorted(set(range(kept)) - set(ids))
+            mask = encoded["attention_mask"][i] if "attention_mask" in encoded else encoded["input_ids"][i]
+            cut = int(sum(1 for m in np.asarray(mask).reshape(-1) if m) if "attention_mask" in encoded
+                      else len(mask)) >= max_length  # max_length cut words off the end: they have no tokens
+            last = max(ids, default=IGNORE) if cut else len(words[i]) - 1
+            empty = sorted(set(range(last + 1)) - set(ids))
             if empty:
                 raise DataValidationError(f"Task {spec.name!r}, example {i}: word {empty[0]} "
                                           f"({words[i][empty[0]]!r}) gives no tokens with this tokenizer, so no "
@@ -196,19 +220,19 @@ class TokenClassificationKind(ClassificationKind):
 
     def pipeline_output(self, spec, logits: np.ndarray) -> dict:
         record = self.prediction_records(spec, logits[None])[0]
-        return {"labels": record["labels"], "scores": record["probabilities"]}
+        return {"labels": record["tags"], "scores": record["probabilities"]}
 
     pipeline_ranking = TaskKind.pipeline_ranking  # one label per word: nothing to rank
 
     def prediction_records(self, spec, logits: np.ndarray) -> list[dict]:
         probabilities = np.nan_to_num(self.probabilities(spec, logits), nan=-1.0).max(-1)
-        return [{"labels": tags, "probabilities": [float(p) for p in row[:len(tags)]]}
+        return [{"tags": tags, "probabilities": [float(p) for p in row[:len(tags)]]}  # (`labels`: a record's gold)
                 for tags, row in zip(self.decode(spec, logits), probabilities)]
 
     def error_scores(self, spec, logits: np.ndarray, gold: np.ndarray) -> np.ndarray:
         predicted, gold = self.predictions(spec, logits), label_array(gold)
         width = min(predicted.shape[1], gold.shape[1])
-        scored = gold[:, :width] != IGNORE
+        scored = (gold[:, :width] != IGNORE) & (predicted[:, :width] != IGNORE)  # truncated words: no prediction
         wrong = scored & (predicted[:, :width] != gold[:, :width])
         return wrong.sum(1) / np.maximum(scored.sum(1), 1)  # the share of scored words tagged wrong
 
