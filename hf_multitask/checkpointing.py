@@ -20,6 +20,8 @@ import hashlib
 import json
 import os
 import re
+import sys
+from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
@@ -159,3 +161,27 @@ def load_training_state(folder: str) -> dict[str, dict]:
         component, key = name.split("/", 1)
         states[component][key] = tensor
     return states
+
+
+def finished_at(training_args, resume) -> int | None:
+    """The step of the checkpoint `resume` names (`True`: output_dir's last complete one) when it reached
+    `max_steps` already, else `None`."""
+    if not resume or training_args.max_steps <= 0:
+        return None
+    path = last_complete_checkpoint(training_args.output_dir) if resume is True else resume
+    state = Path(path or "") / "trainer_state.json"
+    if not path or not state.is_file():
+        return None  # the trainer names what is missing
+    step = json.loads(state.read_text(encoding="utf-8")).get("global_step", 0)
+    return step if step >= training_args.max_steps else None
+
+
+def warn_about_earlier_checkpoints(output_dir: str) -> None:
+    """A fresh run into an output_dir that holds another run's checkpoints: said, since a later
+    `--resume_from_checkpoint true` picks the newest, whichever run wrote it."""
+    earlier = sorted(Path(output_dir).glob("checkpoint-*")) if Path(output_dir).is_dir() else []
+    if earlier:
+        names = ", ".join(path.name for path in earlier)
+        print(f"hf-multitask train: {output_dir} holds checkpoints of an earlier run ({names}); this run starts "
+              "afresh and writes beside them: use another output_dir, or --resume_from_checkpoint true to continue "
+              "the newest", file=sys.stderr)

@@ -16,12 +16,14 @@ import io
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
 
 from .build import DataArguments, ModelArguments, build_model, build_task_specs, build_tokenizer
+from .checkpointing import finished_at, warn_about_earlier_checkpoints
 from .config_file import TRAIN_DATACLASSES, check_config_types, load_config_file
 from .data import DataValidationError, load_task_data, load_task_split, load_tokenized, tokenize_task
 from .export import export_task, max_logit_difference
@@ -41,7 +43,7 @@ def parse_train_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, Mu
         print(train_help())
         raise SystemExit(0)
     parser = HfArgumentParser(TRAIN_DATACLASSES)
-    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
+    if argv and argv[0].lower().endswith((".yaml", ".yml", ".json")):
         config = check_config_types(parser, load_config_file(argv[0]), argv[0])
         parser.set_defaults(**config)
         argv = argv[1:]
@@ -49,7 +51,10 @@ def parse_train_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, Mu
         args=argv, return_remaining_strings=True
     )
     if rest:
-        raise SystemExit(f"hf-multitask train: unknown argument(s) {rest}")
+        config_later = [a for a in rest if a.lower().endswith((".yaml", ".yml", ".json"))]
+        hint = (f"; the config file goes first: hf-multitask train {config_later[0]} [--key value ...]"
+                if config_later else "")
+        raise SystemExit(f"hf-multitask train: unknown argument(s) {rest}{hint}")
     return model_args, data_args, training_args
 
 
@@ -101,8 +106,16 @@ def train(argv: list[str]) -> dict:
     if trainer.is_world_process_zero():
         _print_summary(model, specs, train_data, training_args)
     resume = training_args.resume_from_checkpoint
-    # `--resume_from_checkpoint true` (or `last`): the last complete checkpoint of output_dir
-    trainer.train(resume_from_checkpoint=True if str(resume).lower() in ("true", "last") else resume)
+    # `--resume_from_checkpoint true` (or `last`): the last complete checkpoint of output_dir; `false`: none
+    resume = True if str(resume).lower() in ("true", "last") else None if str(resume).lower() == "false" else resume
+    if resume is None:
+        warn_about_earlier_checkpoints(training_args.output_dir)
+    done = finished_at(training_args, resume)
+    if done is not None:  # Trainer would run one more step past max_steps (and save it)
+        print(f"hf-multitask train: the run in {training_args.output_dir} is complete (step {done}, max_steps "
+              f"{training_args.max_steps}): nothing to train", file=sys.stderr)
+        return {}
+    trainer.train(resume_from_checkpoint=resume)
     try:
         metrics = _evaluate_after_training(trainer, specs, eval_data, data_args.predictions_file)
     except Exception:  # the trained model is saved (its card without metrics) before the error goes on
@@ -176,6 +189,7 @@ def evaluate(argv: list[str]) -> dict:
     args = parser.parse_args(argv)
     if args.errors < 0:
         raise SystemExit(f"--errors must be >= 0, got {args.errors}")
+    check_model_dir(args.model_dir)
     model = MultitaskModel.from_pretrained(args.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     unknown = sorted(set(args.tasks or []) - set(model.specs))
@@ -184,10 +198,11 @@ def evaluate(argv: list[str]) -> dict:
     specs = [model.specs[name] for name in (args.tasks or model.specs)]
     raw = {spec.name: load_task_data(spec, args.data, splits=(args.split,))[args.split] for spec in specs}
     eval_data = {spec.name: tokenize_task(raw[spec.name], spec, tokenizer) for spec in specs}
-    training_args = MultitaskTrainingArguments(output_dir=os.path.join(args.model_dir, "eval"), report_to=[],
-                                               per_device_eval_batch_size=args.batch_size)
-    trainer = MultitaskTrainer(model=model, args=training_args, processing_class=tokenizer)
-    metrics = trainer.evaluate(eval_data, metric_key_prefix=args.split)
+    with tempfile.TemporaryDirectory() as scratch:  # the Trainer's output_dir: evaluation writes nothing there
+        training_args = MultitaskTrainingArguments(output_dir=scratch, report_to=[],
+                                                   per_device_eval_batch_size=args.batch_size)
+        trainer = MultitaskTrainer(model=model, args=training_args, processing_class=tokenizer)
+        metrics = trainer.evaluate(eval_data, metric_key_prefix=args.split)
     print_metrics_table(metrics, specs, prefix=args.split)
     _write_json(Path(args.output or Path(args.model_dir) / f"{args.split}_results.json"), metrics)
     if args.errors or args.predictions:  # one more prediction pass, per example in file order
@@ -248,6 +263,7 @@ def predict(argv: list[str]) -> list[dict]:
                              "(for sst; off by default).")
     parser.add_argument("--batch_size", type=int, default=32)
     args = parser.parse_intermixed_args(argv)
+    check_model_dir(args.model_dir)
     model = MultitaskModel.from_pretrained(args.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     if args.task not in model.specs:
@@ -259,9 +275,11 @@ def predict(argv: list[str]) -> list[dict]:
     logits = predict_logits(model, spec.name, _texts_of(spec, dataset), tokenizer, batch_size=args.batch_size,
                             normalize=args.normalize)
     outputs = spec.task_kind.prediction_records(spec, logits)
-    records = [{**{c: dataset[i][c] for c in spec.text_columns}, **output} for i, output in enumerate(outputs)]
+    columns = (["id"] if "id" in dataset.column_names else []) + list(spec.text_columns)  # ids join rows back
+    records = [{**{c: dataset[i][c] for c in columns}, **output} for i, output in enumerate(outputs)]
     lines = "\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n"
     if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(lines, encoding="utf-8")
     else:
         sys.stdout.write(lines)
@@ -285,6 +303,7 @@ def export(argv: list[str]) -> None:
                                              "export and the model on the first 256 examples of --split.")
     parser.add_argument("--split", default="dev")
     args = parser.parse_args(argv)
+    check_model_dir(args.model_dir)
     model = MultitaskModel.from_pretrained(args.model_dir).eval()
     if args.task not in model.specs:
         raise SystemExit(f"{args.model_dir} has no head for task {args.task!r}; it has {list(model.specs)}")
@@ -303,9 +322,18 @@ def export(argv: list[str]) -> None:
         print(f"largest |logit difference| on {len(inputs)} {args.split} examples: {difference:.2e}")
 
 
+def check_model_dir(path: str) -> None:
+    """A model argument that is a local path (absolute, relative or home) must exist: transformers would read it as a
+    Hub id and say so misleadingly."""
+    if path.startswith(("/", ".", "~")) and not Path(path).expanduser().is_dir():
+        raise SystemExit(f"{path}: no such model directory")
+
+
 def _prediction_inputs(spec, args):
     from datasets import Dataset
 
+    if args.file and args.texts:
+        raise SystemExit(f"hf-multitask predict: give texts or --file, not both (texts {args.texts[:2]}...)")
     if args.file:
         if not Path(args.file).is_file():
             raise SystemExit(f"{args.file}: no such file")
@@ -398,5 +426,20 @@ def main(argv: list[str] | None = None) -> None:
     COMMANDS[argv[0]][0](argv[1:])
 
 
+def run() -> None:
+    """The `hf-multitask` console script: [`main`], with the library's errors about the user's input (bad
+    arguments, data, files, checkpoints) printed as one line on stderr and exit status 1, not as a traceback
+    (`HF_MULTITASK_TRACEBACK=1` shows it). Other exceptions keep their traceback."""
+    try:
+        main()
+    except (ValueError, TypeError, OSError, KeyError) as error:  # DataValidationError, CheckpointError among them
+        if os.environ.get("HF_MULTITASK_TRACEBACK"):
+            raise
+        command = next((a for a in sys.argv[1:] if a in COMMANDS), "")
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"hf-multitask {command}: {type(error).__name__}: {message}".replace("  ", " "), file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -129,3 +129,58 @@ def test_train_help_shows_our_arguments_before_the_training_arguments(capsys):
     ours = [out.index(flag) for flag in ("--model_name_or_path", "--data_dir", "--task_sampling ", "--smart_tasks")]
     assert ours == sorted(ours) and max(ours) < out.index("--per_device_train_batch_size")
     assert "model arguments:" in out and "multitask training arguments:" in out
+
+
+def test_relaunching_a_finished_run_with_resume_trains_nothing(config_file, tmp_path, capsys):
+    """transformers' Trainer would run one step past max_steps and save checkpoint-5 (README's re-launch command)."""
+    main(["train", str(config_file), "--save_strategy", "steps", "--save_steps", "2"])
+    run = tmp_path / "run"
+    before = (run / "model.safetensors").read_bytes()
+    assert main(["train", str(config_file), "--save_strategy", "steps", "--save_steps", "2",
+                 "--resume_from_checkpoint", "true"]) is None
+    assert "is complete (step 4, max_steps 4): nothing to train" in capsys.readouterr().err
+    assert (run / "model.safetensors").read_bytes() == before and not (run / "checkpoint-5").exists()
+
+
+def test_a_fresh_run_into_a_directory_with_checkpoints_says_so(config_file, tmp_path, capsys):
+    main(["train", str(config_file), "--save_strategy", "steps", "--save_steps", "2", "--max_steps", "2"])
+    capsys.readouterr()
+    main(["train", str(config_file), "--max_steps", "1", "--resume_from_checkpoint", "false"])  # "false": no resume
+    assert "holds checkpoints of an earlier run (checkpoint-2); this run starts afresh" in capsys.readouterr().err
+
+
+def test_the_console_script_prints_input_errors_as_one_line(tmp_path, monkeypatch, capsys):
+    from hf_multitask.cli import run
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learnin_rate: 1\n")
+    monkeypatch.setattr("sys.argv", ["hf-multitask", "train", str(bad)])
+    with pytest.raises(SystemExit) as exit_info:
+        run()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "Traceback" not in err
+    assert err.strip().splitlines() == [f"hf-multitask train: ValueError: {bad}: unknown key(s) ['learnin_rate'] (did "
+                                        "you mean 'learning_rate'?)"]
+    monkeypatch.setenv("HF_MULTITASK_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="unknown key"):
+        run()
+
+
+def test_predict_and_evaluate_edges(config_file, tmp_path, data_dir, capsys):
+    """Texts and --file together are refused; --file rows keep their ids; --output's folder is made; a missing model
+    directory is named; evaluate leaves nothing in the model's folder but its results."""
+    main(["train", str(config_file), "--max_steps", "1"])
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit, match="give texts or --file, not both"):
+        main(["predict", str(run), "--task", "sst", "good", "--file", str(data_dir / "sst-dev.tsv")])
+    out = tmp_path / "new folder" / "pred.jsonl"
+    main(["predict", str(run), "--task", "sst", "--file", str(data_dir / "sst-dev.tsv"), "--output", str(out)])
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert ids == list(load_task_data(get_task("sst"), data_dir, splits=("dev",))["dev"]["id"])
+    for command in (["evaluate", str(tmp_path / "nomodel"), "--data", str(data_dir)],
+                    ["predict", str(tmp_path / "nomodel"), "--task", "sst", "good"]):
+        with pytest.raises(SystemExit, match="nomodel: no such model directory"):
+            main(command)
+    before = set(run.iterdir())
+    main(["evaluate", str(run), "--data", str(data_dir), "--tasks", "sst"])
+    assert set(run.iterdir()) - before == {run / "dev_results.json"}
