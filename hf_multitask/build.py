@@ -70,14 +70,22 @@ class DataArguments:
 
     data_dir: str = field(default="../shared/data", metadata={"help": "Directory of <task>-<split>.tsv files."})
     train_split: str = field(default="train", metadata={"help": "Split name of the training files."})
-    eval_split: str = field(default="dev", metadata={"help": "Split name of the evaluation files."})
+    eval_split: str = field(default="dev", metadata={
+        "help": "Split name of the evaluation files; 'none': train without evaluation (no eval files needed)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N rows of each task."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N eval rows per task."})
     predictions_file: str | None = field(default=None, metadata={
         "help": "After training, also write every eval example's prediction and gold label here (JSON lines, "
                 "gzipped for .gz; the format of `hf-multitask evaluate --predictions`), from the evaluation pass."})
 
+    @property
+    def evaluates(self) -> bool:
+        """Whether `train` reads an evaluation split (`eval_split: none` trains without one)."""
+        return str(self.eval_split).lower() not in ("none", "")
+
     def __post_init__(self):
+        if not self.evaluates and self.predictions_file:
+            raise ValueError("predictions_file writes the evaluation's predictions, and eval_split is none")
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:

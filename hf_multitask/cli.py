@@ -96,7 +96,7 @@ def train(argv: list[str]) -> dict:
     train_data = load_tokenized(specs, tokenizer, data_args.data_dir, data_args.train_split,
                                 data_args.max_train_samples)
     eval_data = load_tokenized(specs, tokenizer, data_args.data_dir, data_args.eval_split,
-                               data_args.max_eval_samples)
+                               data_args.max_eval_samples) if data_args.evaluates else None
     if data_args.predictions_file:  # found before training, not after it
         for spec in specs:
             if not spec.task_kind.implements("prediction_records"):
@@ -116,6 +116,11 @@ def train(argv: list[str]) -> dict:
               f"{training_args.max_steps}): nothing to train", file=sys.stderr)
         return {}
     trainer.train(resume_from_checkpoint=resume)
+    if eval_data is None:  # eval_split: none
+        trainer.save_model(training_args.output_dir)
+        trainer.save_state()
+        print(f"hf-multitask train: no evaluation (eval_split none); the model is saved in {training_args.output_dir}")
+        return {}
     try:
         metrics = _evaluate_after_training(trainer, specs, eval_data, data_args.predictions_file)
     except Exception:  # the trained model is saved (its card without metrics) before the error goes on

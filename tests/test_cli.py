@@ -184,3 +184,13 @@ def test_predict_and_evaluate_edges(config_file, tmp_path, data_dir, capsys):
     before = set(run.iterdir())
     main(["evaluate", str(run), "--data", str(data_dir), "--tasks", "sst"])
     assert set(run.iterdir()) - before == {run / "dev_results.json"}
+
+
+def test_eval_split_none_trains_without_evaluation_files(config_file, tmp_path, data_dir):
+    for dev in data_dir.glob("*-dev.tsv"):
+        dev.unlink()
+    main(["train", str(config_file), "--max_steps", "1", "--eval_split", "none"])
+    run = tmp_path / "run"
+    assert (run / "model.safetensors").is_file() and not (run / "eval_results.json").exists()
+    with pytest.raises(ValueError, match="predictions_file writes the evaluation's predictions, and eval_split is"):
+        main(["train", str(config_file), "--eval_split", "none", "--predictions_file", str(tmp_path / "p.jsonl")])
