@@ -182,6 +182,11 @@ def test_summed_step_equals_the_per_task_buffer_step(accumulation, bert_config, 
         results.append((snapshot(model), trainer.state.log_history))
     (summed, summed_log), (buffer, buffer_log) = results
     for name in summed:
+        if name.endswith("attention.self.key.bias"):
+            # softmax ignores the key bias (q·(k + b) shifts every score of a query alike): its gradient is 0 but for
+            # rounding, and AdamW scales that noise up to ±lr steps, in whichever direction each path's rounding
+            # falls (it differs between CPUs: the Intel Xeon box of 2026-12-02 fails here, the AMD EPYC one passed)
+            continue
         torch.testing.assert_close(summed[name], buffer[name], atol=1e-6, rtol=1e-5, msg=name)
     assert [e["loss"] for e in summed_log if "loss" in e] == pytest.approx(
         [e["loss"] for e in buffer_log if "loss" in e], rel=1e-5)
