@@ -187,19 +187,25 @@ def validate_tokenized(spec, dataset, where: str, tokenizer=None, labels_require
         _check_two_segments(spec, dataset, where, tokenizer)
 
 
+def _flat_ids(dataset, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """`(values, rows)`: every id of a tokenised list column (a row's, or each of a row's choices'), with the
+    dataset row it belongs to."""
+    flat = dataset.with_format("arrow")[column]
+    flat = flat.combine_chunks() if isinstance(flat, pa.ChunkedArray) else flat
+    rows = np.arange(len(dataset))
+    while pa.types.is_list(flat.type) or pa.types.is_large_list(flat.type):
+        rows = rows[pc.list_parent_indices(flat).to_numpy()]
+        flat = pc.list_flatten(flat)
+    return flat.to_numpy(zero_copy_only=False), rows
+
+
 def _check_token_ids(spec, dataset, where: str, vocab_size: int | None) -> None:
     for column in [c for c in ("input_ids", f"input_ids{PAIR_SUFFIX}") if c in dataset.column_names]:
-        flat = dataset.with_format("arrow")[column]
-        flat = flat.combine_chunks() if isinstance(flat, pa.ChunkedArray) else flat
-        rows = np.arange(len(dataset))
-        while pa.types.is_list(flat.type) or pa.types.is_large_list(flat.type):  # a row, or a choice of one
-            rows = rows[pc.list_parent_indices(flat).to_numpy()]
-            flat = pc.list_flatten(flat)
+        ids, rows = _flat_ids(dataset, column)
         empty = np.flatnonzero(np.bincount(rows, minlength=len(dataset)) == 0)
         if len(empty):
             raise DataValidationError(f"{where}: row {int(empty[0])}, column {column!r}: no tokens ({len(empty)} "
                                       f"rows in all); task {spec.name!r} needs at least [CLS] [SEP] per row")
-        ids = flat.to_numpy(zero_copy_only=False)
         bad = (ids < 0) | (ids >= vocab_size) if vocab_size is not None else ids < 0
         if bad.any():
             first = int(np.flatnonzero(bad)[0])
@@ -214,9 +220,7 @@ def _check_two_segments(spec, dataset, where: str, tokenizer) -> None:
     column = "input_ids" if sep is not None else "token_type_ids"
     if column not in dataset.column_names:
         return
-    ids = dataset.with_format("arrow")[column]
-    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
-    flat, rows = pc.list_flatten(ids).to_numpy(), pc.list_parent_indices(ids).to_numpy()
+    flat, rows = _flat_ids(dataset, column)
     hits = np.bincount(rows[flat == sep] if sep is not None else rows[flat != 0], minlength=len(dataset))
     bad = hits < (2 if sep is not None else 1)
     if bad.any():
