@@ -250,8 +250,6 @@ def load_tokenized(specs: Iterable[TaskSpec], tokenizer, data_dir: str | os.Path
     out = {}
     for spec in specs:
         dataset = load_task_data(spec, data_dir, splits=(split,))[split]
-        if limit is not None and limit < 1:
-            raise ValueError(f"A row limit (max_train_samples / max_eval_samples) must be >= 1, got {limit}")
         if limit is not None:
             dataset = dataset.select(range(min(limit, len(dataset))))
         out[spec.name] = tokenize_task(dataset, spec, tokenizer)
