@@ -437,12 +437,11 @@ def run() -> None:
     (`HF_MULTITASK_TRACEBACK=1` shows it). Other exceptions keep their traceback."""
     try:
         main()
-    except (ValueError, TypeError, OSError, KeyError) as error:  # DataValidationError, CheckpointError among them
+    except (ValueError, OSError) as error:  # DataValidationError and CheckpointError are ValueErrors
         if os.environ.get("HF_MULTITASK_TRACEBACK"):
             raise
         command = next((a for a in sys.argv[1:] if a in COMMANDS), "")
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"hf-multitask {command}: {type(error).__name__}: {message}".replace("  ", " "), file=sys.stderr)
+        print(f"hf-multitask {command}: {type(error).__name__}: {error}".replace("  ", " "), file=sys.stderr)
         raise SystemExit(1) from None
 
 
