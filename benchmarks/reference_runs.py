@@ -9,8 +9,8 @@ of 32 on the shared data (801 SST + 2,595 Quora + 567 STS). The rows, in the que
   `checkpoint-0` and `timeline.json`, for the time-to-quality plot.
 - the ablation rows the recipe starts from (`init_heads_from` in the recipe's config; `frozen` for now), at this
   group's seeds: the recipe's run with seed S starts from their run with seed S, as `best` does in the ablation.
-- `recipe_3963`: the recipe, `examples/cs224n/reference/recipe.yaml` (provisional until the ablation's means are
-  in), at the same 3,963 batches; measured against `single_task_3ep`, seed with seed.
+- `recipe_3963`: the recipe, `examples/cs224n/reference/recipe.yaml` (written by `choose_recipe.py --write` from
+  the ablation's means), at the same 3,963 batches; measured against `single_task_3ep`, seed with seed.
 - `main_job_ttq`: the README's main job (`examples/cs224n/main.yaml`, 1,400 batches) saving model-only checkpoints
   every 100 steps, for the time-to-quality plot. The rows with checkpoints never resume from them: a resumed run's
   clock would miss the time before the interruption.
