@@ -53,7 +53,8 @@ def multitask_base(model):
 def check_model(model) -> None:
     """Refuse a model without task heads (a plain `AutoModelForSequenceClassification`, say)."""
     if model is None:
-        raise TypeError("MultitaskTrainer needs model=MultitaskModel(...) (model_init is not supported)")
+        raise TypeError("MultitaskTrainer needs model=MultitaskModel(...): model_init is not supported (nor, so, "
+                        "Trainer.hyperparameter_search, which builds each trial's model with it)")
     if hasattr(multitask_base(model), "specs"):
         return
     source = getattr(getattr(model, "config", None), "_name_or_path", "") or "<encoder>"
@@ -67,13 +68,8 @@ def prepare_inputs(model, train_dataset, eval_dataset, data_collator, processing
     `{task_name: Dataset}` or `None`, the collator), after checking the model and validating every dataset."""
     check_model(model)
     specs = multitask_base(model).specs
-    train = task_datasets(train_dataset, specs, "train_dataset") if train_dataset is not None else None
+    train = multitask_dataset(train_dataset, specs) if train_dataset is not None else None
     evaluation = task_datasets(eval_dataset, specs, "eval_dataset") if eval_dataset is not None else None
-    if train is not None and not (isinstance(train_dataset, MultitaskDataset)
-                                  and all(train[n] is train_dataset.datasets[n] for n in train)):
-        train = MultitaskDataset(train)
-    elif train is not None:
-        train = train_dataset  # the caller's own MultitaskDataset (a subclass, say), nothing renamed in it
     collator = build_collator(data_collator, processing_class, specs, train)
     tokenizer = processing_class if processing_class is not None else getattr(collator, "tokenizer", None)
     vocab = vocab_size(model)
@@ -84,6 +80,14 @@ def prepare_inputs(model, train_dataset, eval_dataset, data_collator, processing
 
 
 # ---- datasets ----
+
+
+def multitask_dataset(train_dataset, specs: Mapping) -> MultitaskDataset:
+    """`train_dataset` ({task_name: Dataset}, one Dataset or a [`MultitaskDataset`]) as a `MultitaskDataset` of
+    [`task_datasets`]; the caller's own `MultitaskDataset` (a subclass, say) is kept if nothing was renamed in it."""
+    train = task_datasets(train_dataset, specs, "train_dataset")
+    own = isinstance(train_dataset, MultitaskDataset) and all(train[n] is train_dataset.datasets[n] for n in train)
+    return train_dataset if own else MultitaskDataset(train)
 
 
 def task_datasets(datasets, specs: Mapping, argument: str) -> dict:
@@ -323,7 +327,8 @@ def check_trainer_options(trainer) -> None:
     """Refuse the `Trainer` options that each task's own loss and metrics would otherwise ignore
     (`label_smoothing_factor`, `compute_loss_func`, `preprocess_logits_for_metrics`, `include_for_metrics`,
     `eval_do_concat_batches=False`, accelerate's `split_batches` / `dispatch_batches`), and a
-    `metric_for_best_model` that evaluation never reports (it would fail at the first evaluation, after training)."""
+    `metric_for_best_model` that evaluation never reports (it would fail at the first evaluation, after training):
+    a task's metric only for the tasks of `eval_dataset`, when it is given."""
     args, ignored = trainer.args, []
     if getattr(args, "label_smoothing_factor", 0.0):
         ignored.append(f"label_smoothing_factor={args.label_smoothing_factor} (each task's kind computes its loss)")
@@ -344,7 +349,9 @@ def check_trainer_options(trainer) -> None:
                            "from the multitask sampler; per_device_train_batch_size is each rank's share)")
     if ignored:
         raise ValueError(f"MultitaskTrainer does not apply {'; '.join(ignored)}: leave it unset")
-    check_best_metric(args.metric_for_best_model, trainer.specs, trainer.task_compute_metrics)
+    evaluated = trainer.eval_dataset if isinstance(trainer.eval_dataset, Mapping) else trainer.specs  # its tasks
+    check_best_metric(args.metric_for_best_model, {name: spec for name, spec in trainer.specs.items()
+                                                   if name in evaluated}, trainer.task_compute_metrics)
 
 
 def check_best_metric(metric: str | None, specs: Mapping, measured: Collection[str] = ()) -> None:

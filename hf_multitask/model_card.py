@@ -211,14 +211,15 @@ def task_metrics(specs: Mapping[str, TaskSpec], metrics: Mapping[str, float], pr
 
 
 def latest_eval_metrics(log_history: Sequence[Mapping[str, Any]], specs: Mapping[str, TaskSpec],
-                        prefix: str = "eval") -> tuple[dict[str, float], int | None]:
-    """The latest evaluation in a Trainer's `state.log_history` that reports any task's metric, and its step.
+                        prefix: str = "eval", step: int | None = None) -> tuple[dict[str, float], int | None]:
+    """The latest evaluation in a Trainer's `state.log_history` that reports any task's metric, and its step; with
+    `step`, the latest one at that step (the best checkpoint's, once `load_best_model_at_end` has loaded it).
 
-    Returns `({}, None)` when no evaluation ran.
+    Returns `({}, None)` when no evaluation ran (at `step`).
     """
     keys = {metric_key(prefix, name, spec.metric) for name, spec in specs.items()} | {overall_key(prefix)}
     for entry in reversed(log_history):
-        if keys & set(entry):
+        if keys & set(entry) and (step is None or entry.get("step") == step):
             return {k: v for k, v in entry.items() if k.startswith(f"{prefix}_")}, entry.get("step")
     return {}, None
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Mapping
 from functools import partial
@@ -11,28 +10,15 @@ from functools import partial
 import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer
-from transformers.trainer_utils import (
-    PREFIX_CHECKPOINT_DIR,
-    PredictionOutput,
-    rotate_checkpoints,
-    seed_worker,
-    speed_metrics,
-)
+from transformers.trainer_utils import PredictionOutput, seed_worker, speed_metrics
 from transformers.utils import logging
 
 from . import conventions
 from .aggregators import GradientSurgery, ShardedGradientSurgery
 from .callbacks import NonFiniteGuard, NonFiniteLossError, RegularizerCallback, SamplerEpochCallback, TaskMetrics
-from .checkpointing import (
-    CheckpointError,
-    last_complete_checkpoint,
-    load_training_state,
-    save_training_state,
-    verify_checkpoint,
-)
 from .conventions import multitask_base
 from .data import MultitaskDataset
-from .evaluation import evaluate_tasks
+from .evaluation import evaluate_tasks, task_dataloader
 from .loss_weighting import build_loss_weighting
 from .mixed_precision import active_scaler, combine_unscaled, drop_gradients
 from .optim import build_optimizer, head_lr_param_groups, no_decay_names
@@ -41,10 +27,11 @@ from .sampling import MultitaskBatchSampler, SamplerPlanState
 from .sharding import check_sharded_trainer, sharded_surgery
 from .summed_step import mean_across_ranks, summed_training_step
 from .trainer_card import TrainerModelCard
+from .trainer_checkpoints import TrainerCheckpoints
 
 logger = logging.get_logger(__name__)
 
-class MultitaskTrainer(TrainerModelCard, Trainer):
+class MultitaskTrainer(TrainerCheckpoints, TrainerModelCard, Trainer):
     """Trains a [`MultitaskModel`] on several tasks at once.
 
     Every argument not listed below is as in `transformers.Trainer`. The default collator is a [`MultitaskCollator`].
@@ -79,6 +66,7 @@ class MultitaskTrainer(TrainerModelCard, Trainer):
         conventions.check_trainer_options(self)
         check_sharded_trainer(self)  # FSDP / DeepSpeed turned on by an accelerate config: sharding.py
         self._checked_eval_dataset = self.eval_dataset  # normalised and validated by prepare_inputs
+        self._checked_train_dataset = self.train_dataset
         self.train_sampler: MultitaskBatchSampler | None = None
         self._task_metrics = TaskMetrics()
         self._task_metric_names = ["loss"]
@@ -147,8 +135,13 @@ class MultitaskTrainer(TrainerModelCard, Trainer):
         self._signature_columns += sorted(extras - set(self._signature_columns))
 
     def get_train_dataloader(self) -> DataLoader:
-        if not isinstance(self.train_dataset, MultitaskDataset):
-            raise TypeError("MultitaskTrainer needs train_dataset as {task_name: Dataset} or a MultitaskDataset")
+        if self.train_dataset is None:
+            raise ValueError("Trainer: training requires a train_dataset ({task_name: Dataset}).")
+        if self.train_dataset is not self._checked_train_dataset:  # assigned after construction: as if passed to it
+            train = conventions.multitask_dataset(self.train_dataset, self.specs)
+            conventions.validate_datasets(train.datasets, self.specs, "train_dataset", self._tokenizer(),
+                                          vocab_size=conventions.vocab_size(self.model))
+            self.train_dataset = self._checked_train_dataset = train
         self.train_sampler, args = self._build_train_sampler(self.train_dataset), self.args
         self._stateful["sampler_plan"].check()  # against a resumed checkpoint's plan, if one was loaded first
         dataloader = DataLoader(  # the Trainer's DataLoader settings (`Trainer._get_dataloader`), our batch sampler
@@ -305,69 +298,6 @@ class MultitaskTrainer(TrainerModelCard, Trainer):
                 logs["nonfinite_skipped_steps"], self._nonfinite.unlogged = self._nonfinite.unlogged, 0
         super().log(logs, start_time)
 
-    # ---- extra training state in checkpoints ----
-
-    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
-        """As `Trainer.train`; `resume_from_checkpoint=True` picks the last *complete* checkpoint of `output_dir`
-        (the Trainer's own choice is the highest-numbered one, even if the run died while writing it), and a
-        checkpoint given by path is checked first: an incomplete or truncated one raises a [`CheckpointError`]
-        that names the file."""
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is None:
-                raise CheckpointError(f"No complete checkpoint to resume from in {self.args.output_dir}")
-            logger.info(f"Resuming from {resume_from_checkpoint}, the last complete checkpoint")
-        elif resume_from_checkpoint:
-            verify_checkpoint(str(resume_from_checkpoint))
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
-
-    def _save_checkpoint(self, model, trial) -> None:
-        """The Trainer's checkpoint, then our training state and the manifest (written last), then the Hub push
-        (`push_to_hub`) and the rotation.
-
-        Old checkpoints are deleted, and a checkpoint is pushed, only once the new one is complete, so a kill at any
-        moment leaves at least one complete checkpoint behind, and the Hub never gets one without our state.
-        """
-        limit, self.args.save_total_limit = self.args.save_total_limit, None
-        push, self.args.push_to_hub = self.args.push_to_hub, False
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self.args.save_total_limit, self.args.push_to_hub = limit, push
-        run_dir = self._get_output_dir(trial=trial)
-        folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        self.accelerator.wait_for_everyone()  # every rank has written its files (RNG states)
-        states = {name: obj.state_dict() for name, obj in self._stateful.items()}  # all ranks: FSDP2 gathers
-        if self.args.should_save:
-            save_training_state(folder, {} if self.args.save_only_model else states)
-            if push:
-                self._push_from_checkpoint(folder)  # (rank 0 only; an upload in the background, as the Trainer's)
-            rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
-        self.accelerator.wait_for_everyone()
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        try:
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
-        except CheckpointError:
-            raise
-        except Exception as e:  # safetensors, torch or JSON errors that do not say which checkpoint
-            raise CheckpointError(f"{resume_from_checkpoint}: cannot load the model weights: "
-                                  f"{type(e).__name__}: {e}") from e
-        states = load_training_state(resume_from_checkpoint)
-        for name, obj in self._stateful.items():
-            if name in states:
-                obj.load_state_dict(states[name])
-            elif not getattr(obj, "optional", False):
-                logger.warning(f"{resume_from_checkpoint} has no saved state for {name!r}: it starts afresh")
-
-    def _load_optimizer_and_scheduler(self, checkpoint) -> None:
-        try:
-            super()._load_optimizer_and_scheduler(checkpoint)
-        except Exception as e:
-            raise CheckpointError(f"{checkpoint}: cannot load the optimizer or scheduler state (optimizer.pt, "
-                                  f"scheduler.pt): {type(e).__name__}: {e}") from e
-
     # ---- optimizer ----
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
@@ -388,11 +318,7 @@ class MultitaskTrainer(TrainerModelCard, Trainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Evaluate every task; returns `<prefix>_<task>_<metric>`, `<prefix>_<task>_loss`, the user's
         `compute_metrics` per task and `<prefix>_overall`. `eval_dataset` as at construction."""
-        if isinstance(eval_dataset, str):  # a key of the eval datasets, as Trainer.evaluate takes it
-            own = self._task_datasets(self.eval_dataset, "eval_dataset")
-            if eval_dataset not in own:
-                raise KeyError(f"evaluate(eval_dataset={eval_dataset!r}): the trainer's eval_dataset has {list(own)}")
-            eval_dataset = {eval_dataset: own[eval_dataset]}
+        eval_dataset = self._named_eval_dataset(eval_dataset, "evaluate")
         datasets = self._task_datasets(eval_dataset if eval_dataset is not None else self.eval_dataset, "eval_dataset")
         self._memory_tracker.start()  # the parent's evaluate does this too; transformers has no public API for it
         start_time = time.time()
@@ -424,15 +350,48 @@ class MultitaskTrainer(TrainerModelCard, Trainer):
             predictions, label_ids = next(iter(predictions.values())), next(iter(label_ids.values()))
         return PredictionOutput(predictions=predictions, label_ids=label_ids, metrics=metrics)
 
+    def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
+        """One task's evaluation DataLoader, rows in dataset order (each task is evaluated on its own loader):
+        `eval_dataset` names a task of the trainer's `eval_dataset`, or is `{task_name: Dataset}` of one task (or,
+        like `None`, the trainer's eval_dataset, when that holds one task)."""
+        eval_dataset = self._named_eval_dataset(eval_dataset, "get_eval_dataloader")
+        return self._one_task_dataloader(eval_dataset if eval_dataset is not None else self.eval_dataset,
+                                         "get_eval_dataloader", "eval_dataset", labels_required=True)
+
+    def get_test_dataloader(self, test_dataset) -> DataLoader:
+        """One task's prediction DataLoader, rows in order: `{task_name: Dataset}` of one task, or one Dataset for a
+        model with one task (labels optional)."""
+        return self._one_task_dataloader(test_dataset, "get_test_dataloader", "test_dataset", labels_required=False)
+
+    def _one_task_dataloader(self, datasets, method: str, argument: str, labels_required: bool) -> DataLoader:
+        checked = self._task_datasets(datasets, argument, labels_required)
+        if len(checked) != 1:
+            raise ValueError(f"{method}: each task is evaluated on its own DataLoader; ask for one task's, e.g. "
+                             f"{method}({{{next(iter(checked))!r}: dataset}}) (got the tasks {list(checked)}); "
+                             "evaluate() and predict() take them all")
+        (name, dataset), = checked.items()
+        return task_dataloader(self, name, dataset)
+
+    def _named_eval_dataset(self, eval_dataset, method: str):
+        """A task name (a key of the trainer's eval datasets, as `Trainer.evaluate` takes it) as `{name: Dataset}`."""
+        if not isinstance(eval_dataset, str):
+            return eval_dataset
+        own = self._task_datasets(self.eval_dataset, "eval_dataset")
+        if eval_dataset not in own:
+            raise KeyError(f"{method}(eval_dataset={eval_dataset!r}): the trainer's eval_dataset has {list(own)}")
+        return {eval_dataset: own[eval_dataset]}
+
     def _task_datasets(self, datasets, argument: str, labels_required: bool = True) -> dict:
         if datasets is None:
             raise TypeError(f"MultitaskTrainer needs {argument} as a non-empty {{task_name: Dataset}}")
         if datasets is self._checked_eval_dataset:  # normalised and validated already
             return datasets
         checked = conventions.task_datasets(datasets, self.specs, argument)
-        tokenizer = self.processing_class or getattr(self.data_collator, "tokenizer", None)
-        conventions.validate_datasets(checked, self.specs, argument, tokenizer, labels_required,
+        conventions.validate_datasets(checked, self.specs, argument, self._tokenizer(), labels_required,
                                       conventions.vocab_size(self.model))
         if datasets is self.eval_dataset:  # assigned after construction: keep the checked form
             self.eval_dataset = self._checked_eval_dataset = checked
         return checked
+
+    def _tokenizer(self):
+        return self.processing_class or getattr(self.data_collator, "tokenizer", None)

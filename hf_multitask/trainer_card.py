@@ -51,11 +51,22 @@ class TrainerModelCard:
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
+    def _load_best_model(self) -> None:
+        """The parent's (`load_best_model_at_end`); the card then reports the loaded checkpoint's evaluation."""
+        super()._load_best_model()
+        self._best_loaded_step = self.state.best_global_step
+
     def _card_kwargs(self) -> dict:
-        metrics, step = latest_eval_metrics(self.state.log_history, self.specs)
+        best = getattr(self, "_best_loaded_step", None)
+        if best is not None:  # the weights are the best checkpoint's, not the last step's
+            metrics, step = latest_eval_metrics(self.state.log_history, self.specs, step=best)
+            source = (f"the Trainer's evaluation of the best checkpoint (step {step}; metric_for_best_model "
+                      f"{self.args.metric_for_best_model}), whose weights these are (load_best_model_at_end)")
+        else:
+            metrics, step = latest_eval_metrics(self.state.log_history, self.specs)
+            source = f"the Trainer's latest evaluation (step {step})"
         return {"metrics": metrics, "training_args": self.args, "trained_steps": self.state.global_step,
-                "results_source": f"the Trainer's latest evaluation (step {step})" if metrics else None,
-                "model_id": self.hub_model_id or self.args.hub_model_id}
+                "results_source": source if metrics else None, "model_id": self.hub_model_id or self.args.hub_model_id}
 
     def _write_model_card(self, output_dir: str, **kwargs) -> None:
         if not write_model_card(output_dir, self.multitask_model, **kwargs):

@@ -416,6 +416,22 @@ def test_a_best_model_metric_from_compute_metrics_is_accepted(bert_config, token
                          train_dataset=tokenized["train"], processing_class=tokenizer, compute_metrics=measure)
 
 
+def test_a_best_model_metric_of_a_task_without_eval_data_is_rejected(bert_config, tokenized, tokenizer, tmp_path):
+    dev = {name: tokenized["dev"][name] for name in ("sst", "sts")}  # (failed at the first evaluation, in training)
+    with pytest.raises(ValueError, match=r"'quora_accuracy' is not a metric .*'sst_accuracy', 'sts_loss'"):
+        MultitaskTrainer(model=make_model(bert_config), args=args(tmp_path, metric_for_best_model="quora_accuracy"),
+                         train_dataset=tokenized["train"], eval_dataset=dev, processing_class=tokenizer)
+    MultitaskTrainer(model=make_model(bert_config), args=args(tmp_path, metric_for_best_model="sts_pearson"),
+                     train_dataset=tokenized["train"], eval_dataset=dev, processing_class=tokenizer)
+
+
+def test_model_init_is_refused_with_the_search_it_rules_out(bert_config, tokenized, tokenizer, tmp_path):
+    with pytest.raises(TypeError, match=r"needs model=MultitaskModel\(\.\.\.\): model_init is not supported.*"
+                                        r"hyperparameter_search"):
+        MultitaskTrainer(model_init=lambda: make_model(bert_config), args=args(tmp_path),
+                         train_dataset=tokenized["train"], processing_class=tokenizer)
+
+
 def test_a_one_task_model_is_told_its_metric_name(bert_config, tokenized, tokenizer, tmp_path):
     with pytest.raises(ValueError, match="for this one-task model, 'sst_accuracy'"):
         MultitaskTrainer(model=make_model(bert_config, [get_task("sst")]),

@@ -231,6 +231,23 @@ def test_trainer_save_model_card_has_the_evaluation_and_arguments(tiny_model, to
     assert values == [round(metrics[f"eval_{k}"], 4) for k in ("sst_accuracy", "quora_accuracy", "sts_pearson")]
 
 
+def test_card_after_load_best_model_at_end_reports_the_best_checkpoints_evaluation(tiny_model, tokenized, tokenizer,
+                                                                                    tmp_path):
+    # The highest eval loss is the best here, so the loaded checkpoint is an early one, not the last step's.
+    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path / "out", max_steps=6, learning_rate=5e-3,
+                           eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2,
+                           load_best_model_at_end=True, metric_for_best_model="loss", greater_is_better=True)
+    trainer.train()
+    best = trainer.state.best_global_step
+    assert best is not None and best < trainer.state.global_step
+    at_best = next(e for e in trainer.state.log_history if e.get("step") == best and "eval_overall" in e)
+    trainer.save_model(str(tmp_path / "saved"))
+    card = (tmp_path / "saved" / "README.md").read_text(encoding="utf-8")
+    assert f"evaluation of the best checkpoint (step {best}" in card
+    assert f"| {at_best['eval_overall']:.4f} |" in card
+    assert round(trainer.evaluate()["eval_overall"], 4) == round(at_best["eval_overall"], 4)  # the weights saved
+
+
 def test_create_model_card_replaces_the_parent_card(tiny_model, tokenized, tokenizer, tmp_path):
     trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path / "out", **TRAINER_ARGS)
     trainer.evaluate()

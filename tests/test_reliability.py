@@ -1,6 +1,7 @@
 """Fault handling in-process: non-finite losses, incomplete or damaged checkpoints, no pickle in our code."""
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -128,6 +129,20 @@ def test_resume_skips_a_checkpoint_cut_short_while_saving(checkpoints, bert_conf
     assert sorted(snap.params) == [3, 4]  # resumed after step 2
     with pytest.raises(CheckpointError, match=r"checkpoint-4 is incomplete: it has no multitask_state.json"):
         trainer.train(resume_from_checkpoint=str(out / "checkpoint-4"))
+
+
+def test_resuming_a_complete_run_trains_nothing_and_loads_its_last_checkpoint(checkpoints, bert_config, tokenized,
+                                                                             tokenizer, caplog):
+    out, first = checkpoints  # max_steps 4, checkpoints at 2 and 4; the Trainer alone trains step 5 (mid-epoch)
+    trained = [p.detach().clone() for p in first.model.parameters()]
+    trainer, snap = make_nan_trainer(bert_config, tokenized, tokenizer, out, nan_steps=(), save_strategy="steps",
+                                     save_steps=2)
+    with caplog.at_level("WARNING"):
+        result = trainer.train(resume_from_checkpoint=True)
+    assert snap.params == {} and result.global_step == trainer.state.global_step == 4
+    assert not (out / "checkpoint-5").exists() and "the run is complete, nothing to train" in caplog.text
+    assert all(torch.equal(a, b) for a, b in zip(trained, trainer.model.parameters()))
+    assert math.isnan(result.training_loss)  # no step ran
 
 
 @pytest.mark.parametrize("name", ["model.safetensors", "optimizer.pt", "trainer_state.json"])

@@ -9,10 +9,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from datasets import ClassLabel, Dataset
+from datasets import ClassLabel, Dataset, Value
 from transformers import DataCollatorWithPadding
 
-from hf_multitask import MultitaskCollator, MultitaskTrainer, MultitaskTrainingArguments, TaskSpec
+from hf_multitask import MultitaskCollator, MultitaskDataset, MultitaskTrainer, MultitaskTrainingArguments, TaskSpec
 from hf_multitask.kinds import DataValidationError
 
 from .conftest import make_model
@@ -51,6 +51,23 @@ def test_each_task_is_evaluated_and_predicted_on_its_own_rows_in_order(option, t
         np.testing.assert_allclose(output.label_ids[name], np.asarray(dataset["labels"]), rtol=1e-6)
     test = {"sst": dev["sst"].select([2, 0])}
     assert trainer.predict(test).label_ids["sst"].tolist() == test["sst"]["labels"]
+
+
+def test_get_eval_and_test_dataloader_give_one_tasks_rows_in_order(tiny_model, tokenized, tokenizer, tmp_path):
+    dev = tokenized["dev"]
+    trainer = MultitaskTrainer(model=tiny_model, args=args(tmp_path), eval_dataset=dev, processing_class=tokenizer)
+    for loader in (trainer.get_eval_dataloader("sts"), trainer.get_eval_dataloader({"sts": dev["sts"]}),
+                   trainer.get_test_dataloader({"sts": dev["sts"].remove_columns("labels")})):
+        batches = list(loader)
+        assert {b["task_name"] for b in batches} == {"sts"}
+        assert torch.cat([b["input_ids"][:, :4] for b in batches]).tolist() == [r[:4] for r in dev["sts"]["input_ids"]]
+    with pytest.raises(ValueError, match=r"get_eval_dataloader: each task is evaluated on its own DataLoader.*"
+                                         r"get_eval_dataloader\(\{'sst': dataset\}\)"):
+        trainer.get_eval_dataloader()  # (was a bare KeyError: 0)
+    with pytest.raises(ValueError, match=r"get_test_dataloader: each task"):
+        trainer.get_test_dataloader(dev)
+    with pytest.raises(KeyError, match=r"get_eval_dataloader\(eval_dataset='stsb'\)"):
+        trainer.get_eval_dataloader("stsb")
 
 
 def test_classlabel_names_in_another_order_are_remapped(tokenizer, bert_config, tmp_path, caplog):
@@ -100,6 +117,25 @@ def test_eval_datasets_assigned_or_named_after_construction(tiny_model, tokenize
     assert one["eval_sts_pearson"] == expected["eval_sts_pearson"] and "eval_sst_loss" not in one
     with pytest.raises(KeyError, match=r"eval_dataset='stsb'.*\['sst', 'quora', 'sts'\]"):
         trainer.evaluate(eval_dataset="stsb")
+
+
+def test_train_datasets_assigned_after_construction_are_renamed_remapped_and_validated(tokenizer, bert_config,
+                                                                                        tmp_path):
+    model = make_model(bert_config, [SST2])
+    trainer = MultitaskTrainer(model=model, args=args(tmp_path), train_dataset=sst2_dataset(tokenizer),
+                               processing_class=tokenizer)
+    reversed_names = sst2_dataset(tokenizer, names=("positive", "negative"))  # a 'label' column, ids 0 = positive
+    trainer.train_dataset = MultitaskDataset({"sst2": reversed_names})  # (was trained on as it was: labels inverted)
+    trainer.train()
+    gold = [SST2.label_names.index(r[1]) for r in ROWS]
+    assert trainer.train_dataset.datasets["sst2"]["labels"] == gold
+    trainer.train_dataset = {"sst2": sst2_dataset(tokenizer)}  # (was a TypeError asking for exactly this)
+    trainer.train()
+    assert trainer.train_dataset.datasets["sst2"]["labels"] == gold
+    trainer.train_dataset = {"sst2": sst2_dataset(tokenizer).cast_column("label", Value("int64")).map(
+        lambda row: {"label": 7})}
+    with pytest.raises(DataValidationError, match=r"train_dataset\['sst2'\]: row 0, column 'labels': label 7"):
+        trainer.train()
 
 
 def test_a_torch_dataset_with_a_label_key_trains_and_evaluates(tokenizer, bert_config, tmp_path):
