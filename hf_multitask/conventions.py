@@ -341,6 +341,8 @@ def check_trainer_options(trainer) -> None:
     if getattr(args, "include_for_metrics", None):
         ignored.append(f"include_for_metrics={args.include_for_metrics} (compute_metrics gets one task's predictions "
                        "and label ids)")
+    if getattr(args, "prediction_loss_only", False):
+        ignored.append("prediction_loss_only=True (evaluation computes each task's metric from its outputs)")
     if not getattr(args, "eval_do_concat_batches", True):
         ignored.append("eval_do_concat_batches=False (each task's metric is computed over its whole set at once)")
     for option in ("split_batches", "dispatch_batches"):  # accelerate's; they would re-cut our rank-aware batches

@@ -190,6 +190,13 @@ class MultitaskTrainer(TrainerCheckpoints, TrainerModelCard, Trainer):
             return loss
         return self._grouped_training_step(model, inputs)
 
+    def _track_num_input_tokens(self, inputs) -> None:
+        """`include_num_input_tokens_seen`: a grouped batch (`{task: batch}`) counts each task's batch."""
+        if "task_name" in inputs:
+            return super()._track_num_input_tokens(inputs)
+        for batch in inputs.values():
+            super()._track_num_input_tokens(batch)
+
     def _grouped_training_step(self, model, inputs: dict[str, dict]) -> torch.Tensor:
         """One batch of every task: per-task backward passes, one all-reduce, surgery, `.grad`.
 
@@ -304,6 +311,9 @@ class MultitaskTrainer(TrainerCheckpoints, TrainerModelCard, Trainer):
         """The parent's optimizer; with `args.head_learning_rate` set, the heads' parameters (`heads.*`) get their own
         param groups at that rate (the parent's weight-decay split kept), and the scheduler scales both rates alike."""
         head_lr = getattr(self.args, "head_learning_rate", None)
+        if head_lr is not None and self.optimizer is not None:
+            logger.warning_once(f"head_learning_rate={head_lr} does not apply to an optimizer passed to the trainer "
+                                "(optimizers=(optimizer, ...)): its param groups keep their own rates")
         if head_lr is None or self.optimizer is not None:
             return super().create_optimizer(model)
         opt_model = self.model if model is None else model

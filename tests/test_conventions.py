@@ -380,6 +380,7 @@ def test_bi_encoded_pairs_need_their_second_sentence(data_dir, tokenizer):
     ("label_smoothing_factor", 0.1, "label_smoothing_factor=0.1"),
     ("include_for_metrics", ["inputs"], "include_for_metrics=['inputs']"),
     ("eval_do_concat_batches", False, "eval_do_concat_batches=False"),
+    ("prediction_loss_only", True, "prediction_loss_only=True"),
     ("accelerator_config", {"split_batches": True}, "accelerator_config split_batches=True"),
     ("accelerator_config", {"dispatch_batches": True}, "accelerator_config dispatch_batches=True"),
     ("compute_loss_func", lambda outputs, labels, num_items_in_batch=None: outputs.loss, "compute_loss_func"),
@@ -391,7 +392,7 @@ def test_options_the_task_losses_and_metrics_would_ignore_are_rejected(option, v
     (argmax'd logits reach the tasks' metrics) or training (accelerate's split_batches, dispatch_batches): refused
     when the trainer is built, naming the option."""
     in_args = option in ("label_smoothing_factor", "include_for_metrics", "eval_do_concat_batches",
-                         "accelerator_config")
+                         "accelerator_config", "prediction_loss_only")
     with pytest.raises(ValueError, match=f"does not apply {named.replace('[', '.').replace(']', '.')}"):
         MultitaskTrainer(model=make_model(bert_config), args=args(tmp_path, **({option: value} if in_args else {})),
                          train_dataset=tokenized["train"], processing_class=tokenizer,

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from hf_multitask import MultitaskTrainingArguments, PalConfig
+from hf_multitask import MultitaskTrainer, MultitaskTrainingArguments, PalConfig
 
 from .conftest import make_trainer, snapshot
 
@@ -67,3 +67,17 @@ def test_head_learning_rate_zero_keeps_the_heads_fixed(tiny_model, tokenized, to
 def test_head_learning_rate_must_not_be_negative(tmp_path):
     with pytest.raises(ValueError, match="head_learning_rate must be >= 0"):
         MultitaskTrainingArguments(output_dir=str(tmp_path), head_learning_rate=-1e-3)
+
+
+def test_an_optimizer_passed_to_the_trainer_keeps_its_rates_and_is_warned_about(tiny_model, tokenized, tokenizer,
+                                                                               tmp_path, caplog):
+    optimizer = torch.optim.SGD(tiny_model.parameters(), lr=0.5)
+    args = MultitaskTrainingArguments(str(tmp_path), head_learning_rate=1e-2, max_steps=1, report_to=[],
+                                      use_cpu=True, save_strategy="no", per_device_train_batch_size=4,
+                                      lr_scheduler_type="constant")
+    trainer = MultitaskTrainer(model=tiny_model, args=args, train_dataset=tokenized["train"],
+                               processing_class=tokenizer, optimizers=(optimizer, None))
+    with caplog.at_level("WARNING"):
+        trainer.train()
+    assert [group["lr"] for group in optimizer.param_groups] == [0.5]
+    assert "head_learning_rate=0.01 does not apply to an optimizer passed to the trainer" in caplog.text

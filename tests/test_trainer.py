@@ -159,3 +159,13 @@ def test_an_undefined_task_metric_is_a_warning_not_a_silent_nan(tiny_model, toke
         "eval_overall"]
     assert "eval task 'sts': ['pearson'] undefined (NaN; constant predictions or labels?), so eval_overall is NaN" \
         in caplog.text
+
+
+def test_tokens_seen_are_counted_in_grouped_batches(tiny_model, tokenized, tokenizer, tmp_path):
+    counts = {}
+    for grouped in (False, True):
+        trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path / str(grouped), max_steps=2,
+                               task_sampling_grouped=grouped, include_num_input_tokens_seen="all")
+        trainer.train()
+        counts[grouped] = trainer.state.num_input_tokens_seen
+    assert counts[False] > 0 and counts[True] > counts[False]  # (grouped batches counted 0: {task: batch})
