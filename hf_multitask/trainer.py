@@ -76,7 +76,8 @@ class MultitaskTrainer(TrainerCheckpoints, TrainerModelCard, Trainer):
         self._nonfinite = NonFiniteGuard(list(self.specs), getattr(self.args, "nonfinite_loss_limit", 10))
         self._stateful["nonfinite"] = self._nonfinite
         self._stateful["sampler_plan"] = SamplerPlanState(lambda: self.train_sampler and {
-            **self.train_sampler.plan(), "gradient_accumulation_steps": self.args.gradient_accumulation_steps})
+            **self.train_sampler.plan(), "gradient_accumulation_steps": self.args.gradient_accumulation_steps},
+            on_old_streams=lambda: self.train_sampler.resume_old_streams())
         self.regularizers = self._build_regularizers()
         self.surgery = self._build_surgery()
         self.loss_weighting = build_loss_weighting(self)

@@ -33,20 +33,24 @@ def run_ranks(sizes, batch_size, strategy, world, seed, epoch, group):
        epoch=st.integers(0, 5), group=st.booleans(),
        strategy=st.sampled_from(["round_robin", "proportional", "annealed", "uniform"]))
 def test_sampler_properties(sizes, batch_size, world, seed, epoch, group, strategy):
-    ranks, offsets = run_ranks(sizes, batch_size, strategy, world, seed, epoch, group)
-    assert len({len(r) for r in ranks}) == 1
-    consumed = {t: [] for t in range(len(sizes))}
-    for step_batches in zip(*ranks):
-        tasks = {int(np.searchsorted(offsets, i, side="right") - 1) for b in step_batches for i in b}
-        assert len(tasks) == 1  # every rank on the same task
-        flat = [i for b in step_batches for i in b]
-        task = tasks.pop()
-        if sizes[task] >= batch_size * world:
-            assert len(set(flat)) == len(flat)  # shards don't overlap
-        consumed[task].extend(flat)
+    restarts = len(sizes) == 1 or strategy == "proportional"  # every task drawn one pass per epoch
+    consumed = {t: [] for t in range(len(sizes))}  # each task's examples from epoch 0 on (or from this epoch's start)
+    for current in range(epoch + 1):
+        ranks, offsets = run_ranks(sizes, batch_size, strategy, world, seed, current, group)
+        assert len({len(r) for r in ranks}) == 1
+        consumed = {t: [] for t in range(len(sizes))} if restarts else consumed
+        for step_batches in zip(*ranks):
+            tasks = {int(np.searchsorted(offsets, i, side="right") - 1) for b in step_batches for i in b}
+            assert len(tasks) == 1  # every rank on the same task
+            flat = [i for b in step_batches for i in b]
+            task = tasks.pop()
+            if sizes[task] >= batch_size * world:
+                assert len(set(flat)) == len(flat)  # shards don't overlap
+            consumed[task].extend(flat)
     for task, seen in consumed.items():
-        head = seen[: sizes[task]]
-        assert len(set(head)) == len(head)  # no repeat before the task's data is covered
+        for start in range(0, len(seen) - sizes[task] + 1, sizes[task]):
+            passed = seen[start:start + sizes[task]]
+            assert len(set(passed)) == len(passed)  # no repeat before the task's data is covered, epochs included
 
 
 @settings(deadline=None, max_examples=60)
