@@ -18,8 +18,8 @@ from hf_multitask import (
     cs224n_tasks,
     get_task,
 )
+from hf_multitask.checkpointing import load_training_state, save_training_state
 from hf_multitask.regularizers.smart import ascent_step, ema_update_, embedding_forward, init_noise, smart_divergence
-from hf_multitask.trainer import load_training_state, save_training_state
 
 from .conftest import make_model, make_trainer, snapshot
 
