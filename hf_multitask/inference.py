@@ -50,6 +50,12 @@ def check_input(spec: TaskSpec, item: Any, where: str) -> tuple[str, ...]:
     return texts
 
 
+def check_batch_size(batch_size: Any) -> None:
+    """A `batch_size` that is not a positive int is a `ValueError` naming it (0 or a negative one gave no batches)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int (examples per forward pass), got {batch_size!r}")
+
+
 def task_spec(model, task_name: str) -> TaskSpec:
     """`model`'s spec of `task_name`; an unknown task is an error naming the model's tasks."""
     if task_name not in model.specs:
@@ -78,6 +84,7 @@ def predict_logits(
         normalize: `"ptb"` rewrites each text with [`normalize_ptb`] first (for SST); `None` leaves texts alone.
     """
     spec = task_spec(model, task_name)
+    check_batch_size(batch_size)
     if isinstance(inputs, str) or not isinstance(inputs, Sequence):
         raise ValueError(f"inputs must be a list of {'(a, b) pairs' if spec.is_pair else 'strings'}; "
                          "wrap a single input in a list")
@@ -100,6 +107,7 @@ def batches(model, task_name: str, features, tokenizer, batch_size: int = 32) ->
 
 def _batches_with_rows(model, task_name: str, features, tokenizer, batch_size: int) -> Iterator[tuple[list, dict]]:
     """[`batches`], each with the rows (feature dicts) it was collated from."""
+    check_batch_size(batch_size)
     collator = MultitaskCollator(tokenizer, specs=model.specs)
     was_training = model.training
     model.eval()

@@ -106,6 +106,15 @@ def test_predict_pairs_from_a_file(model_dir, data_dir, tiny_model, tokenizer, t
                                atol=1e-5)
 
 
+def test_predict_rejects_a_batch_size_that_is_not_positive(model_dir, data_dir, tmp_path):
+    out = tmp_path / "pred.jsonl"
+    for size in ("0", "-1"):  # -1 wrote a blank line and exited 0
+        with pytest.raises(ValueError, match=f"batch_size must be a positive int .*got {size}"):
+            main(["predict", str(model_dir), "--task", "sst", "--file", str(data_dir / "sst-dev.tsv"),
+                  f"--batch_size={size}", "--output", str(out)])
+    assert not out.exists()
+
+
 def test_export_command(tmp_path, bert_config, tokenizer, data_dir, capsys):
     torch.manual_seed(0)
     model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=cs224n_tasks(), pooling="cls")).eval()

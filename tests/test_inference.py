@@ -147,6 +147,15 @@ def test_predict_rejects_bad_inputs(model, tokenizer, task, inputs, kwargs, mess
         predict(model, task, inputs, tokenizer, **kwargs)
 
 
+@pytest.mark.parametrize("batch_size", [0, -1, True, 2.0])
+def test_predict_rejects_a_batch_size_that_is_not_a_positive_int(model, tokenizer, batch_size):
+    """batch_size=-1 returned no predictions and no error (range(0, n, -1) is empty); 0 a bare range() error."""
+    with pytest.raises(ValueError, match=rf"batch_size must be a positive int .*got {batch_size!r}"):
+        predict(model, "sst", ["a great film", "bad", "it was fine"], tokenizer, batch_size=batch_size)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        predict(model, "sst", [], tokenizer, batch_size=batch_size)
+
+
 @pytest.fixture
 def model_dir(tmp_path, model, tokenizer):
     model.save_pretrained(tmp_path / "model")
