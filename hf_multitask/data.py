@@ -396,6 +396,15 @@ def hf_label_key(feature: dict[str, Any]) -> dict[str, Any]:
     return feature if key is None else {**{k: v for k, v in feature.items() if k != key}, "labels": feature[key]}
 
 
+def warn_left_padding(tokenizer) -> None:
+    """Warn (once) when `tokenizer` pads on the left: batched outputs then depend on the batch (the collator's and the
+    pipeline's padding both follow `tokenizer.padding_side`)."""
+    if getattr(tokenizer, "padding_side", "right") == "left":
+        logger.warning_once("The tokenizer pads on the left: a BERT-style encoder numbers positions from the first "
+                            "column, so a padded example gets other position embeddings than alone, and its outputs "
+                            "depend on the batch; set tokenizer.padding_side = 'right'")
+
+
 class MultitaskCollator:
     """Pads a batch of one task's examples and adds `task_name`; a batch of several tasks (the sampler's
     grouped mode) becomes `{task_name: batch}`, one padded batch per task, in order of first appearance.
@@ -412,10 +421,7 @@ class MultitaskCollator:
         self.tokenizer = tokenizer
         self.pad_to_multiple_of = pad_to_multiple_of
         self.specs = dict(specs or {})
-        if getattr(tokenizer, "padding_side", "right") == "left":
-            logger.warning_once("The tokenizer pads on the left: a BERT-style encoder numbers positions from the "
-                                "first column, so a padded example gets other position embeddings than alone, and "
-                                "its outputs depend on the batch; set tokenizer.padding_side = 'right'")
+        warn_left_padding(tokenizer)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         by_task: dict[str, list[dict[str, Any]]] = {}

@@ -16,7 +16,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils import logging
 
 from .configuration import is_multitask_model
-from .data import MultitaskCollator, effective_max_length, encode_texts, tokenize_task
+from .data import MultitaskCollator, effective_max_length, encode_texts, tokenize_task, warn_left_padding
 from .kinds.base import label_array, visible
 from .normalization import NORMALIZERS, get_normalizer, normalize_ptb  # noqa: F401 (public here too)
 from .tasks import TaskSpec
@@ -349,6 +349,7 @@ class MultitaskPipeline(Pipeline):
 
     def preprocess(self, inputs, task_name: str | None = None, normalize: str | None = None) -> dict:
         spec = self._spec(task_name)
+        warn_left_padding(self.tokenizer)  # batching pads on the tokenizer's side, as predict's collator does
         if isinstance(inputs, dict):
             if set(inputs) not in ({"text"}, {"text", "text_pair"}):  # as text-classification takes a dict
                 raise ValueError(f'A dict input is {{"text": a, "text_pair": b}} or {{"text": a}}: got {list(inputs)}')

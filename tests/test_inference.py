@@ -1,4 +1,5 @@
 import csv
+from logging import Logger
 from pathlib import Path
 
 import numpy as np
@@ -212,6 +213,20 @@ def test_cls_pooling_reads_each_rows_first_token_on_either_padding_side(bert_con
     with caplog.at_level("WARNING"):
         predict(model, "sst", texts, tokenizer)
     assert any("pads on the left" in r.getMessage() for r in caplog.records)
+
+
+def test_pipeline_warns_about_a_left_padding_tokenizer_as_predict_does(model, tokenizer, caplog):
+    """Left padding changed the pipeline's scores with batch_size, and only predict() warned."""
+    tokenizer.padding_side = "left"
+    classifier = pipeline("multitask-text-classification", model=model, tokenizer=tokenizer, task_name="sst",
+                          device="cpu")
+    Logger.warning_once.cache_clear()  # the warning is given once per process: forget an earlier test's
+    try:
+        with caplog.at_level("WARNING"):
+            classifier(["a great film", "the movie was bad and long"], batch_size=2)
+    finally:
+        Logger.warning_once.cache_clear()
+    assert any("The tokenizer pads on the left" in r.getMessage() for r in caplog.records)
 
 
 def test_pipeline_pairs_and_regression(model, tokenizer):
