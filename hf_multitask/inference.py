@@ -206,6 +206,29 @@ def predict(
     return (decoded, kind.probabilities(spec, logits)) if return_probabilities else decoded
 
 
+def has_tokenizer(folder: str | os.PathLike) -> bool:
+    """Whether a local `folder` holds a saved tokenizer (its `tokenizer_config.json`)."""
+    return os.path.isfile(os.path.join(folder, TOKENIZER_CONFIG))
+
+
+def missing_tokenizer(path: str | os.PathLike) -> str | None:
+    """Why `path` gives no tokenizer when it is a local folder without one (transformers then says that a backend
+    such as sentencepiece is missing, which is not the cause); `None` when it may give one."""
+    if not os.path.isdir(path) or has_tokenizer(path):
+        return None
+    return (f"{str(path)!r} holds no tokenizer (no {TOKENIZER_CONFIG}: the model was saved without one, e.g. by "
+            f"model.save_pretrained alone). Save the tokenizer it was trained with beside it, "
+            f"tokenizer.save_pretrained({str(path)!r}) (trainer.save_model and hf-multitask train do)")
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """`AutoTokenizer.from_pretrained(path)` for a saved model's `path`; a local folder without a tokenizer is a
+    `ValueError` saying so and how to add one ([`missing_tokenizer`])."""
+    if (problem := missing_tokenizer(path)) is not None:
+        raise ValueError(problem)
+    return AutoTokenizer.from_pretrained(path)
+
+
 def default_tokenizer(model):
     """The tokenizer saved beside `model` (its `name_or_path`, else its encoder's), loaded once and cached."""
     path = model.name_or_path or model.encoder.name_or_path
@@ -215,6 +238,8 @@ def default_tokenizer(model):
     cached = getattr(model, "_default_tokenizer", None)
     if cached is not None and cached[0] == path:
         return cached[1]
+    if (problem := missing_tokenizer(path)) is not None:
+        raise ValueError(f"The model's folder {problem}; or pass tokenizer=")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:

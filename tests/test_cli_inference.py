@@ -115,6 +115,15 @@ def test_predict_rejects_a_batch_size_that_is_not_positive(model_dir, data_dir, 
     assert not out.exists()
 
 
+def test_predict_on_a_folder_without_a_tokenizer_says_so(tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path / "model")  # no tokenizer beside it
+    for command in (["predict", str(tmp_path / "model"), "--task", "sst", "a great film"],
+                    ["export", str(tmp_path / "model"), "--task", "sst", "--output", str(tmp_path / "out")]):
+        with pytest.raises(ValueError, match=r"'.*model' holds no tokenizer \(no tokenizer_config.json.*"
+                                             r"tokenizer.save_pretrained\('.*model'\)"):
+            main(command)
+
+
 def test_export_command(tmp_path, bert_config, tokenizer, data_dir, capsys):
     torch.manual_seed(0)
     model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=cs224n_tasks(), pooling="cls")).eval()

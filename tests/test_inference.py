@@ -172,6 +172,17 @@ def test_model_predict_loads_the_saved_tokenizer(model_dir, model, tokenizer):
         model.predict("sst", texts)
 
 
+def test_model_predict_says_when_the_models_folder_holds_no_tokenizer(tmp_path, model):
+    """A folder of model.save_pretrained alone gave transformers' "Couldn't instantiate the backend tokenizer ...
+    sentencepiece or tiktoken", which is not the cause."""
+    model.save_pretrained(tmp_path / "model")
+    loaded = MultitaskModel.from_pretrained(tmp_path / "model")
+    with pytest.raises(ValueError, match=r"The model's folder '.*model' holds no tokenizer \(no tokenizer_config.json"
+                                         r".*tokenizer.save_pretrained\('.*model'\).*or pass tokenizer=") as error:
+        loaded.predict("sst", ["a great film"])
+    assert "sentencepiece" not in str(error.value)
+
+
 def test_pipeline_from_a_directory_matches_predict(model_dir, model, tokenizer):
     classifier = pipeline("multitask-text-classification", model=str(model_dir), task_name="sst", device="cpu")
     assert isinstance(classifier.model, MultitaskModel)
