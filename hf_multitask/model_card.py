@@ -303,7 +303,10 @@ def _tasks_section(specs) -> str:
 
 def _results_section(specs, values, source) -> str:
     if not values:
-        return "## Results\n\nNo evaluation results were recorded for this model.\n"
+        return ("## Results\n\nThis card was written without evaluation results: none were given to the save "
+                "that wrote it (a model's own `save_pretrained` has none; a loaded model does not carry those of an "
+                "earlier card). `trainer.save_model` and `hf-multitask train` write the Trainer's latest evaluation "
+                "here (when one ran), `write_model_card(dir, model, metrics=...)` results of your own.\n")
     lines = ["## Results\n"]
     if source:
         lines.append(f"From {source}.\n")

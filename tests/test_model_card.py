@@ -89,8 +89,19 @@ def test_card_lists_tasks_labels_results_and_usage(tiny_model):
 
 def test_card_without_metrics_says_so(tiny_model):
     card = render_model_card(tiny_model)
-    assert "No evaluation results were recorded" in card
+    assert "This card was written without evaluation results" in card
     assert "model-index" not in front_matter(card)
+
+
+def test_resaving_a_trained_model_does_not_claim_it_was_never_evaluated(tiny_model, tmp_path):
+    """A trained model loaded and saved again got "No evaluation results were recorded for this model", though
+    its first card had them."""
+    write_model_card(tmp_path / "trained", tiny_model, metrics=METRICS)
+    tiny_model.save_pretrained(tmp_path / "trained")  # as after MultitaskModel.from_pretrained(...).half(), say
+    card = (tmp_path / "trained" / "README.md").read_text(encoding="utf-8")
+    assert "No evaluation results were recorded" not in card
+    assert "written without evaluation results: none were given to the save that wrote it" in card
+    assert "`trainer.save_model` and `hf-multitask train` write the Trainer's latest evaluation here" in card
 
 
 def test_front_matter_is_hub_metadata_with_one_result_per_task(tiny_model):
