@@ -280,16 +280,23 @@ def tokenize_task(dataset: Dataset, spec: TaskSpec, tokenizer, num_proc: int | N
         for index, label in enumerate(dataset["labels"]):
             if isinstance(label, (list, tuple)):
                 kind.check_row(spec, {c: texts[c][index] for c in texts}, label, f"Task {spec.name!r}: row {index}")
-    max_length = effective_max_length(spec, tokenizer)
-    if max_length < spec.max_length:
-        logger.warning(f"Task {spec.name!r}: max_length {spec.max_length} exceeds the tokenizer's limit {max_length}")
-    _log_truncation(dataset, spec, tokenizer, max_length)
+    max_length = checked_max_length(spec, tokenizer, dataset)
 
     def encode(batch):
         return encode_texts(spec, tokenizer, [batch[column] for column in spec.text_columns], max_length)
 
     return dataset.map(encode, batched=True, remove_columns=list(spec.text_columns), num_proc=num_proc,
                        desc=f"Tokenizing {spec.name}")
+
+
+def checked_max_length(spec: TaskSpec, tokenizer, texts) -> int:
+    """[`effective_max_length`], with the warnings of [`tokenize_task`]: a `max_length` beyond the tokenizer's limit,
+    and how many of `texts` (a `Dataset`, or a dict of text columns) are truncated."""
+    max_length = effective_max_length(spec, tokenizer)
+    if max_length < spec.max_length:
+        logger.warning(f"Task {spec.name!r}: max_length {spec.max_length} exceeds the tokenizer's limit {max_length}")
+    _log_truncation(texts, spec, tokenizer, max_length)
+    return max_length
 
 
 def effective_max_length(spec: TaskSpec, tokenizer) -> int:
@@ -307,11 +314,12 @@ def encode_texts(spec: TaskSpec, tokenizer, texts: Sequence, max_length: int, **
     return spec.task_kind.encode(spec, tokenizer, texts, max_length, **tokenizer_kwargs)
 
 
-def count_truncated(dataset: Dataset, spec: TaskSpec, tokenizer, max_length: int) -> int:
-    """Examples whose tokenised length exceeds `max_length`: the pair together for cross-encoding, either
-    sentence for bi-encoding, as the kind groups them (an example counts once however many groups are too long)."""
+def count_truncated(dataset: Dataset | Mapping[str, list], spec: TaskSpec, tokenizer, max_length: int) -> int:
+    """Examples of `dataset` (or of a dict of text columns) whose tokenised length exceeds `max_length`: the pair
+    together for cross-encoding, either sentence for bi-encoding, as the kind groups them (an example counts once
+    however many groups are too long)."""
     kind = spec.task_kind
-    too_long = [False] * len(dataset)
+    too_long = [False] * len(dataset[spec.text_columns[0]])  # rows, of a Dataset or a dict
     for group in kind.truncation_groups(spec):  # each column as the kind reads it (words of a string, say)
         columns = [[kind.parse_text(spec, value, f"row {i}, column {c!r}") for i, value in enumerate(dataset[c])]
                    for c in group]
@@ -320,11 +328,11 @@ def count_truncated(dataset: Dataset, spec: TaskSpec, tokenizer, max_length: int
     return sum(too_long)
 
 
-def _log_truncation(dataset: Dataset, spec: TaskSpec, tokenizer, max_length: int) -> None:
+def _log_truncation(dataset: Dataset | Mapping[str, list], spec: TaskSpec, tokenizer, max_length: int) -> None:
     truncated = count_truncated(dataset, spec, tokenizer, max_length)
     if truncated:
-        logger.warning(f"Task {spec.name!r}: {truncated} of {len(dataset)} examples are longer than {max_length} "
-                       "tokens and are truncated")
+        logger.warning(f"Task {spec.name!r}: {truncated} of {len(dataset[spec.text_columns[0]])} examples are longer "
+                       f"than {max_length} tokens and are truncated")
 
 
 # ---- the joint dataset and the collator ----

@@ -8,8 +8,17 @@ import torch
 from datasets import Dataset
 from transformers import pipeline
 
-from hf_multitask import MultitaskConfig, MultitaskModel, cs224n_tasks, normalize_ptb, predict, sst_task, sts_task
-from hf_multitask.inference import predict_logits, worst_examples
+from hf_multitask import (
+    MultitaskConfig,
+    MultitaskModel,
+    cs224n_tasks,
+    normalize_ptb,
+    predict,
+    sst_task,
+    sts_task,
+    tokenize_task,
+)
+from hf_multitask.inference import check_input, encode_rows, predict_logits, task_logits, worst_examples
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -110,6 +119,52 @@ def test_predict_batch_size_does_not_change_results(model, tokenizer):
     texts = ["a great film", "bad", "it is a very very good movie", "awful", "how is it"]
     one = predict_logits(model, "sst", texts, tokenizer, batch_size=1)
     np.testing.assert_allclose(predict_logits(model, "sst", texts, tokenizer, batch_size=2), one, atol=1e-5)
+
+
+LONG = " ".join(["a very good film about a dog on grass"] * 3)  # truncated at max_length=12 below
+KIND_INPUTS = {
+    "sst": ["a great film", "bad", LONG],
+    "quora": [("how do i cook", "how can i cook"), ("what is a cat", LONG)],
+    "sts": [("a man is playing", "a man plays"), (LONG, "the film")],
+    "mc": [("what is good ?", "a good film", "bad film", "the cat", "awful movie"), (LONG, "good", "x", "y", "z")],
+    "ner": ["a man is playing on grass", ["the", "zebra", "is", "fuzzy"], LONG],
+}
+
+
+@pytest.mark.parametrize("pair_encoding", ["cross", "bi"])
+def test_predict_tokenises_as_tokenize_task_without_dataset_map(bert_config, tokenizer, monkeypatch, caplog,
+                                                                pair_encoding):
+    """predict() cost about 0.5 s a call, whatever its inputs: datasets fingerprinted each Dataset.map by hashing the
+    tokenizer. Its features, logits (bit for bit) and truncation warnings stay those of tokenize_task."""
+    from .test_multiple_choice import mc_task
+    from .test_token_classification import ner_task
+
+    torch.manual_seed(0)
+    tasks = [*cs224n_tasks(pair_encoding=pair_encoding, max_length=12), mc_task(max_length=12),
+             ner_task(max_length=12)]
+    model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=tasks)).eval()
+    expected = {}
+    for name, inputs in KIND_INPUTS.items():
+        spec = model.specs[name]
+        rows = [check_input(spec, item, f"input {i}") for i, item in enumerate(inputs)]
+        with caplog.at_level("WARNING"):
+            columns = {column: [spec.task_kind.parse_text(spec, row[j], "") for row in rows]  # words: one form
+                       for j, column in enumerate(spec.text_columns)}
+            features = tokenize_task(Dataset.from_dict(columns), spec, tokenizer)
+        expected[name] = (features.to_list(), task_logits(model, name, features, tokenizer, batch_size=2),
+                          [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()])
+        caplog.clear()
+        assert expected[name][2], name  # LONG is truncated
+    monkeypatch.setattr(Dataset, "map", lambda *args, **kwargs: pytest.fail("predict used Dataset.map"))
+    for name, inputs in KIND_INPUTS.items():
+        spec = model.specs[name]
+        with caplog.at_level("WARNING"):
+            features = encode_rows(spec, tokenizer, [check_input(spec, item, "") for item in inputs])
+            logits = predict_logits(model, name, inputs, tokenizer, batch_size=2)
+        assert features == expected[name][0], name
+        np.testing.assert_array_equal(logits, expected[name][1])  # bit for bit (NaN beyond a sentence's words)
+        assert [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()] == expected[name][2] * 2
+        caplog.clear()
 
 
 def test_predict_runs_in_eval_mode_and_restores_training(bert_config, tokenizer):
