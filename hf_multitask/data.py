@@ -136,23 +136,23 @@ def validate_rows(spec: TaskSpec, columns: list[str], rows: Iterable[Mapping[str
             where = f"{source}: row {count}, column {spec.label_column!r}"
             out["labels"].append(kind.parse_label(spec, row[spec.label_column], where))
             kind.check_row(spec, texts, out["labels"][-1], f"{source}: row {count}")
-        if keep_id:
-            out["id"].append(_parse_id(row["id"], f"{source}: row {count}, column 'id'"))
+        if keep_id:  # inputs to predict on keep the id's own type (a JSON number): written back as read
+            out["id"].append(_parse_id(row["id"], f"{source}: row {count}, column 'id'", keep_type=not labels))
     if not count:
         raise DataValidationError(f"{source}: no rows for task {spec.name!r}")
     if keep_id:
-        _check_unique_ids(out["id"], source)
+        _check_unique_ids([str(value) for value in out["id"]], source)
     if labels:
         kind.check_labels(spec, out["labels"], source)
     return out
 
 
-def _parse_id(value: Any, where: str) -> str:
-    """A row's `id` as a string (predictions are keyed by it); a missing, empty or non-scalar id is an error."""
+def _parse_id(value: Any, where: str, keep_type: bool = False) -> Any:
+    """A row's `id` as a string (predictions are keyed by it), as it is with `keep_type`; missing or empty: error."""
     if value is None or isinstance(value, (bool, list, dict)) or not str(value).strip():
         raise DataValidationError(f"{where}: empty or missing id ({value!r}); every row needs its own id (or leave "
                                   "the 'id' column out)")
-    return str(value)
+    return value if keep_type else str(value)
 
 
 def _check_unique_ids(ids: list[str], source: str) -> None:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -77,16 +77,21 @@ def predict_logits(
             in training mode afterwards if it was in it.
         task_name: The task (and head).
         inputs: Strings for a single-sentence task, `(a, b)` pairs for a pair task (cross- or bi-encoded, as the
-            task's spec says).
+            task's spec says): a list, or any other iterable of them (a numpy array, a pandas Series, a generator).
         tokenizer: The model's tokenizer.
         batch_size: Examples per forward pass.
         normalize: `"ptb"` rewrites each text with [`normalize_ptb`] first (for SST); `None` leaves texts alone.
     """
     spec = task_spec(model, task_name)
     check_batch_size(batch_size)
-    if isinstance(inputs, str) or not isinstance(inputs, Sequence):
-        raise ValueError(f"inputs must be a list of {'(a, b) pairs' if spec.is_pair else 'strings'}; "
-                         "wrap a single input in a list")
+    what = "(a, b) pairs" if spec.is_pair else "strings"
+    if isinstance(inputs, str):
+        raise ValueError(f"inputs must be a list of {what}; wrap a single input in a list")
+    if isinstance(inputs, Mapping) or hasattr(inputs, "columns") or not isinstance(inputs, Iterable):
+        raise ValueError(f"inputs must be a list of {what}, or another iterable of them (tuple, numpy array, pandas "
+                         f"Series, generator, zip(texts_a, texts_b)); got {type(inputs).__name__} (for a table, pass "
+                         "its text column, or zip its two columns)")
+    inputs = [tuple(item) if isinstance(item, np.ndarray) else item for item in inputs]  # rows of a 2-D array: pairs
     rows = [check_input(spec, item, f"input {i}") for i, item in enumerate(inputs)]
     if not rows:
         return np.zeros((0, spec.num_labels), dtype=np.float32)
@@ -170,7 +175,7 @@ def predict(
     Args:
         model: A [`MultitaskModel`].
         task_name: The task (and head).
-        inputs: Strings for a single-sentence task, `(a, b)` pairs for a pair task.
+        inputs: Strings for a single-sentence task, `(a, b)` pairs for a pair task: a list, or any other iterable.
         tokenizer: The model's tokenizer.
         batch_size: Examples per forward pass.
         normalize: `"ptb"` for SST-style text (see [`normalize_ptb`]); off by default.

@@ -212,6 +212,24 @@ def test_predict_rejects_a_batch_size_that_is_not_a_positive_int(model, tokenize
         predict(model, "sst", [], tokenizer, batch_size=batch_size)
 
 
+def test_predict_takes_any_iterable_of_inputs(model, tokenizer):
+    """A numpy array, a pandas Series, a generator or zip(...) was refused with "wrap a single input in a list"."""
+    import pandas as pd
+
+    texts = ["a great film", "bad", "it was fine"]
+    pairs = [("a man is playing", "a man plays"), ("the cat", "a dog on grass")]
+    labels, scores = predict(model, "sst", texts, tokenizer), predict(model, "sts", pairs, tokenizer)
+    for inputs in (np.array(texts), pd.Series(texts), (t for t in texts), tuple(texts), Dataset.from_dict(
+            {"sentence": texts})["sentence"]):
+        assert predict(model, "sst", inputs, tokenizer) == labels, type(inputs)
+    for inputs in (zip(*zip(*pairs)), np.array(pairs), iter(pairs)):
+        assert predict(model, "sts", inputs, tokenizer) == scores, type(inputs)
+    for table in (pd.DataFrame({"sentence": texts}), {"sentence": texts}, 3):
+        with pytest.raises(ValueError, match=r"inputs must be a list of strings, or another iterable of them \(tuple, "
+                                             rf"numpy array, pandas Series, generator.*got {type(table).__name__}"):
+            predict(model, "sst", table, tokenizer)
+
+
 @pytest.fixture
 def model_dir(tmp_path, model, tokenizer):
     model.save_pretrained(tmp_path / "model")
