@@ -308,7 +308,8 @@ def worst_examples(spec: TaskSpec, dataset: Dataset, logits: np.ndarray, n: int)
 
 class MultitaskPipeline(Pipeline):
     """`pipeline("multitask-text-classification", model=..., task_name=...)`: one task of a [`MultitaskModel`]
-    with the interface of transformers' text-classification pipeline.
+    with the inputs, outputs, `top_k` and `batch_size` of transformers' text-classification pipeline (its
+    `function_to_apply` and `truncation` only as this pipeline computes anyway: `"softmax"`, `True`).
 
     Inputs are a string, a `{"text": a, "text_pair": b}` dict for pair tasks, or a list of either. Each input gives
     `{"label": name, "score": probability}` (classification) or `{"score": value}` (regression); as in
@@ -320,6 +321,9 @@ class MultitaskPipeline(Pipeline):
         normalize: `"ptb"` rewrites texts with [`normalize_ptb`] (for SST); off by default.
         top_k: As in text-classification: the `top_k` most probable labels per input, most probable first (`None`:
             all), a list per input (a single input gives its list); classification tasks only.
+        function_to_apply: Only `"softmax"`, what classification scores are (text-classification's `"sigmoid"` and
+            `"none"` are a `ValueError`: `predict_logits` gives raw outputs).
+        truncation: Only `True`: inputs are always truncated to the task's `max_length`, as in training.
 
     Example:
 
@@ -345,8 +349,19 @@ class MultitaskPipeline(Pipeline):
         if not is_multitask_model(self.model):
             raise TypeError(f"{PIPELINE_TASK} needs a MultitaskModel, got {type(self.model).__name__}")
 
-    def _sanitize_parameters(self, task_name: str | None = None, normalize: str | None = None, top_k=NOT_GIVEN):
+    def _sanitize_parameters(self, task_name: str | None = None, normalize: str | None = None, top_k=NOT_GIVEN,
+                             function_to_apply=None, truncation=None):
         preprocess, forward, postprocess = {}, {}, {}
+        if function_to_apply is not None:  # a string, or text-classification's ClassificationFunction
+            if str(getattr(function_to_apply, "value", function_to_apply)).lower() != "softmax":
+                raise ValueError(f"function_to_apply={function_to_apply!r}: {PIPELINE_TASK} scores a classification "
+                                 "task's labels with their softmax probabilities ('softmax', the default) and gives a "
+                                 "regression task's predicted value; hf_multitask.inference.predict_logits gives the "
+                                 "raw head outputs")
+            preprocess["function_to_apply"] = "softmax"
+        if truncation is not None and truncation not in (True, "longest_first"):
+            raise ValueError(f"truncation={truncation!r}: {PIPELINE_TASK} always truncates to the task's max_length "
+                             "(longest first for a cross-encoded pair), as in training; leave truncation out")
         if top_k is not NOT_GIVEN:
             if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
                 raise ValueError(f"top_k must be a positive int, or None for every label; got {top_k!r}")
@@ -371,8 +386,12 @@ class MultitaskPipeline(Pipeline):
             (task_name,) = self.model.specs
         return task_spec(self.model, task_name)
 
-    def preprocess(self, inputs, task_name: str | None = None, normalize: str | None = None) -> dict:
+    def preprocess(self, inputs, task_name: str | None = None, normalize: str | None = None,
+                   function_to_apply: str | None = None) -> dict:
         spec = self._spec(task_name)
+        if function_to_apply is not None and not spec.task_kind.implements("probabilities"):
+            raise ValueError(f"function_to_apply: task {spec.name!r} is a {spec.task_kind.name} task; its score is "
+                             "not a probability (leave function_to_apply out)")
         warn_left_padding(self.tokenizer)  # batching pads on the tokenizer's side, as predict's collator does
         if isinstance(inputs, dict):
             if set(inputs) not in ({"text"}, {"text", "text_pair"}):  # as text-classification takes a dict

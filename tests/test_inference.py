@@ -367,6 +367,27 @@ def test_pipeline_top_k_ranks_labels_as_text_classification_does(model, tokenize
         classifier(texts[0], top_k=0)
 
 
+def test_pipeline_takes_text_classifications_softmax_and_truncation_and_refuses_the_rest(model, tokenizer):
+    """function_to_apply= and truncation= were a TypeError from _sanitize_parameters."""
+    from transformers.pipelines.text_classification import ClassificationFunction
+
+    classifier = pipeline("multitask-text-classification", model=model, tokenizer=tokenizer, task_name="sst",
+                          device="cpu")
+    expected = classifier("a great film")
+    for kwargs in ({"function_to_apply": "softmax"}, {"function_to_apply": ClassificationFunction.SOFTMAX},
+                   {"truncation": True}):
+        assert classifier("a great film", **kwargs) == expected, kwargs
+    for value in ("sigmoid", "none", ClassificationFunction.SIGMOID):
+        with pytest.raises(ValueError, match=r"function_to_apply=.*scores a classification task's labels with their "
+                                             r"softmax probabilities.*predict_logits gives the raw head outputs"):
+            classifier("a great film", function_to_apply=value)
+    with pytest.raises(ValueError, match="function_to_apply: task 'sts' is a regression task; its score is not a"):
+        classifier({"text": "a", "text_pair": "b"}, task_name="sts", function_to_apply="softmax")
+    with pytest.raises(ValueError, match="truncation=False: multitask-text-classification always truncates to the "
+                                         "task's max_length"):
+        classifier("a great film", truncation=False)
+
+
 def test_pipeline_errors(model, tokenizer):
     classifier = pipeline("multitask-text-classification", model=model, tokenizer=tokenizer, device="cpu")
     with pytest.raises(ValueError, match=r"Pass task_name=, one of \['sst', 'quora', 'sts'\]"):
