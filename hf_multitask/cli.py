@@ -20,14 +20,14 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
+from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from .build import DataArguments, ModelArguments, build_model, build_task_specs, build_tokenizer
 from .checkpointing import finished_at, warn_about_earlier_checkpoints
 from .config_file import TRAIN_DATACLASSES, check_config_types, load_config_file
 from .data import DataValidationError, load_task_data, load_task_split, load_tokenized, tokenize_task
 from .export import export_task, max_logit_difference
-from .inference import NORMALIZERS, predict_logits, task_logits, worst_examples
+from .inference import NORMALIZERS, load_tokenizer, predict_logits, task_logits, worst_examples
 from .kinds import MissingKindMethod
 from .metrics import metric_key, overall_key
 from .modeling import MultitaskModel
@@ -196,7 +196,7 @@ def evaluate(argv: list[str]) -> dict:
         raise SystemExit(f"--errors must be >= 0, got {args.errors}")
     check_model_dir(args.model_dir)
     model = MultitaskModel.from_pretrained(args.model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    tokenizer = load_tokenizer(args.model_dir)
     unknown = sorted(set(args.tasks or []) - set(model.specs))
     if unknown:
         raise SystemExit(f"{args.model_dir} has no head for task(s) {unknown}; it has {list(model.specs)}")
@@ -270,7 +270,7 @@ def predict(argv: list[str]) -> list[dict]:
     args = parser.parse_intermixed_args(argv)
     check_model_dir(args.model_dir)
     model = MultitaskModel.from_pretrained(args.model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    tokenizer = load_tokenizer(args.model_dir)
     if args.task not in model.specs:
         raise SystemExit(f"{args.model_dir} has no head for task {args.task!r}; it has {list(model.specs)}")
     spec = model.specs[args.task]
@@ -312,7 +312,7 @@ def export(argv: list[str]) -> None:
     model = MultitaskModel.from_pretrained(args.model_dir).eval()
     if args.task not in model.specs:
         raise SystemExit(f"{args.model_dir} has no head for task {args.task!r}; it has {list(model.specs)}")
-    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    tokenizer = load_tokenizer(args.model_dir)
     try:
         exported = export_task(model, args.task, args.output, tokenizer=tokenizer)
     except ValueError as err:

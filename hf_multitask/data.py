@@ -136,23 +136,23 @@ def validate_rows(spec: TaskSpec, columns: list[str], rows: Iterable[Mapping[str
             where = f"{source}: row {count}, column {spec.label_column!r}"
             out["labels"].append(kind.parse_label(spec, row[spec.label_column], where))
             kind.check_row(spec, texts, out["labels"][-1], f"{source}: row {count}")
-        if keep_id:
-            out["id"].append(_parse_id(row["id"], f"{source}: row {count}, column 'id'"))
+        if keep_id:  # inputs to predict on keep the id's own type (a JSON number): written back as read
+            out["id"].append(_parse_id(row["id"], f"{source}: row {count}, column 'id'", keep_type=not labels))
     if not count:
         raise DataValidationError(f"{source}: no rows for task {spec.name!r}")
     if keep_id:
-        _check_unique_ids(out["id"], source)
+        _check_unique_ids([str(value) for value in out["id"]], source)
     if labels:
         kind.check_labels(spec, out["labels"], source)
     return out
 
 
-def _parse_id(value: Any, where: str) -> str:
-    """A row's `id` as a string (predictions are keyed by it); a missing, empty or non-scalar id is an error."""
+def _parse_id(value: Any, where: str, keep_type: bool = False) -> Any:
+    """A row's `id` as a string (predictions are keyed by it), as it is with `keep_type`; missing or empty: error."""
     if value is None or isinstance(value, (bool, list, dict)) or not str(value).strip():
         raise DataValidationError(f"{where}: empty or missing id ({value!r}); every row needs its own id (or leave "
                                   "the 'id' column out)")
-    return str(value)
+    return value if keep_type else str(value)
 
 
 def _check_unique_ids(ids: list[str], source: str) -> None:
@@ -280,16 +280,23 @@ def tokenize_task(dataset: Dataset, spec: TaskSpec, tokenizer, num_proc: int | N
         for index, label in enumerate(dataset["labels"]):
             if isinstance(label, (list, tuple)):
                 kind.check_row(spec, {c: texts[c][index] for c in texts}, label, f"Task {spec.name!r}: row {index}")
-    max_length = effective_max_length(spec, tokenizer)
-    if max_length < spec.max_length:
-        logger.warning(f"Task {spec.name!r}: max_length {spec.max_length} exceeds the tokenizer's limit {max_length}")
-    _log_truncation(dataset, spec, tokenizer, max_length)
+    max_length = checked_max_length(spec, tokenizer, dataset)
 
     def encode(batch):
         return encode_texts(spec, tokenizer, [batch[column] for column in spec.text_columns], max_length)
 
     return dataset.map(encode, batched=True, remove_columns=list(spec.text_columns), num_proc=num_proc,
                        desc=f"Tokenizing {spec.name}")
+
+
+def checked_max_length(spec: TaskSpec, tokenizer, texts) -> int:
+    """[`effective_max_length`], with the warnings of [`tokenize_task`]: a `max_length` beyond the tokenizer's limit,
+    and how many of `texts` (a `Dataset`, or a dict of text columns) are truncated."""
+    max_length = effective_max_length(spec, tokenizer)
+    if max_length < spec.max_length:
+        logger.warning(f"Task {spec.name!r}: max_length {spec.max_length} exceeds the tokenizer's limit {max_length}")
+    _log_truncation(texts, spec, tokenizer, max_length)
+    return max_length
 
 
 def effective_max_length(spec: TaskSpec, tokenizer) -> int:
@@ -307,11 +314,12 @@ def encode_texts(spec: TaskSpec, tokenizer, texts: Sequence, max_length: int, **
     return spec.task_kind.encode(spec, tokenizer, texts, max_length, **tokenizer_kwargs)
 
 
-def count_truncated(dataset: Dataset, spec: TaskSpec, tokenizer, max_length: int) -> int:
-    """Examples whose tokenised length exceeds `max_length`: the pair together for cross-encoding, either
-    sentence for bi-encoding, as the kind groups them (an example counts once however many groups are too long)."""
+def count_truncated(dataset: Dataset | Mapping[str, list], spec: TaskSpec, tokenizer, max_length: int) -> int:
+    """Examples of `dataset` (or of a dict of text columns) whose tokenised length exceeds `max_length`: the pair
+    together for cross-encoding, either sentence for bi-encoding, as the kind groups them (an example counts once
+    however many groups are too long)."""
     kind = spec.task_kind
-    too_long = [False] * len(dataset)
+    too_long = [False] * len(dataset[spec.text_columns[0]])  # rows, of a Dataset or a dict
     for group in kind.truncation_groups(spec):  # each column as the kind reads it (words of a string, say)
         columns = [[kind.parse_text(spec, value, f"row {i}, column {c!r}") for i, value in enumerate(dataset[c])]
                    for c in group]
@@ -320,11 +328,11 @@ def count_truncated(dataset: Dataset, spec: TaskSpec, tokenizer, max_length: int
     return sum(too_long)
 
 
-def _log_truncation(dataset: Dataset, spec: TaskSpec, tokenizer, max_length: int) -> None:
+def _log_truncation(dataset: Dataset | Mapping[str, list], spec: TaskSpec, tokenizer, max_length: int) -> None:
     truncated = count_truncated(dataset, spec, tokenizer, max_length)
     if truncated:
-        logger.warning(f"Task {spec.name!r}: {truncated} of {len(dataset)} examples are longer than {max_length} "
-                       "tokens and are truncated")
+        logger.warning(f"Task {spec.name!r}: {truncated} of {len(dataset[spec.text_columns[0]])} examples are longer "
+                       f"than {max_length} tokens and are truncated")
 
 
 # ---- the joint dataset and the collator ----
@@ -396,6 +404,15 @@ def hf_label_key(feature: dict[str, Any]) -> dict[str, Any]:
     return feature if key is None else {**{k: v for k, v in feature.items() if k != key}, "labels": feature[key]}
 
 
+def warn_left_padding(tokenizer) -> None:
+    """Warn (once) when `tokenizer` pads on the left: batched outputs then depend on the batch (the collator's and the
+    pipeline's padding both follow `tokenizer.padding_side`)."""
+    if getattr(tokenizer, "padding_side", "right") == "left":
+        logger.warning_once("The tokenizer pads on the left: a BERT-style encoder numbers positions from the first "
+                            "column, so a padded example gets other position embeddings than alone, and its outputs "
+                            "depend on the batch; set tokenizer.padding_side = 'right'")
+
+
 class MultitaskCollator:
     """Pads a batch of one task's examples and adds `task_name`; a batch of several tasks (the sampler's
     grouped mode) becomes `{task_name: batch}`, one padded batch per task, in order of first appearance.
@@ -412,10 +429,7 @@ class MultitaskCollator:
         self.tokenizer = tokenizer
         self.pad_to_multiple_of = pad_to_multiple_of
         self.specs = dict(specs or {})
-        if getattr(tokenizer, "padding_side", "right") == "left":
-            logger.warning_once("The tokenizer pads on the left: a BERT-style encoder numbers positions from the "
-                                "first column, so a padded example gets other position embeddings than alone, and "
-                                "its outputs depend on the batch; set tokenizer.padding_side = 'right'")
+        warn_left_padding(tokenizer)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         by_task: dict[str, list[dict[str, Any]]] = {}

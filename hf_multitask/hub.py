@@ -44,8 +44,7 @@ def push_folder(model, folder: str | os.PathLike, repo_id: str, commit_message: 
         with open(local, "w", encoding="utf-8") as f:
             f.write(remote)  # the user's own card on the Hub stays
     else:
-        card = {**(card or {}), **({"tags": list(tags)} if tags else {})}
-        write_model_card(folder, model, overwrite=True, model_name=repo_id.split("/")[-1], model_id=repo_id,
-                         tokenizer_included=tokenizer_included, **card)
+        card = {**(card or {}), **({"tags": list(tags)} if tags else {}), "tokenizer_included": tokenizer_included}
+        write_model_card(folder, model, overwrite=True, model_name=repo_id.split("/")[-1], model_id=repo_id, **card)
     return api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message or "Upload model",
                              commit_description=commit_description, create_pr=create_pr, revision=revision)

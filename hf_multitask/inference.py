@@ -4,19 +4,18 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from datasets import Dataset
-from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
 from transformers import AutoModel, AutoTokenizer, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils import logging
 
 from .configuration import is_multitask_model
-from .data import MultitaskCollator, effective_max_length, encode_texts, tokenize_task
+from .data import MultitaskCollator, checked_max_length, effective_max_length, encode_texts, warn_left_padding
 from .kinds.base import label_array, visible
 from .normalization import NORMALIZERS, get_normalizer, normalize_ptb  # noqa: F401 (public here too)
 from .tasks import TaskSpec
@@ -50,6 +49,12 @@ def check_input(spec: TaskSpec, item: Any, where: str) -> tuple[str, ...]:
     return texts
 
 
+def check_batch_size(batch_size: Any) -> None:
+    """A `batch_size` that is not a positive int is a `ValueError` naming it (0 or a negative one gave no batches)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int (examples per forward pass), got {batch_size!r}")
+
+
 def task_spec(model, task_name: str) -> TaskSpec:
     """`model`'s spec of `task_name`; an unknown task is an error naming the model's tasks."""
     if task_name not in model.specs:
@@ -72,15 +77,21 @@ def predict_logits(
             in training mode afterwards if it was in it.
         task_name: The task (and head).
         inputs: Strings for a single-sentence task, `(a, b)` pairs for a pair task (cross- or bi-encoded, as the
-            task's spec says).
+            task's spec says): a list, or any other iterable of them (a numpy array, a pandas Series, a generator).
         tokenizer: The model's tokenizer.
         batch_size: Examples per forward pass.
         normalize: `"ptb"` rewrites each text with [`normalize_ptb`] first (for SST); `None` leaves texts alone.
     """
     spec = task_spec(model, task_name)
-    if isinstance(inputs, str) or not isinstance(inputs, Sequence):
-        raise ValueError(f"inputs must be a list of {'(a, b) pairs' if spec.is_pair else 'strings'}; "
-                         "wrap a single input in a list")
+    check_batch_size(batch_size)
+    what = "(a, b) pairs" if spec.is_pair else "strings"
+    if isinstance(inputs, str):
+        raise ValueError(f"inputs must be a list of {what}; wrap a single input in a list")
+    if isinstance(inputs, Mapping) or hasattr(inputs, "columns") or not isinstance(inputs, Iterable):
+        raise ValueError(f"inputs must be a list of {what}, or another iterable of them (tuple, numpy array, pandas "
+                         f"Series, generator, zip(texts_a, texts_b)); got {type(inputs).__name__} (for a table, pass "
+                         "its text column, or zip its two columns)")
+    inputs = [tuple(item) if isinstance(item, np.ndarray) else item for item in inputs]  # rows of a 2-D array: pairs
     rows = [check_input(spec, item, f"input {i}") for i, item in enumerate(inputs)]
     if not rows:
         return np.zeros((0, spec.num_labels), dtype=np.float32)
@@ -100,6 +111,7 @@ def batches(model, task_name: str, features, tokenizer, batch_size: int = 32) ->
 
 def _batches_with_rows(model, task_name: str, features, tokenizer, batch_size: int) -> Iterator[tuple[list, dict]]:
     """[`batches`], each with the rows (feature dicts) it was collated from."""
+    check_batch_size(batch_size)
     collator = MultitaskCollator(tokenizer, specs=model.specs)
     was_training = model.training
     model.eval()
@@ -140,18 +152,13 @@ def task_logits(model, task_name: str, features, tokenizer, batch_size: int = 32
 
 def encode_rows(spec: TaskSpec, tokenizer, rows: list[tuple[str, ...]]) -> list[dict[str, Any]]:
     """Tokenised features of checked inputs (tuples of texts, see [`check_input`]), exactly as [`tokenize_task`]
-    tokenises a training split."""
+    tokenises a training split (the same [`encode_texts`] and warnings), without its `Dataset.map`: `datasets` hashed
+    the tokenizer to fingerprint each call, about 0.5 s however few the inputs."""
     kind = spec.task_kind  # a token-level task's rows are words, given as a list or a string: one form in a column
-    columns = {column: [kind.parse_text(spec, row[j], f"input {i}: {column!r}") if kind.token_level else row[j]
-                        for i, row in enumerate(rows)] for j, column in enumerate(spec.text_columns)}
-    dataset = Dataset.from_dict(columns)
-    bars = is_progress_bar_enabled()
-    disable_progress_bar()  # one bar per call is noise in a library function
-    try:
-        return tokenize_task(dataset, spec, tokenizer).to_list()
-    finally:
-        if bars:
-            enable_progress_bar()
+    columns = {column: [kind.parse_text(spec, row[j], f"input {i}: {column!r}") for i, row in enumerate(rows)]
+               for j, column in enumerate(spec.text_columns)}
+    features = encode_texts(spec, tokenizer, list(columns.values()), checked_max_length(spec, tokenizer, columns))
+    return [dict(zip(features, values)) for values in zip(*features.values())]
 
 
 def predict(
@@ -168,7 +175,7 @@ def predict(
     Args:
         model: A [`MultitaskModel`].
         task_name: The task (and head).
-        inputs: Strings for a single-sentence task, `(a, b)` pairs for a pair task.
+        inputs: Strings for a single-sentence task, `(a, b)` pairs for a pair task: a list, or any other iterable.
         tokenizer: The model's tokenizer.
         batch_size: Examples per forward pass.
         normalize: `"ptb"` for SST-style text (see [`normalize_ptb`]); off by default.
@@ -198,6 +205,29 @@ def predict(
     return (decoded, kind.probabilities(spec, logits)) if return_probabilities else decoded
 
 
+def has_tokenizer(folder: str | os.PathLike) -> bool:
+    """Whether a local `folder` holds a saved tokenizer (its `tokenizer_config.json`)."""
+    return os.path.isfile(os.path.join(folder, TOKENIZER_CONFIG))
+
+
+def missing_tokenizer(path: str | os.PathLike) -> str | None:
+    """Why `path` gives no tokenizer when it is a local folder without one (transformers then says that a backend
+    such as sentencepiece is missing, which is not the cause); `None` when it may give one."""
+    if not os.path.isdir(path) or has_tokenizer(path):
+        return None
+    return (f"{str(path)!r} holds no tokenizer (no {TOKENIZER_CONFIG}: the model was saved without one, e.g. by "
+            f"model.save_pretrained alone). Save the tokenizer it was trained with beside it, "
+            f"tokenizer.save_pretrained({str(path)!r}) (trainer.save_model and hf-multitask train do)")
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """`AutoTokenizer.from_pretrained(path)` for a saved model's `path`; a local folder without a tokenizer is a
+    `ValueError` saying so and how to add one ([`missing_tokenizer`])."""
+    if (problem := missing_tokenizer(path)) is not None:
+        raise ValueError(problem)
+    return AutoTokenizer.from_pretrained(path)
+
+
 def default_tokenizer(model):
     """The tokenizer saved beside `model` (its `name_or_path`, else its encoder's), loaded once and cached."""
     path = model.name_or_path or model.encoder.name_or_path
@@ -207,6 +237,8 @@ def default_tokenizer(model):
     cached = getattr(model, "_default_tokenizer", None)
     if cached is not None and cached[0] == path:
         return cached[1]
+    if (problem := missing_tokenizer(path)) is not None:
+        raise ValueError(f"The model's folder {problem}; or pass tokenizer=")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
@@ -276,7 +308,8 @@ def worst_examples(spec: TaskSpec, dataset: Dataset, logits: np.ndarray, n: int)
 
 class MultitaskPipeline(Pipeline):
     """`pipeline("multitask-text-classification", model=..., task_name=...)`: one task of a [`MultitaskModel`]
-    with the interface of transformers' text-classification pipeline.
+    with the inputs, outputs, `top_k` and `batch_size` of transformers' text-classification pipeline (its
+    `function_to_apply` and `truncation` only as this pipeline computes anyway: `"softmax"`, `True`).
 
     Inputs are a string, a `{"text": a, "text_pair": b}` dict for pair tasks, or a list of either. Each input gives
     `{"label": name, "score": probability}` (classification) or `{"score": value}` (regression); as in
@@ -288,6 +321,9 @@ class MultitaskPipeline(Pipeline):
         normalize: `"ptb"` rewrites texts with [`normalize_ptb`] (for SST); off by default.
         top_k: As in text-classification: the `top_k` most probable labels per input, most probable first (`None`:
             all), a list per input (a single input gives its list); classification tasks only.
+        function_to_apply: Only `"softmax"`, what classification scores are (text-classification's `"sigmoid"` and
+            `"none"` are a `ValueError`: `predict_logits` gives raw outputs).
+        truncation: Only `True`: inputs are always truncated to the task's `max_length`, as in training.
 
     Example:
 
@@ -313,8 +349,19 @@ class MultitaskPipeline(Pipeline):
         if not is_multitask_model(self.model):
             raise TypeError(f"{PIPELINE_TASK} needs a MultitaskModel, got {type(self.model).__name__}")
 
-    def _sanitize_parameters(self, task_name: str | None = None, normalize: str | None = None, top_k=NOT_GIVEN):
+    def _sanitize_parameters(self, task_name: str | None = None, normalize: str | None = None, top_k=NOT_GIVEN,
+                             function_to_apply=None, truncation=None):
         preprocess, forward, postprocess = {}, {}, {}
+        if function_to_apply is not None:  # a string, or text-classification's ClassificationFunction
+            if str(getattr(function_to_apply, "value", function_to_apply)).lower() != "softmax":
+                raise ValueError(f"function_to_apply={function_to_apply!r}: {PIPELINE_TASK} scores a classification "
+                                 "task's labels with their softmax probabilities ('softmax', the default) and gives a "
+                                 "regression task's predicted value; hf_multitask.inference.predict_logits gives the "
+                                 "raw head outputs")
+            preprocess["function_to_apply"] = "softmax"
+        if truncation is not None and truncation not in (True, "longest_first"):
+            raise ValueError(f"truncation={truncation!r}: {PIPELINE_TASK} always truncates to the task's max_length "
+                             "(longest first for a cross-encoded pair), as in training; leave truncation out")
         if top_k is not NOT_GIVEN:
             if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
                 raise ValueError(f"top_k must be a positive int, or None for every label; got {top_k!r}")
@@ -339,8 +386,13 @@ class MultitaskPipeline(Pipeline):
             (task_name,) = self.model.specs
         return task_spec(self.model, task_name)
 
-    def preprocess(self, inputs, task_name: str | None = None, normalize: str | None = None) -> dict:
+    def preprocess(self, inputs, task_name: str | None = None, normalize: str | None = None,
+                   function_to_apply: str | None = None) -> dict:
         spec = self._spec(task_name)
+        if function_to_apply is not None and not spec.task_kind.implements("probabilities"):
+            raise ValueError(f"function_to_apply: task {spec.name!r} is a {spec.task_kind.name} task; its score is "
+                             "not a probability (leave function_to_apply out)")
+        warn_left_padding(self.tokenizer)  # batching pads on the tokenizer's side, as predict's collator does
         if isinstance(inputs, dict):
             if set(inputs) not in ({"text"}, {"text", "text_pair"}):  # as text-classification takes a dict
                 raise ValueError(f'A dict input is {{"text": a, "text_pair": b}} or {{"text": a}}: got {list(inputs)}')

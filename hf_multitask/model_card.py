@@ -13,6 +13,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .card_training import techniques_section, training_section
 from .configuration import MultitaskConfig
+from .inference import has_tokenizer
 from .metrics import metric_key, overall_key
 from .remote_code import CODE_FILES, untravelled_kinds
 from .tasks import TaskSpec
@@ -82,7 +83,7 @@ def render_model_card(
         tags: Extra tags, after `hf-multitask`, `multitask`, the encoder's model type and the techniques used.
         datasets: Hub dataset ids for the front matter.
         tokenizer_included: Whether the model's tokenizer is saved (uploaded) with it; when not, the usage snippets
-            load the encoder's and say so.
+            load the encoder's and say so. [`write_model_card`] checks the folder when it is not given.
 
     Example:
 
@@ -119,7 +120,8 @@ def write_model_card(directory: str | os.PathLike, model, overwrite: bool = Fals
         directory: The saved model's directory.
         model: A [`MultitaskModel`] or its config.
         overwrite: Replace any README.md, the user's included.
-        kwargs: Passed to [`render_model_card`]; `model_name` defaults to the directory's name.
+        kwargs: Passed to [`render_model_card`]; `model_name` defaults to the directory's name, `tokenizer_included`
+            to whether `directory` holds a tokenizer now.
 
     Returns:
         Whether the card was written (`False`: a user's README.md was kept).
@@ -128,6 +130,7 @@ def write_model_card(directory: str | os.PathLike, model, overwrite: bool = Fals
     if not overwrite and not is_replaceable_card(path):
         return False
     kwargs.setdefault("model_name", os.path.basename(os.path.normpath(os.path.abspath(directory))))
+    kwargs.setdefault("tokenizer_included", has_tokenizer(directory))
     os.makedirs(directory, exist_ok=True)
     text = _with_peft_metadata(render_model_card(model, **kwargs), path, getattr(model, "config", model))
     with open(path, "w", encoding="utf-8") as f:
@@ -300,7 +303,10 @@ def _tasks_section(specs) -> str:
 
 def _results_section(specs, values, source) -> str:
     if not values:
-        return "## Results\n\nNo evaluation results were recorded for this model.\n"
+        return ("## Results\n\nThis card was written without evaluation results: none were given to the save "
+                "that wrote it (a model's own `save_pretrained` has none; a loaded model does not carry those of an "
+                "earlier card). `trainer.save_model` and `hf-multitask train` write the Trainer's latest evaluation "
+                "here (when one ran), `write_model_card(dir, model, metrics=...)` results of your own.\n")
     lines = ["## Results\n"]
     if source:
         lines.append(f"From {source}.\n")
@@ -386,6 +392,8 @@ def _usage_section(config, specs, model_id, base, tokenizer_included) -> str:
             "print(spec.task_kind.decode(spec, logits.numpy()))  # label names or scores", "```",
         ]
     if not tokenizer_included:
-        lines.append(f"\nNo tokenizer was uploaded with this model: load the one it was trained with (above: the "
-                     f"encoder's, `{tokenizer_path}`).")
+        lines.append(f"\nNo tokenizer was saved or uploaded with this model (its folder held none when this card was "
+                     f"written), so the snippets above load the encoder's, `{tokenizer_path}`: use the tokenizer the "
+                     "model was trained with. One saved beside the model later (`tokenizer.save_pretrained`) loads "
+                     "from the model's own path.")
     return "\n".join(lines) + "\n"

@@ -65,8 +65,12 @@ class TrainerModelCard:
         else:
             metrics, step = latest_eval_metrics(self.state.log_history, self.specs)
             source = f"the Trainer's latest evaluation (step {step})"
+        # Trainer._save writes the tokenizer after the model's save_pretrained, which writes the card
+        saves = self.processing_class is not None or getattr(self.data_collator, "tokenizer", None) is not None
+        saves_tokenizer = {"tokenizer_included": True} if saves else {}
         return {"metrics": metrics, "training_args": self.args, "trained_steps": self.state.global_step,
-                "results_source": source if metrics else None, "model_id": self.hub_model_id or self.args.hub_model_id}
+                "results_source": source if metrics else None, "model_id": self.hub_model_id or self.args.hub_model_id,
+                **saves_tokenizer}
 
     def _write_model_card(self, output_dir: str, **kwargs) -> None:
         if not write_model_card(output_dir, self.multitask_model, **kwargs):

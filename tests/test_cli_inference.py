@@ -106,6 +106,36 @@ def test_predict_pairs_from_a_file(model_dir, data_dir, tiny_model, tokenizer, t
                                atol=1e-5)
 
 
+def test_predict_rejects_a_batch_size_that_is_not_positive(model_dir, data_dir, tmp_path):
+    out = tmp_path / "pred.jsonl"
+    for size in ("0", "-1"):  # -1 wrote a blank line and exited 0
+        with pytest.raises(ValueError, match=f"batch_size must be a positive int .*got {size}"):
+            main(["predict", str(model_dir), "--task", "sst", "--file", str(data_dir / "sst-dev.tsv"),
+                  f"--batch_size={size}", "--output", str(out)])
+    assert not out.exists()
+
+
+def test_predict_on_a_folder_without_a_tokenizer_says_so(tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path / "model")  # no tokenizer beside it
+    for command in (["predict", str(tmp_path / "model"), "--task", "sst", "a great film"],
+                    ["export", str(tmp_path / "model"), "--task", "sst", "--output", str(tmp_path / "out")]):
+        with pytest.raises(ValueError, match=r"'.*model' holds no tokenizer \(no tokenizer_config.json.*"
+                                             r"tokenizer.save_pretrained\('.*model'\)"):
+            main(command)
+
+
+def test_predict_keeps_the_json_type_of_the_ids_of_a_jsonl_file(model_dir, tmp_path):
+    """`{"id": 7}` came back as `"id": "7"`."""
+    rows = [{"id": 7, "sentence": "a great film"}, {"id": 8, "sentence": "bad"}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (tmp_path / "in.tsv").write_text("id\tsentence\n7\ta great film\n", encoding="utf-8")
+    for name, ids in (("in.jsonl", [7, 8]), ("in.tsv", ["7"])):  # a TSV's ids are text
+        main(["predict", str(model_dir), "--task", "sst", "--file", str(tmp_path / name), "--output",
+              str(tmp_path / "out.jsonl")])
+        written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+        assert [r["id"] for r in written] == ids
+
+
 def test_export_command(tmp_path, bert_config, tokenizer, data_dir, capsys):
     torch.manual_seed(0)
     model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=cs224n_tasks(), pooling="cls")).eval()

@@ -1,4 +1,5 @@
 import csv
+from logging import Logger
 from pathlib import Path
 
 import numpy as np
@@ -7,8 +8,17 @@ import torch
 from datasets import Dataset
 from transformers import pipeline
 
-from hf_multitask import MultitaskConfig, MultitaskModel, cs224n_tasks, normalize_ptb, predict, sst_task, sts_task
-from hf_multitask.inference import predict_logits, worst_examples
+from hf_multitask import (
+    MultitaskConfig,
+    MultitaskModel,
+    cs224n_tasks,
+    normalize_ptb,
+    predict,
+    sst_task,
+    sts_task,
+    tokenize_task,
+)
+from hf_multitask.inference import check_input, encode_rows, predict_logits, task_logits, worst_examples
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -111,6 +121,52 @@ def test_predict_batch_size_does_not_change_results(model, tokenizer):
     np.testing.assert_allclose(predict_logits(model, "sst", texts, tokenizer, batch_size=2), one, atol=1e-5)
 
 
+LONG = " ".join(["a very good film about a dog on grass"] * 3)  # truncated at max_length=12 below
+KIND_INPUTS = {
+    "sst": ["a great film", "bad", LONG],
+    "quora": [("how do i cook", "how can i cook"), ("what is a cat", LONG)],
+    "sts": [("a man is playing", "a man plays"), (LONG, "the film")],
+    "mc": [("what is good ?", "a good film", "bad film", "the cat", "awful movie"), (LONG, "good", "x", "y", "z")],
+    "ner": ["a man is playing on grass", ["the", "zebra", "is", "fuzzy"], LONG],
+}
+
+
+@pytest.mark.parametrize("pair_encoding", ["cross", "bi"])
+def test_predict_tokenises_as_tokenize_task_without_dataset_map(bert_config, tokenizer, monkeypatch, caplog,
+                                                                pair_encoding):
+    """predict() cost about 0.5 s a call, whatever its inputs: datasets fingerprinted each Dataset.map by hashing the
+    tokenizer. Its features, logits (bit for bit) and truncation warnings stay those of tokenize_task."""
+    from .test_multiple_choice import mc_task
+    from .test_token_classification import ner_task
+
+    torch.manual_seed(0)
+    tasks = [*cs224n_tasks(pair_encoding=pair_encoding, max_length=12), mc_task(max_length=12),
+             ner_task(max_length=12)]
+    model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=tasks)).eval()
+    expected = {}
+    for name, inputs in KIND_INPUTS.items():
+        spec = model.specs[name]
+        rows = [check_input(spec, item, f"input {i}") for i, item in enumerate(inputs)]
+        with caplog.at_level("WARNING"):
+            columns = {column: [spec.task_kind.parse_text(spec, row[j], "") for row in rows]  # words: one form
+                       for j, column in enumerate(spec.text_columns)}
+            features = tokenize_task(Dataset.from_dict(columns), spec, tokenizer)
+        expected[name] = (features.to_list(), task_logits(model, name, features, tokenizer, batch_size=2),
+                          [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()])
+        caplog.clear()
+        assert expected[name][2], name  # LONG is truncated
+    monkeypatch.setattr(Dataset, "map", lambda *args, **kwargs: pytest.fail("predict used Dataset.map"))
+    for name, inputs in KIND_INPUTS.items():
+        spec = model.specs[name]
+        with caplog.at_level("WARNING"):
+            features = encode_rows(spec, tokenizer, [check_input(spec, item, "") for item in inputs])
+            logits = predict_logits(model, name, inputs, tokenizer, batch_size=2)
+        assert features == expected[name][0], name
+        np.testing.assert_array_equal(logits, expected[name][1])  # bit for bit (NaN beyond a sentence's words)
+        assert [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()] == expected[name][2] * 2
+        caplog.clear()
+
+
 def test_predict_runs_in_eval_mode_and_restores_training(bert_config, tokenizer):
     torch.manual_seed(0)
     model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=cs224n_tasks(), classifier_dropout=0.5))
@@ -147,6 +203,33 @@ def test_predict_rejects_bad_inputs(model, tokenizer, task, inputs, kwargs, mess
         predict(model, task, inputs, tokenizer, **kwargs)
 
 
+@pytest.mark.parametrize("batch_size", [0, -1, True, 2.0])
+def test_predict_rejects_a_batch_size_that_is_not_a_positive_int(model, tokenizer, batch_size):
+    """batch_size=-1 returned no predictions and no error (range(0, n, -1) is empty); 0 a bare range() error."""
+    with pytest.raises(ValueError, match=rf"batch_size must be a positive int .*got {batch_size!r}"):
+        predict(model, "sst", ["a great film", "bad", "it was fine"], tokenizer, batch_size=batch_size)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        predict(model, "sst", [], tokenizer, batch_size=batch_size)
+
+
+def test_predict_takes_any_iterable_of_inputs(model, tokenizer):
+    """A numpy array, a pandas Series, a generator or zip(...) was refused with "wrap a single input in a list"."""
+    import pandas as pd
+
+    texts = ["a great film", "bad", "it was fine"]
+    pairs = [("a man is playing", "a man plays"), ("the cat", "a dog on grass")]
+    labels, scores = predict(model, "sst", texts, tokenizer), predict(model, "sts", pairs, tokenizer)
+    for inputs in (np.array(texts), pd.Series(texts), (t for t in texts), tuple(texts), Dataset.from_dict(
+            {"sentence": texts})["sentence"]):
+        assert predict(model, "sst", inputs, tokenizer) == labels, type(inputs)
+    for inputs in (zip(*zip(*pairs)), np.array(pairs), iter(pairs)):
+        assert predict(model, "sts", inputs, tokenizer) == scores, type(inputs)
+    for table in (pd.DataFrame({"sentence": texts}), {"sentence": texts}, 3):
+        with pytest.raises(ValueError, match=r"inputs must be a list of strings, or another iterable of them \(tuple, "
+                                             rf"numpy array, pandas Series, generator.*got {type(table).__name__}"):
+            predict(model, "sst", table, tokenizer)
+
+
 @pytest.fixture
 def model_dir(tmp_path, model, tokenizer):
     model.save_pretrained(tmp_path / "model")
@@ -160,6 +243,17 @@ def test_model_predict_loads_the_saved_tokenizer(model_dir, model, tokenizer):
     assert loaded.predict("sst", texts) == predict(model, "sst", texts, tokenizer)
     with pytest.raises(ValueError, match="no name_or_path to load a tokenizer from.*pass tokenizer="):
         model.predict("sst", texts)
+
+
+def test_model_predict_says_when_the_models_folder_holds_no_tokenizer(tmp_path, model):
+    """A folder of model.save_pretrained alone gave transformers' "Couldn't instantiate the backend tokenizer ...
+    sentencepiece or tiktoken", which is not the cause."""
+    model.save_pretrained(tmp_path / "model")
+    loaded = MultitaskModel.from_pretrained(tmp_path / "model")
+    with pytest.raises(ValueError, match=r"The model's folder '.*model' holds no tokenizer \(no tokenizer_config.json"
+                                         r".*tokenizer.save_pretrained\('.*model'\).*or pass tokenizer=") as error:
+        loaded.predict("sst", ["a great film"])
+    assert "sentencepiece" not in str(error.value)
 
 
 def test_pipeline_from_a_directory_matches_predict(model_dir, model, tokenizer):
@@ -203,6 +297,20 @@ def test_cls_pooling_reads_each_rows_first_token_on_either_padding_side(bert_con
     with caplog.at_level("WARNING"):
         predict(model, "sst", texts, tokenizer)
     assert any("pads on the left" in r.getMessage() for r in caplog.records)
+
+
+def test_pipeline_warns_about_a_left_padding_tokenizer_as_predict_does(model, tokenizer, caplog):
+    """Left padding changed the pipeline's scores with batch_size, and only predict() warned."""
+    tokenizer.padding_side = "left"
+    classifier = pipeline("multitask-text-classification", model=model, tokenizer=tokenizer, task_name="sst",
+                          device="cpu")
+    Logger.warning_once.cache_clear()  # the warning is given once per process: forget an earlier test's
+    try:
+        with caplog.at_level("WARNING"):
+            classifier(["a great film", "the movie was bad and long"], batch_size=2)
+    finally:
+        Logger.warning_once.cache_clear()
+    assert any("The tokenizer pads on the left" in r.getMessage() for r in caplog.records)
 
 
 def test_pipeline_pairs_and_regression(model, tokenizer):
@@ -257,6 +365,27 @@ def test_pipeline_top_k_ranks_labels_as_text_classification_does(model, tokenize
         classifier({"text": "a", "text_pair": "b"}, task_name="sts", top_k=2)
     with pytest.raises(ValueError, match="top_k must be a positive int, or None"):
         classifier(texts[0], top_k=0)
+
+
+def test_pipeline_takes_text_classifications_softmax_and_truncation_and_refuses_the_rest(model, tokenizer):
+    """function_to_apply= and truncation= were a TypeError from _sanitize_parameters."""
+    from transformers.pipelines.text_classification import ClassificationFunction
+
+    classifier = pipeline("multitask-text-classification", model=model, tokenizer=tokenizer, task_name="sst",
+                          device="cpu")
+    expected = classifier("a great film")
+    for kwargs in ({"function_to_apply": "softmax"}, {"function_to_apply": ClassificationFunction.SOFTMAX},
+                   {"truncation": True}):
+        assert classifier("a great film", **kwargs) == expected, kwargs
+    for value in ("sigmoid", "none", ClassificationFunction.SIGMOID):
+        with pytest.raises(ValueError, match=r"function_to_apply=.*scores a classification task's labels with their "
+                                             r"softmax probabilities.*predict_logits gives the raw head outputs"):
+            classifier("a great film", function_to_apply=value)
+    with pytest.raises(ValueError, match="function_to_apply: task 'sts' is a regression task; its score is not a"):
+        classifier({"text": "a", "text_pair": "b"}, task_name="sts", function_to_apply="softmax")
+    with pytest.raises(ValueError, match="truncation=False: multitask-text-classification always truncates to the "
+                                         "task's max_length"):
+        classifier("a great film", truncation=False)
 
 
 def test_pipeline_errors(model, tokenizer):

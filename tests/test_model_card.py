@@ -89,8 +89,19 @@ def test_card_lists_tasks_labels_results_and_usage(tiny_model):
 
 def test_card_without_metrics_says_so(tiny_model):
     card = render_model_card(tiny_model)
-    assert "No evaluation results were recorded" in card
+    assert "This card was written without evaluation results" in card
     assert "model-index" not in front_matter(card)
+
+
+def test_resaving_a_trained_model_does_not_claim_it_was_never_evaluated(tiny_model, tmp_path):
+    """A trained model loaded and saved again got "No evaluation results were recorded for this model", though
+    its first card had them."""
+    write_model_card(tmp_path / "trained", tiny_model, metrics=METRICS)
+    tiny_model.save_pretrained(tmp_path / "trained")  # as after MultitaskModel.from_pretrained(...).half(), say
+    card = (tmp_path / "trained" / "README.md").read_text(encoding="utf-8")
+    assert "No evaluation results were recorded" not in card
+    assert "written without evaluation results: none were given to the save that wrote it" in card
+    assert "`trainer.save_model` and `hf-multitask train` write the Trainer's latest evaluation here" in card
 
 
 def test_front_matter_is_hub_metadata_with_one_result_per_task(tiny_model):
@@ -207,6 +218,21 @@ def test_save_pretrained_writes_the_card(tiny_model, tmp_path):
     assert MARKER in card and "# model\n" in card and (tmp_path / "model" / "config.json").is_file()
 
 
+def test_save_pretrained_without_a_tokenizer_in_the_folder_loads_the_encoders_in_the_snippets(tiny_model, tokenizer,
+                                                                                              tmp_path):
+    """The snippets loaded AutoTokenizer.from_pretrained("<this model>") from a folder that held no tokenizer."""
+    tiny_model.config.encoder._name_or_path = "example-org/the-encoder"
+    tiny_model.save_pretrained(tmp_path / "alone")
+    card = (tmp_path / "alone" / "README.md").read_text(encoding="utf-8")
+    assert 'AutoTokenizer.from_pretrained("path/to/this/model"' not in card
+    assert card.count('AutoTokenizer.from_pretrained("example-org/the-encoder"') == 2
+    assert "No tokenizer was saved or uploaded with this model" in card
+    tokenizer.save_pretrained(tmp_path / "with")
+    tiny_model.save_pretrained(tmp_path / "with")
+    card = (tmp_path / "with" / "README.md").read_text(encoding="utf-8")
+    assert card.count('AutoTokenizer.from_pretrained("path/to/this/model"') == 2 and "No tokenizer was" not in card
+
+
 def test_save_pretrained_keeps_a_user_readme_and_replaces_its_own(tiny_model, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(USER_CARD, encoding="utf-8")
@@ -227,6 +253,7 @@ def test_trainer_save_model_card_has_the_evaluation_and_arguments(tiny_model, to
     assert f"| `quora` | accuracy | {metrics['eval_quora_accuracy']:.4f} |" in card
     assert f"| {metrics['eval_overall']:.4f} |" in card and "latest evaluation (step 2)" in card
     assert "| `head_learning_rate` | 0.005 |" in card and "| optimizer steps done | 2 |" in card
+    assert 'AutoTokenizer.from_pretrained("path/to/this/model")' in card  # the Trainer saves it after the card
     values = [r["metrics"][0]["value"] for r in front_matter(card)["model-index"][0]["results"]]
     assert values == [round(metrics[f"eval_{k}"], 4) for k in ("sst_accuracy", "quora_accuracy", "sts_pearson")]
 
@@ -360,7 +387,7 @@ def test_model_push_without_a_tokenizer_warns_and_the_card_says_how_to_load_one(
     assert any("No tokenizer goes with the model" in r.getMessage() for r in caplog.records)
     assert not set(TOKENIZER_FILES) & set(hub.files[-1]) and set(CODE_FILES) <= set(hub.files[-1])
     card = hub.readmes[-1]
-    assert "No tokenizer was uploaded with this model" in card
+    assert "No tokenizer was saved or uploaded with this model" in card
     assert 'AutoTokenizer.from_pretrained("example-org/no-such-encoder")' in card
 
 

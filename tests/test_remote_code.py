@@ -277,8 +277,8 @@ def test_the_cards_transformers_only_snippet_runs(first, bert_config, tokenizer,
                                                     label_column="t", label_names=["O", "B"]))
         model = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=[other, *model.specs.values()])).eval()
         first = "sst"
+    tokenizer.save_pretrained(tmp_path / "saved")  # first: the card's snippets load it from the model's folder
     model.save_pretrained(tmp_path / "saved")
-    tokenizer.save_pretrained(tmp_path / "saved")
     card = (tmp_path / "saved" / "README.md").read_text()
     assert "pip install hf-multitask" in card
     snippet = card_snippet(card, "With transformers alone")
