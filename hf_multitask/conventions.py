@@ -12,7 +12,8 @@ in `Trainer` or is refused when the trainer is built, with a message that says w
 - `label_smoothing_factor`, `compute_loss_func`, `preprocess_logits_for_metrics`, `include_for_metrics`,
   `eval_do_concat_batches=False`: refused (each task's kind computes its loss and metrics); `metric_for_best_model`
   must name a metric evaluation reports;
-- a `ClassLabel` label column whose names are the task's in another order is remapped to the task's ids;
+- a `ClassLabel` label column whose names are the task's in another order is remapped to the task's ids
+  ([`class_label_ids`], in class_labels.py);
 - `compute_metrics`: one callable for a one-task model, `{task_name: callable}`, or a callable with a `task_name`
   parameter ([`scope_compute_metrics`]); [`user_task_metrics`] files its results under `<prefix>_<task>_<name>`.
 """
@@ -27,11 +28,12 @@ from collections.abc import Callable, Collection, Mapping
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import ClassLabel, Dataset
+from datasets import Dataset
 from transformers import DataCollatorForMultipleChoice, DataCollatorForTokenClassification, DataCollatorWithPadding
 from transformers.trainer_utils import denumpify_detensorize
 from transformers.utils import logging
 
+from .class_labels import class_label_ids
 from .data import HF_LABEL_COLUMNS, MultitaskCollator, MultitaskDataset, check_sized
 from .kinds import PAIR_SUFFIX, DataValidationError
 from .metrics import metric_key
@@ -117,42 +119,6 @@ def hf_labels(dataset, where: str):
         raise DataValidationError(f"{where} has label columns {present}; keep one (remove_columns)")
     if present and present[0] != "labels":
         return dataset.rename_column(present[0], "labels")
-    return dataset
-
-
-def class_label_ids(dataset, spec, where: str):
-    """`dataset` with the ids of a `ClassLabel` `labels` column (or a list of them: tags per word) in the order of
-    the task's `label_names`, as run_glue.py maps a dataset's label names onto the model's: the same names in
-    another order are remapped (`Dataset.align_labels_with_mapping`); names partly the task's are an error; names
-    none of which are the task's (`LABEL_0`, ...) leave the ids as they are, with a warning."""
-    column = dataset.features.get("labels") if isinstance(dataset, Dataset) else None
-    feature = getattr(column, "feature", column)  # List(ClassLabel): tags per word
-    if not isinstance(feature, ClassLabel) or not spec.label_names or list(feature.names) == list(spec.label_names):
-        return dataset
-    theirs, ours = list(feature.names), list(spec.label_names)
-    if sorted(theirs) == sorted(ours):
-        ids = dataset.with_format("arrow")["labels"]
-        lowest = pc.min(pc.list_flatten(ids) if feature is not column else ids).as_py()
-        if lowest is not None and lowest < 0:
-            return dataset  # GLUE's test splits (-1): refused by the label check, which names the row
-        logger.warning_once(f"{where}: the dataset's ClassLabel names {theirs} are the task's label_names in "
-                            f"another order ({ours}); its label ids are remapped to the task's")
-        if feature is column:
-            return dataset.align_labels_with_mapping({name: i for i, name in enumerate(ours)}, "labels")
-        to_ours = [ours.index(name) for name in theirs]  # tags per word: datasets' method takes one ClassLabel only
-        features = dataset.features.copy()
-        features["labels"] = copy.deepcopy(column)
-        features["labels"].feature = ClassLabel(names=ours)
-        return dataset.map(lambda batch: {"labels": [[to_ours[t] if t >= 0 else t for t in row]
-                                                     for row in batch["labels"]]}, batched=True, features=features,
-                           desc="Remapping tag ids")
-    if set(theirs) & set(ours):
-        raise DataValidationError(f"{where}: column 'labels' is a ClassLabel with names {theirs}, but task "
-                                  f"{spec.name!r} has label_names {ours}: rename or cast the dataset's labels "
-                                  "(Dataset.align_labels_with_mapping, cast_column) to the task's names")
-    logger.warning_once(f"{where}: the dataset's ClassLabel names {theirs} are none of task {spec.name!r}'s "
-                        f"label_names {ours}: its ids are read as the task's ("
-                        f"{', '.join(f'{i} = {name!r}' for i, name in enumerate(ours))})")
     return dataset
 
 

@@ -1,0 +1,57 @@
+"""A dataset's `ClassLabel` names against a task's `label_names`: the one rule for data handed to the trainer
+(`conventions.task_datasets`) and data read by the loader (`data.load_task_data`), docs/conventions.md."""
+
+from __future__ import annotations
+
+import copy
+
+import pyarrow.compute as pc
+from datasets import ClassLabel, Dataset
+from transformers.utils import logging
+
+from .kinds import DataValidationError
+
+logger = logging.get_logger(__name__)
+
+
+def class_label_ids(dataset, spec, where: str, column: str = "labels"):
+    """`dataset` with the ids of a `ClassLabel` column (or a list of them: tags per word) in the order of the task's
+    `label_names`, as run_glue.py maps a dataset's label names onto the model's: the same names in another order
+    are remapped (`Dataset.align_labels_with_mapping`); names partly the task's are an error; names none of which
+    are the task's (`LABEL_0`, ...) leave the ids as they are, with a warning.
+
+    Args:
+        dataset: A `datasets.Dataset` (anything else is returned as it is).
+        spec: The task.
+        where: What errors and warnings start with (the argument and task, or the file).
+        column: The label column: `labels` for tokenised data, the task's `label_column` for a file.
+    """
+    feature_of_column = dataset.features.get(column) if isinstance(dataset, Dataset) else None
+    feature = getattr(feature_of_column, "feature", feature_of_column)  # List(ClassLabel): tags per word
+    if not isinstance(feature, ClassLabel) or not spec.label_names or list(feature.names) == list(spec.label_names):
+        return dataset
+    theirs, ours = list(feature.names), list(spec.label_names)
+    if sorted(theirs) == sorted(ours):
+        ids = dataset.with_format("arrow")[column]
+        lowest = pc.min(pc.list_flatten(ids) if feature is not feature_of_column else ids).as_py()
+        if lowest is not None and lowest < 0:
+            return dataset  # GLUE's test splits (-1): refused by the label check, which names the row
+        logger.warning_once(f"{where}: the dataset's ClassLabel names {theirs} are the task's label_names in "
+                            f"another order ({ours}); its label ids are remapped to the task's")
+        if feature is feature_of_column:
+            return dataset.align_labels_with_mapping({name: i for i, name in enumerate(ours)}, column)
+        to_ours = [ours.index(name) for name in theirs]  # tags per word: datasets' method takes one ClassLabel only
+        features = dataset.features.copy()
+        features[column] = copy.deepcopy(feature_of_column)
+        features[column].feature = ClassLabel(names=ours)
+        return dataset.map(lambda batch: {column: [[to_ours[t] if t >= 0 else t for t in row]
+                                                   for row in batch[column]]}, batched=True, features=features,
+                           desc="Remapping tag ids")
+    if set(theirs) & set(ours):
+        raise DataValidationError(f"{where}: column {column!r} is a ClassLabel with names {theirs}, but task "
+                                  f"{spec.name!r} has label_names {ours}: rename or cast the dataset's labels "
+                                  "(Dataset.align_labels_with_mapping, cast_column) to the task's names")
+    logger.warning_once(f"{where}: the dataset's ClassLabel names {theirs} are none of task {spec.name!r}'s "
+                        f"label_names {ours}: its ids are read as the task's ("
+                        f"{', '.join(f'{i} = {name!r}' for i, name in enumerate(ours))})")
+    return dataset
