@@ -38,15 +38,20 @@ def class_label_ids(dataset, spec, where: str, column: str = "labels"):
             return dataset  # GLUE's test splits (-1): refused by the label check, which names the row
         logger.warning_once(f"{where}: the dataset's ClassLabel names {theirs} are the task's label_names in "
                             f"another order ({ours}); its label ids are remapped to the task's")
+        plain = dataset.with_format(None)  # map() hands its function batches in the dataset's format (torch, numpy)
         if feature is feature_of_column:
-            return dataset.align_labels_with_mapping({name: i for i, name in enumerate(ours)}, column)
-        to_ours = [ours.index(name) for name in theirs]  # tags per word: datasets' method takes one ClassLabel only
-        features = dataset.features.copy()
-        features[column] = copy.deepcopy(feature_of_column)
-        features[column].feature = ClassLabel(names=ours)
-        return dataset.map(lambda batch: {column: [[to_ours[t] if t >= 0 else t for t in row]
-                                                   for row in batch[column]]}, batched=True, features=features,
-                           desc="Remapping tag ids")
+            remapped = plain.align_labels_with_mapping({name: i for i, name in enumerate(ours)}, column)
+        else:  # tags per word: datasets' method takes one ClassLabel only
+            to_ours = [ours.index(name) for name in theirs]
+            features = dataset.features.copy()
+            features[column] = copy.deepcopy(feature_of_column)
+            features[column].feature = ClassLabel(names=ours)
+            remapped = plain.map(lambda batch: {column: [[to_ours[t] if t >= 0 else t for t in row]
+                                                         for row in batch[column]]}, batched=True, features=features,
+                                 desc="Remapping tag ids")
+        form = dataset.format  # the user's format back: torch, numpy, a transform, the columns it shows
+        return remapped.with_format(form["type"], columns=form["columns"],
+                                    output_all_columns=form["output_all_columns"], **form["format_kwargs"])
     if set(theirs) & set(ours):
         raise DataValidationError(f"{where}: column {column!r} is a ClassLabel with names {theirs}, but task "
                                   f"{spec.name!r} has label_names {ours}: rename or cast the dataset's labels "

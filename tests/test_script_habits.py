@@ -62,6 +62,19 @@ def test_classlabel_names_in_another_order_are_remapped(tokenizer, bert_config, 
     assert trainer.eval_dataset["sst2"]["labels"] == gold
 
 
+@pytest.mark.parametrize("form", ["torch", "numpy", "transform"])
+def test_classlabel_names_in_another_order_are_remapped_in_the_users_format(form, tokenizer, bert_config, tmp_path):
+    """The remap ran datasets' map on torch or numpy batches (a TypeError / ValueError when the trainer was built)."""
+    model = make_model(bert_config, [SST2])
+    data = sst2_dataset(tokenizer, names=("positive", "negative"))
+    data = data.with_transform(lambda batch: batch) if form == "transform" else data.with_format(form)
+    trainer = MultitaskTrainer(model=model, args=args(tmp_path), eval_dataset=data, processing_class=tokenizer)
+    gold = [SST2.label_names.index(r[1]) for r in ROWS]
+    assert trainer.eval_dataset["sst2"].with_format(None)["labels"] == gold
+    assert trainer.eval_dataset["sst2"].format["type"] == data.format["type"]
+    assert trainer.predict(data).label_ids.tolist() == gold
+
+
 def test_classlabel_names_that_differ_are_refused_or_warned(tokenizer, bert_config, tmp_path):
     model = make_model(bert_config, [SST2])
     partly = sst2_dataset(tokenizer).cast_column("label", ClassLabel(names=["negative", "neutral"]))
