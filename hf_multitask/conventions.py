@@ -13,7 +13,7 @@ in `Trainer` or is refused when the trainer is built, with a message that says w
   `eval_do_concat_batches=False`: refused (each task's kind computes its loss and metrics); `metric_for_best_model`
   must name a metric evaluation reports;
 - a `ClassLabel` label column whose names are the task's in another order is remapped to the task's ids
-  ([`class_label_ids`], in class_labels.py);
+  ([`class_label_ids`], in class_labels.py; the loader follows the same rule);
 - `compute_metrics`: one callable for a one-task model, `{task_name: callable}`, or a callable with a `task_name`
   parameter ([`scope_compute_metrics`]); [`user_task_metrics`] files its results under `<prefix>_<task>_<name>`.
 """

@@ -14,6 +14,7 @@ import torch
 from datasets import Dataset, DatasetDict, IterableDataset, load_dataset
 from transformers.utils import logging
 
+from .class_labels import class_label_ids
 from .delimited import read_delimited, read_utf8
 from .kinds import DataValidationError, TaskKind
 from .tasks import TaskSpec
@@ -137,6 +138,8 @@ def load_task_split(spec: TaskSpec, path: str | os.PathLike, labels: bool = True
                 causes.append(f"{type(cause).__name__}: {cause}")
                 cause = cause.__cause__ or cause.__context__
             raise DataValidationError(f"{path}: could not be read as {builder}: {'; '.join(causes)}") from err
+        if labels and spec.label_column in loaded.column_names:  # parquet keeps a ClassLabel: the trainer's rule
+            loaded = class_label_ids(loaded, spec, str(path), column=spec.label_column)
         columns, rows = loaded.column_names, loaded
     return Dataset.from_dict(validate_rows(spec, columns, rows, str(path), labels=labels))
 
@@ -144,7 +147,8 @@ def load_task_split(spec: TaskSpec, path: str | os.PathLike, labels: bool = True
 def load_task_data(
     spec: TaskSpec, source: str | os.PathLike, splits: Iterable[str] = ("train", "dev"), **load_kwargs
 ) -> DatasetDict:
-    """One task's splits as a validated `DatasetDict`.
+    """One task's splits as a validated `DatasetDict`. A `ClassLabel` label column (parquet, a hub dataset) is put in
+    the order of the task's `label_names` as the trainer does it ([`class_label_ids`]).
 
     Args:
         spec: The task.
@@ -166,6 +170,8 @@ def load_task_data(
                                     f"dataset failed: {err}") from err
         if isinstance(loaded, IterableDataset):
             raise DataValidationError(f"{source} [{split}]: a streaming IterableDataset has no length; load it whole")
+        if spec.label_column in loaded.column_names:  # a ClassLabel column: the trainer's rule
+            loaded = class_label_ids(loaded, spec, f"{source} [{split}]", column=spec.label_column)
         result[split] = Dataset.from_dict(validate_rows(spec, loaded.column_names, loaded, f"{source} [{split}]"))
     return DatasetDict(result)
 
