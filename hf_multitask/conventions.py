@@ -155,11 +155,11 @@ def validate_tokenized(spec, dataset, where: str, tokenizer=None, labels_require
 
 def _flat_ids(dataset, column: str) -> tuple[np.ndarray, np.ndarray]:
     """`(values, rows)`: every id of a tokenised list column (a row's, or each of a row's choices'), with the
-    dataset row it belongs to."""
+    dataset row it belongs to; lists of any length or of a fixed one (`List(Value("int32"), length=8)`)."""
     flat = dataset.with_format("arrow")[column]
     flat = flat.combine_chunks() if isinstance(flat, pa.ChunkedArray) else flat
     rows = np.arange(len(dataset))
-    while pa.types.is_list(flat.type) or pa.types.is_large_list(flat.type):
+    while pa.types.is_list(flat.type) or pa.types.is_large_list(flat.type) or pa.types.is_fixed_size_list(flat.type):
         rows = rows[pc.list_parent_indices(flat).to_numpy()]
         flat = pc.list_flatten(flat)
     return flat.to_numpy(zero_copy_only=False), rows
