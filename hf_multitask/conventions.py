@@ -142,7 +142,9 @@ def validate_tokenized(spec, dataset, where: str, tokenizer=None, labels_require
     _check_token_ids(spec, dataset, where, vocab_size)
     spec.task_kind.check_tokenized(spec, dataset, where)
     if "labels" in columns:
-        labels = dataset.with_format("arrow")["labels"].to_numpy(zero_copy_only=False)
+        column = dataset.with_format("arrow")["labels"]
+        _check_no_missing_labels(spec, column, where)
+        labels = column.to_numpy(zero_copy_only=False)  # (a missing int label would be NaN here)
         spec.task_kind.check_label_column(spec, labels, where)
         spec.task_kind.check_labels(spec, labels.tolist(), where)  # e.g. the warning for classes that never occur
     elif labels_required:
@@ -151,6 +153,18 @@ def validate_tokenized(spec, dataset, where: str, tokenizer=None, labels_require
                                   "'labels' (or HF's 'label')")
     if spec.is_pair and not spec.is_bi_encoded:
         _check_two_segments(spec, dataset, where, tokenizer)
+
+
+def _check_no_missing_labels(spec, column, where: str) -> None:
+    """Refuse null labels (`None`, pandas' `NA` or `NaN` in a frame given to `Dataset.from_pandas`), naming the
+    first row and the count."""
+    if not column.null_count:
+        return
+    missing = np.flatnonzero(pc.is_null(column).to_numpy(zero_copy_only=False))
+    others = f" ({len(missing)} rows in all)" if len(missing) > 1 else ""
+    raise DataValidationError(f"{where}: row {int(missing[0])}, column 'labels': the label is missing (null){others}; "
+                              f"task {spec.name!r} needs a gold label in every row: fill it in or drop the row "
+                              "(Dataset.filter); data to predict on may leave out the 'labels' column")
 
 
 def _flat_ids(dataset, column: str) -> tuple[np.ndarray, np.ndarray]:

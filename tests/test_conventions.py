@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from datasets import Dataset
@@ -269,6 +270,23 @@ def test_bad_labels_are_rejected_when_the_trainer_is_built(task, row, value, mat
     labels[row] = value
     with pytest.raises(DataValidationError, match=match):
         make_trainer(tiny_model, tokenized, tokenizer, tmp_path, train=replace_labels(tokenized, task, labels))
+
+
+@pytest.mark.parametrize("task", ["sst", "sts", "pandas"])
+def test_a_missing_label_is_named_as_missing(task, tiny_model, tokenized, tokenizer, tmp_path):
+    """None (or pandas' NA) was reported as 'label nan is not a class id' / 'label nan is outside score_range'."""
+    name = "sst" if task == "pandas" else task
+    labels = list(tokenized["train"][name]["labels"])
+    labels[2] = None
+    train = replace_labels(tokenized, name, labels)
+    if task == "pandas":
+        frame = tokenized["train"]["sst"].to_pandas()
+        frame["labels"] = frame["labels"].astype("Int64")
+        frame.loc[2, "labels"] = pd.NA
+        train["sst"] = Dataset.from_pandas(frame)
+    with pytest.raises(DataValidationError, match=rf"train_dataset\['{name}'\]: row 2, column 'labels': the label is "
+                                                  r"missing \(null\); task"):
+        make_trainer(tiny_model, tokenized, tokenizer, tmp_path, train=train)
 
 
 def test_a_bad_integer_label_is_shown_as_given(tiny_model, tokenized, tokenizer, tmp_path):
