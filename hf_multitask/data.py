@@ -102,8 +102,11 @@ def find_data_file(spec: TaskSpec, data_dir: str | os.PathLike, split: str) -> P
                                   f"{[str(p) for p in found]}; keep one")
     if found:
         return found[0]
+    saved = any((Path(data_dir) / name).is_file() for name in ("dataset_dict.json", "state.json"))
+    hint = (f"; {data_dir} holds a dataset written by save_to_disk: read it with datasets.load_from_disk("
+            f"{str(data_dir)!r}) and pass each split to tokenize_task(dataset, spec, tokenizer)" if saved else "")
     raise FileNotFoundError(
-        f"Task {spec.name!r}, split {split!r}: no data file; looked for {[str(p) for p in candidates]}"
+        f"Task {spec.name!r}, split {split!r}: no data file; looked for {[str(p) for p in candidates]}{hint}"
     )
 
 
@@ -115,7 +118,7 @@ def load_task_split(spec: TaskSpec, path: str | os.PathLike, labels: bool = True
         path: The file.
         labels: `False` reads the text columns (and `id`) alone, e.g. inputs to predict on.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"Task {spec.name!r}: data file {path} does not exist")
     if path.stat().st_size == 0:
@@ -157,6 +160,12 @@ def load_task_data(
         splits: Split names to load.
         load_kwargs: Passed to `datasets.load_dataset` for hub ids (e.g. `name=` for a config).
     """
+    if not isinstance(source, (str, os.PathLike)):  # a Dataset in memory, say: os.path gave a bare "stat:" error
+        raise TypeError(f"Task {spec.name!r}: load_task_data reads a directory of data files or a hub dataset id, got "
+                        f"a {type(source).__name__}; a dataset in memory needs no loading: pass it, one split at a "
+                        "time, to tokenize_task(dataset, spec, tokenizer), and the result to MultitaskTrainer, which "
+                        "validates it")
+    source = os.path.expanduser(source)
     if os.path.isdir(source):
         return DatasetDict({split: load_task_split(spec, find_data_file(spec, source, split)) for split in splits})
     if os.path.exists(source) or str(source).startswith((".", "/", "~")):

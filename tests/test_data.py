@@ -21,6 +21,14 @@ def test_missing_file_names_the_task_and_paths(tmp_path):
         load_task_data(get_task("sst"), tmp_path)
 
 
+def test_a_data_directory_under_home_is_found(data_dir, monkeypatch):
+    """'~/data' was reported as a directory that does not exist."""
+    monkeypatch.setenv("HOME", str(data_dir.parent))
+    data = load_task_data(get_task("sst"), f"~/{data_dir.name}", splits=("train",))
+    assert data["train"]["labels"] == [label for _, label in SST_ROWS]
+    assert load_task_split(get_task("sst"), f"~/{data_dir.name}/sst-train.tsv")["labels"] == data["train"]["labels"]
+
+
 def test_missing_column_is_named(tmp_path):
     path = write_tsv(tmp_path / "sst-train.tsv", ["id", "text", "sentiment"], SST_ROWS)
     with pytest.raises(DataValidationError, match=r"sst-train.tsv: task 'sst' needs column\(s\) \['sentence'\]"):
