@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import Dataset, DatasetDict, IterableDataset, load_dataset
+from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, load_dataset
 from transformers.utils import logging
 
 from .class_labels import class_label_ids
@@ -206,8 +206,15 @@ def tokenize_task(dataset: Dataset, spec: TaskSpec, tokenizer, num_proc: int | N
 
     Cross-encoding gives `[CLS] a [SEP] b [SEP]` in `input_ids`; bi-encoding puts b in `input_ids_b` etc.
     Text columns are removed; `labels` (and `id`) stay. A missing text column, or an empty, missing or non-string
-    text, is a [`DataValidationError`] naming the task (and the row and column).
+    text, is a [`DataValidationError`] naming the task (and the row and column); a `DatasetDict` (give one split) or
+    a streaming `IterableDataset` is a `TypeError`.
     """
+    if isinstance(dataset, (DatasetDict, IterableDatasetDict)):  # its column_names is a dict of the splits'
+        raise TypeError(f"Task {spec.name!r}: tokenize_task takes one split (a Dataset), got a "
+                        f"{type(dataset).__name__} with splits {list(dataset)}: call it once per split, "
+                        f"tokenize_task(data[{next(iter(dataset), 'train')!r}], spec, tokenizer)")
+    if isinstance(dataset, IterableDataset):
+        check_sized(dataset, f"Task {spec.name!r}")  # the trainer's error: its rows are drawn by index
     missing = [column for column in spec.text_columns if column not in dataset.column_names]
     if missing:
         raise DataValidationError(f"Task {spec.name!r}: no text column(s) {missing} in the dataset (its columns: "

@@ -236,6 +236,17 @@ def tokenize_empty(tmp_path, request):
     return lambda: tokenize_task(Dataset.from_dict({"sentence": [], "labels": []}), get_task("sst"), tokenizer)
 
 
+def tokenize_splits(wrap):
+    """`tokenize_task` on `wrap(a one-row SST Dataset)`: a DatasetDict, a streaming IterableDataset."""
+
+    def build(tmp_path, request):
+        tokenizer = request.getfixturevalue("tokenizer")
+        data = wrap(Dataset.from_dict({"sentence": ["a good film"], "labels": [3]}))
+        return lambda: tokenize_task(data, get_task("sst"), tokenizer)
+
+    return build
+
+
 def yaml_python_tag(tmp_path, request):
     """A YAML tag that would run a shell command under an unsafe loader; the marker file must not appear."""
     marker = tmp_path / "executed"
@@ -455,6 +466,11 @@ REJECTED = [
     ("jsonl_null_id", jsonl("sst", ['{"id": null, "sentence": "a", "sentiment": 3}']), DataValidationError,
      r"sst-train\.jsonl: row 1, column 'id': empty or missing id \(None\)"),
     ("tokenize_empty_dataset", tokenize_empty, DataValidationError, r"Task 'sst': the dataset is empty"),
+    ("tokenize_dataset_dict", tokenize_splits(lambda ds: DatasetDict({"train": ds, "validation": ds})), TypeError,
+     r"Task 'sst': tokenize_task takes one split \(a Dataset\), got a DatasetDict with splits \['train', "
+     r"'validation'\]: call it once per split, tokenize_task\(data\['train'\], spec, tokenizer\)"),
+    ("tokenize_iterable_dataset", tokenize_splits(lambda ds: ds.to_iterable_dataset()), TypeError,
+     r"Task 'sst': IterableDataset has no length \(a streaming dataset\?\); each task's rows are drawn by index"),
     ("token_id_outside_the_vocabulary", trainer_with(lambda sst: {"sst": Dataset.from_dict(
         {"input_ids": [[2, 7, 3], [2, 99999, 3]], "label": [0, 1]})}), DataValidationError,
      r"train_dataset\['sst'\]: row 1, column 'input_ids': token id 99999 is outside the encoder's vocabulary "
