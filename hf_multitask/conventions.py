@@ -12,7 +12,8 @@ in `Trainer` or is refused when the trainer is built, with a message that says w
 - `label_smoothing_factor`, `compute_loss_func`, `preprocess_logits_for_metrics`, `include_for_metrics`,
   `eval_do_concat_batches=False`: refused (each task's kind computes its loss and metrics); `metric_for_best_model`
   must name a metric evaluation reports;
-- a `ClassLabel` label column whose names are the task's in another order is remapped to the task's ids;
+- a `ClassLabel` label column whose names are the task's in another order is remapped to the task's ids
+  ([`class_label_ids`], in class_labels.py; the loader follows the same rule);
 - `compute_metrics`: one callable for a one-task model, `{task_name: callable}`, or a callable with a `task_name`
   parameter ([`scope_compute_metrics`]); [`user_task_metrics`] files its results under `<prefix>_<task>_<name>`.
 """
@@ -27,11 +28,12 @@ from collections.abc import Callable, Collection, Mapping
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import ClassLabel, Dataset
+from datasets import Dataset
 from transformers import DataCollatorForMultipleChoice, DataCollatorForTokenClassification, DataCollatorWithPadding
 from transformers.trainer_utils import denumpify_detensorize
 from transformers.utils import logging
 
+from .class_labels import class_label_ids
 from .data import HF_LABEL_COLUMNS, MultitaskCollator, MultitaskDataset, check_sized
 from .kinds import PAIR_SUFFIX, DataValidationError
 from .metrics import metric_key
@@ -124,42 +126,6 @@ def hf_labels(dataset, where: str):
     return dataset
 
 
-def class_label_ids(dataset, spec, where: str):
-    """`dataset` with the ids of a `ClassLabel` `labels` column (or a list of them: tags per word) in the order of
-    the task's `label_names`, as run_glue.py maps a dataset's label names onto the model's: the same names in
-    another order are remapped (`Dataset.align_labels_with_mapping`); names partly the task's are an error; names
-    none of which are the task's (`LABEL_0`, ...) leave the ids as they are, with a warning."""
-    column = dataset.features.get("labels") if isinstance(dataset, Dataset) else None
-    feature = getattr(column, "feature", column)  # List(ClassLabel): tags per word
-    if not isinstance(feature, ClassLabel) or not spec.label_names or list(feature.names) == list(spec.label_names):
-        return dataset
-    theirs, ours = list(feature.names), list(spec.label_names)
-    if sorted(theirs) == sorted(ours):
-        ids = dataset.with_format("arrow")["labels"]
-        lowest = pc.min(pc.list_flatten(ids) if feature is not column else ids).as_py()
-        if lowest is not None and lowest < 0:
-            return dataset  # GLUE's test splits (-1): refused by the label check, which names the row
-        logger.warning_once(f"{where}: the dataset's ClassLabel names {theirs} are the task's label_names in "
-                            f"another order ({ours}); its label ids are remapped to the task's")
-        if feature is column:
-            return dataset.align_labels_with_mapping({name: i for i, name in enumerate(ours)}, "labels")
-        to_ours = [ours.index(name) for name in theirs]  # tags per word: datasets' method takes one ClassLabel only
-        features = dataset.features.copy()
-        features["labels"] = copy.deepcopy(column)
-        features["labels"].feature = ClassLabel(names=ours)
-        return dataset.map(lambda batch: {"labels": [[to_ours[t] if t >= 0 else t for t in row]
-                                                     for row in batch["labels"]]}, batched=True, features=features,
-                           desc="Remapping tag ids")
-    if set(theirs) & set(ours):
-        raise DataValidationError(f"{where}: column 'labels' is a ClassLabel with names {theirs}, but task "
-                                  f"{spec.name!r} has label_names {ours}: rename or cast the dataset's labels "
-                                  "(Dataset.align_labels_with_mapping, cast_column) to the task's names")
-    logger.warning_once(f"{where}: the dataset's ClassLabel names {theirs} are none of task {spec.name!r}'s "
-                        f"label_names {ours}: its ids are read as the task's ("
-                        f"{', '.join(f'{i} = {name!r}' for i, name in enumerate(ours))})")
-    return dataset
-
-
 def validate_tokenized(spec, dataset, where: str, tokenizer=None, labels_required: bool = True,
                        vocab_size: int | None = None) -> None:
     """Check a tokenised dataset against its task spec as strictly as the loader checks files: `input_ids` present,
@@ -180,7 +146,9 @@ def validate_tokenized(spec, dataset, where: str, tokenizer=None, labels_require
     _check_token_ids(spec, dataset, where, vocab_size)
     spec.task_kind.check_tokenized(spec, dataset, where)
     if "labels" in columns:
-        labels = dataset.with_format("arrow")["labels"].to_numpy(zero_copy_only=False)
+        column = dataset.with_format("arrow")["labels"]
+        _check_no_missing_labels(spec, column, where)
+        labels = column.to_numpy(zero_copy_only=False)  # (a missing int label would be NaN here)
         spec.task_kind.check_label_column(spec, labels, where)
         spec.task_kind.check_labels(spec, labels.tolist(), where)  # e.g. the warning for classes that never occur
     elif labels_required:
@@ -191,13 +159,25 @@ def validate_tokenized(spec, dataset, where: str, tokenizer=None, labels_require
         _check_two_segments(spec, dataset, where, tokenizer)
 
 
+def _check_no_missing_labels(spec, column, where: str) -> None:
+    """Refuse null labels (`None`, pandas' `NA` or `NaN` in a frame given to `Dataset.from_pandas`), naming the
+    first row and the count."""
+    if not column.null_count:
+        return
+    missing = np.flatnonzero(pc.is_null(column).to_numpy(zero_copy_only=False))
+    others = f" ({len(missing)} rows in all)" if len(missing) > 1 else ""
+    raise DataValidationError(f"{where}: row {int(missing[0])}, column 'labels': the label is missing (null){others}; "
+                              f"task {spec.name!r} needs a gold label in every row: fill it in or drop the row "
+                              "(Dataset.filter); data to predict on may leave out the 'labels' column")
+
+
 def _flat_ids(dataset, column: str) -> tuple[np.ndarray, np.ndarray]:
     """`(values, rows)`: every id of a tokenised list column (a row's, or each of a row's choices'), with the
-    dataset row it belongs to."""
+    dataset row it belongs to; lists of any length or of a fixed one (`List(Value("int32"), length=8)`)."""
     flat = dataset.with_format("arrow")[column]
     flat = flat.combine_chunks() if isinstance(flat, pa.ChunkedArray) else flat
     rows = np.arange(len(dataset))
-    while pa.types.is_list(flat.type) or pa.types.is_large_list(flat.type):
+    while pa.types.is_list(flat.type) or pa.types.is_large_list(flat.type) or pa.types.is_fixed_size_list(flat.type):
         rows = rows[pc.list_parent_indices(flat).to_numpy()]
         flat = pc.list_flatten(flat)
     return flat.to_numpy(zero_copy_only=False), rows

@@ -5,17 +5,17 @@ Every bad row is an error that names the file, the row and the column: nothing i
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import Dataset, DatasetDict, IterableDataset, load_dataset
+from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, load_dataset
 from transformers.utils import logging
 
+from .class_labels import class_label_ids
+from .delimited import read_delimited, read_utf8
 from .kinds import DataValidationError, TaskKind
 from .tasks import TaskSpec
 from .utils import did_you_mean
@@ -27,78 +27,6 @@ _SENTENCE_KIND = TaskKind()  # collation and lengths of batches whose task has n
 
 
 # ---- loading and validation ----
-
-
-def read_delimited(path: str | os.PathLike) -> tuple[list[str], list[dict[str, str]]]:
-    """Read a CS224N-style TSV (or a CSV): header line, standard CSV quoting. Returns (columns, rows).
-
-    Rows are numbered from 1 after the header; blank lines are not rows (they are skipped and counted in a
-    warning). A row with more or fewer fields than the header, a repeated header name, a field that holds a line
-    break (or, in a TSV, a tab: an unbalanced `"` swallows the following lines that way) and a quote that does
-    not follow CSV's rules (`"a" b`: text after a closing quote; a quote never closed) are errors naming the row
-    or line: the reader is strict, so no row is merged into another and no text is rewritten.
-
-    Example:
-
-    ```python
-    >>> columns, rows = read_delimited("../shared/data/sst-dev.tsv")  # doctest: +SKIP
-    >>> columns
-    ['id', 'sentence', 'sentiment']
-    ```
-    """
-    path = Path(path)
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    reader = csv.reader(io.StringIO(read_utf8(path).removeprefix("\ufeff"), newline=""), delimiter=delimiter,
-                        strict=True)
-    records, line = [], 0  # (a leading byte-order mark is removed above: it would join the first column's name)
-    try:
-        for record in reader:
-            records.append(record)
-            line = reader.line_num
-    except csv.Error as err:
-        row = f"row {sum(1 for r in records[1:] if r) + 1}" if records else "the header"
-        message = str(err).replace("\t", "<tab>")
-        raise DataValidationError(
-            f"{path}: {row} (from line {line + 1}): {message} (a field that starts with '\"' is quoted and must end "
-            "with '\"' just before the next delimiter or the file's end; a quote inside is written '\"\"')") from None
-    if not records or not records[0]:
-        raise DataValidationError(f"{path}: no header line (the file is empty or its first line is blank)")
-    columns, rows, blank = records[0], [], 0
-    repeated = sorted({c for c in columns if columns.count(c) > 1})
-    if repeated:
-        raise DataValidationError(f"{path}: the header repeats column(s) {repeated}")
-    for record in records[1:]:
-        if not record:
-            blank += 1
-            continue
-        rows.append(_row_dict(path, len(rows) + 1, columns, record, delimiter))
-    if blank:
-        logger.warning(f"{path}: skipped {blank} blank line(s); they are not rows, and row numbers do not count them")
-    return columns, rows
-
-
-def read_utf8(path: str | os.PathLike) -> str:
-    """The file's text; invalid UTF-8 is an error naming the file, the byte offset and the line."""
-    data = Path(path).read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise DataValidationError(f"{path}: not valid UTF-8 at byte {err.start}, line {line} ({err.reason})") from None
-
-
-def _row_dict(path: Path, row: int, columns: list[str], record: list[str], delimiter: str) -> dict[str, str]:
-    for column, cell in zip(columns, record):  # checked first: a swallowed tail also leaves the row short of fields
-        if "\n" in cell or "\r" in cell or (delimiter == "\t" and "\t" in cell):
-            held = "a tab" if "\t" in cell else "a line break"
-            raise DataValidationError(f"{path}: row {row}, column {column!r}: the field holds {held}, as when an "
-                                      "unbalanced '\"' swallows the following lines (text with line breaks: use "
-                                      "JSON lines)")
-    if len(record) != len(columns):
-        more_or_fewer = "more" if len(record) > len(columns) else "fewer"
-        raise DataValidationError(f"{path}: row {row} has {more_or_fewer} fields ({len(record)}) than the header's "
-                                  f"{len(columns)} columns")
-    return dict(zip(columns, record))
 
 
 def validate_rows(spec: TaskSpec, columns: list[str], rows: Iterable[Mapping[str, Any]], source: str,
@@ -174,8 +102,11 @@ def find_data_file(spec: TaskSpec, data_dir: str | os.PathLike, split: str) -> P
                                   f"{[str(p) for p in found]}; keep one")
     if found:
         return found[0]
+    saved = any((Path(data_dir) / name).is_file() for name in ("dataset_dict.json", "state.json"))
+    hint = (f"; {data_dir} holds a dataset written by save_to_disk: read it with datasets.load_from_disk("
+            f"{str(data_dir)!r}) and pass each split to tokenize_task(dataset, spec, tokenizer)" if saved else "")
     raise FileNotFoundError(
-        f"Task {spec.name!r}, split {split!r}: no data file; looked for {[str(p) for p in candidates]}"
+        f"Task {spec.name!r}, split {split!r}: no data file; looked for {[str(p) for p in candidates]}{hint}"
     )
 
 
@@ -187,7 +118,7 @@ def load_task_split(spec: TaskSpec, path: str | os.PathLike, labels: bool = True
         path: The file.
         labels: `False` reads the text columns (and `id`) alone, e.g. inputs to predict on.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"Task {spec.name!r}: data file {path} does not exist")
     if path.stat().st_size == 0:
@@ -210,6 +141,8 @@ def load_task_split(spec: TaskSpec, path: str | os.PathLike, labels: bool = True
                 causes.append(f"{type(cause).__name__}: {cause}")
                 cause = cause.__cause__ or cause.__context__
             raise DataValidationError(f"{path}: could not be read as {builder}: {'; '.join(causes)}") from err
+        if labels and spec.label_column in loaded.column_names:  # parquet keeps a ClassLabel: the trainer's rule
+            loaded = class_label_ids(loaded, spec, str(path), column=spec.label_column)
         columns, rows = loaded.column_names, loaded
     return Dataset.from_dict(validate_rows(spec, columns, rows, str(path), labels=labels))
 
@@ -217,7 +150,8 @@ def load_task_split(spec: TaskSpec, path: str | os.PathLike, labels: bool = True
 def load_task_data(
     spec: TaskSpec, source: str | os.PathLike, splits: Iterable[str] = ("train", "dev"), **load_kwargs
 ) -> DatasetDict:
-    """One task's splits as a validated `DatasetDict`.
+    """One task's splits as a validated `DatasetDict`. A `ClassLabel` label column (parquet, a hub dataset) is put in
+    the order of the task's `label_names` as the trainer does it ([`class_label_ids`]).
 
     Args:
         spec: The task.
@@ -226,6 +160,12 @@ def load_task_data(
         splits: Split names to load.
         load_kwargs: Passed to `datasets.load_dataset` for hub ids (e.g. `name=` for a config).
     """
+    if not isinstance(source, (str, os.PathLike)):  # a Dataset in memory, say: os.path gave a bare "stat:" error
+        raise TypeError(f"Task {spec.name!r}: load_task_data reads a directory of data files or a hub dataset id, got "
+                        f"a {type(source).__name__}; a dataset in memory needs no loading: pass it, one split at a "
+                        "time, to tokenize_task(dataset, spec, tokenizer), and the result to MultitaskTrainer, which "
+                        "validates it")
+    source = os.path.expanduser(source)
     if os.path.isdir(source):
         return DatasetDict({split: load_task_split(spec, find_data_file(spec, source, split)) for split in splits})
     if os.path.exists(source) or str(source).startswith((".", "/", "~")):
@@ -239,6 +179,8 @@ def load_task_data(
                                     f"dataset failed: {err}") from err
         if isinstance(loaded, IterableDataset):
             raise DataValidationError(f"{source} [{split}]: a streaming IterableDataset has no length; load it whole")
+        if spec.label_column in loaded.column_names:  # a ClassLabel column: the trainer's rule
+            loaded = class_label_ids(loaded, spec, f"{source} [{split}]", column=spec.label_column)
         result[split] = Dataset.from_dict(validate_rows(spec, loaded.column_names, loaded, f"{source} [{split}]"))
     return DatasetDict(result)
 
@@ -264,8 +206,15 @@ def tokenize_task(dataset: Dataset, spec: TaskSpec, tokenizer, num_proc: int | N
 
     Cross-encoding gives `[CLS] a [SEP] b [SEP]` in `input_ids`; bi-encoding puts b in `input_ids_b` etc.
     Text columns are removed; `labels` (and `id`) stay. A missing text column, or an empty, missing or non-string
-    text, is a [`DataValidationError`] naming the task (and the row and column).
+    text, is a [`DataValidationError`] naming the task (and the row and column); a `DatasetDict` (give one split) or
+    a streaming `IterableDataset` is a `TypeError`.
     """
+    if isinstance(dataset, (DatasetDict, IterableDatasetDict)):  # its column_names is a dict of the splits'
+        raise TypeError(f"Task {spec.name!r}: tokenize_task takes one split (a Dataset), got a "
+                        f"{type(dataset).__name__} with splits {list(dataset)}: call it once per split, "
+                        f"tokenize_task(data[{next(iter(dataset), 'train')!r}], spec, tokenizer)")
+    if isinstance(dataset, IterableDataset):
+        check_sized(dataset, f"Task {spec.name!r}")  # the trainer's error: its rows are drawn by index
     missing = [column for column in spec.text_columns if column not in dataset.column_names]
     if missing:
         raise DataValidationError(f"Task {spec.name!r}: no text column(s) {missing} in the dataset (its columns: "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from datasets import Dataset
@@ -271,6 +272,23 @@ def test_bad_labels_are_rejected_when_the_trainer_is_built(task, row, value, mat
         make_trainer(tiny_model, tokenized, tokenizer, tmp_path, train=replace_labels(tokenized, task, labels))
 
 
+@pytest.mark.parametrize("task", ["sst", "sts", "pandas"])
+def test_a_missing_label_is_named_as_missing(task, tiny_model, tokenized, tokenizer, tmp_path):
+    """None (or pandas' NA) was reported as 'label nan is not a class id' / 'label nan is outside score_range'."""
+    name = "sst" if task == "pandas" else task
+    labels = list(tokenized["train"][name]["labels"])
+    labels[2] = None
+    train = replace_labels(tokenized, name, labels)
+    if task == "pandas":
+        frame = tokenized["train"]["sst"].to_pandas()
+        frame["labels"] = frame["labels"].astype("Int64")
+        frame.loc[2, "labels"] = pd.NA
+        train["sst"] = Dataset.from_pandas(frame)
+    with pytest.raises(DataValidationError, match=rf"train_dataset\['{name}'\]: row 2, column 'labels': the label is "
+                                                  r"missing \(null\); task"):
+        make_trainer(tiny_model, tokenized, tokenizer, tmp_path, train=train)
+
+
 def test_a_bad_integer_label_is_shown_as_given(tiny_model, tokenized, tokenizer, tmp_path):
     labels = [int(v) for v in tokenized["train"]["sst"]["labels"]]
     labels[1] = 7
@@ -309,6 +327,44 @@ def test_a_pair_task_tokenized_as_one_sentence_is_rejected(tiny_model, tokenized
                                                   r"'quora' is a sentence pair \('sentence1', 'sentence2'\), but the "
                                                   r"row holds one segment \(8 rows in all\); tokenize both columns"):
         make_trainer(tiny_model, tokenized, tokenizer, tmp_path, train={**tokenized["train"], "quora": one_sentence})
+
+
+def padded(dataset, tokenizer, columns, length=16):
+    """`dataset` tokenised to `length` tokens a row (`padding="max_length"`), its text `columns` removed."""
+    return dataset.map(lambda b: tokenizer(*[b[c] for c in columns], padding="max_length", max_length=length,
+                                           truncation=True), batched=True, remove_columns=list(columns))
+
+
+def fixed_length(dataset, length=16):
+    """`dataset` with its token columns as datasets' fixed-length lists (arrow's FixedSizeList)."""
+    from datasets import List, Value
+
+    for column in ("input_ids", "token_type_ids", "attention_mask"):
+        dataset = dataset.cast_column(column, List(Value("int32"), length=length))
+    return dataset
+
+
+def test_fixed_length_token_columns_are_checked_and_train(tiny_model, tokenizer, data_dir, tmp_path):
+    """The token checks failed on fixed-length lists ('The truth value of an array with more than one element is
+    ambiguous') when the trainer was built."""
+    from hf_multitask import load_task_data
+
+    sst = padded(load_task_data(get_task("sst"), data_dir, ("train",))["train"], tokenizer, ["sentence"])
+    quora_raw = load_task_data(get_task("quora"), data_dir, ("train",))["train"]
+    quora = padded(quora_raw, tokenizer, ["sentence1", "sentence2"])
+    train = {"sst": fixed_length(sst), "quora": fixed_length(quora)}
+    assert train["sst"].with_format("arrow")["input_ids"].type.list_size == 16
+    trainer = make_trainer(tiny_model, None, tokenizer, tmp_path, train=train, eval=None, max_steps=2)
+    assert trainer.train().global_step == 2
+    unknown = sst.map(lambda row, i: {"input_ids": [99999 if i == 3 and j == 1 else t
+                                                    for j, t in enumerate(row["input_ids"])]}, with_indices=True)
+    with pytest.raises(DataValidationError, match=r"train_dataset\['sst'\]: row 3, column 'input_ids': token id 99999 "
+                                                  r"is outside the encoder's vocabulary"):
+        make_trainer(tiny_model, None, tokenizer, tmp_path, train={"sst": fixed_length(unknown)}, eval=None)
+    one_segment = fixed_length(padded(quora_raw, tokenizer, ["sentence1"]).remove_columns("sentence2"))
+    with pytest.raises(DataValidationError, match=r"train_dataset\['quora'\]: row 0, column 'input_ids': task "
+                                                  r"'quora' is a sentence pair"):
+        make_trainer(tiny_model, None, tokenizer, tmp_path, train={"quora": one_segment}, eval=None)
 
 
 def test_missing_labels_in_training_data_are_rejected(tiny_model, tokenized, tokenizer, tmp_path):

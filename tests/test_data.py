@@ -6,7 +6,7 @@ import torch
 from hf_multitask import MultitaskCollator, MultitaskDataset, get_task, load_task_data, load_task_split, tokenize_task
 from hf_multitask.data import DataValidationError
 
-from .conftest import SST_ROWS, STS_ROWS, write_tsv
+from .conftest import PAIR_ROWS, SST_ROWS, STS_ROWS, write_tsv
 
 
 def test_loads_a_cs224n_directory(data_dir):
@@ -19,6 +19,14 @@ def test_loads_a_cs224n_directory(data_dir):
 def test_missing_file_names_the_task_and_paths(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"Task 'sst', split 'train'.*sst-train.tsv"):
         load_task_data(get_task("sst"), tmp_path)
+
+
+def test_a_data_directory_under_home_is_found(data_dir, monkeypatch):
+    """'~/data' was reported as a directory that does not exist."""
+    monkeypatch.setenv("HOME", str(data_dir.parent))
+    data = load_task_data(get_task("sst"), f"~/{data_dir.name}", splits=("train",))
+    assert data["train"]["labels"] == [label for _, label in SST_ROWS]
+    assert load_task_split(get_task("sst"), f"~/{data_dir.name}/sst-train.tsv")["labels"] == data["train"]["labels"]
 
 
 def test_missing_column_is_named(tmp_path):
@@ -83,6 +91,34 @@ def test_jsonl_is_validated_the_same_way(tmp_path):
     path.write_text("\n".join(json.dumps({"sentence1": "a", "sentence2": "b", "similarity": s}) for s in (1, 9)))
     with pytest.raises(DataValidationError, match="row 2, column 'similarity'"):
         load_task_split(get_task("sts"), path)
+
+
+def write_class_label_parquet(path, names, ids):
+    """Quora's PAIR_ROWS as parquet with label `ids`, the label column a ClassLabel with `names` (parquet keeps the
+    feature, and load_dataset reads it back)."""
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    features = Features({"sentence1": Value("string"), "sentence2": Value("string"),
+                         "is_duplicate": ClassLabel(names=names)})
+    Dataset.from_dict({"sentence1": [a for a, _, _ in PAIR_ROWS], "sentence2": [b for _, b, _ in PAIR_ROWS],
+                       "is_duplicate": ids}, features=features).to_parquet(str(path))
+    return path
+
+
+def test_a_class_label_column_in_a_file_follows_the_trainers_rule(tmp_path):
+    """The loader read a ClassLabel column's ids as they are: ['duplicate', 'not_duplicate'] (the task's names in
+    the other order) gave inverted labels, without a warning; the trainer remapped the same data."""
+    spec = get_task("quora")  # label_names ['not_duplicate', 'duplicate']
+    gold = [int(label) for _, _, label in PAIR_ROWS]
+    path = write_class_label_parquet(tmp_path / "quora-train.parquet", ["duplicate", "not_duplicate"],
+                                     [1 - label for label in gold])
+    assert load_task_data(spec, tmp_path, splits=("train",))["train"]["labels"] == gold
+    hub_like = load_task_data(spec, "parquet", splits=("train",), data_files={"train": str(path)})  # load_dataset
+    assert hub_like["train"]["labels"] == gold
+    write_class_label_parquet(path, ["duplicate", "other"], gold)
+    with pytest.raises(DataValidationError, match=r"quora-train\.parquet: column 'is_duplicate' is a ClassLabel with "
+                                                  r"names \['duplicate', 'other'\], but task 'quora' has label_names"):
+        load_task_split(spec, path)
 
 
 def test_cross_encoding_joins_the_pair(data_dir, tokenizer):

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from datasets import Dataset
+from datasets import Dataset, DatasetDict
 
 from hf_multitask import (
     MultitaskConfig,
@@ -88,6 +88,17 @@ def missing_data_file(tmp_path, request):
 
 def missing_data_dir(tmp_path, request):
     return lambda: load_task_data(get_task("sst"), str(tmp_path / "no-such-dir"))
+
+
+def save_to_disk_folder(tmp_path, request):
+    """A DatasetDict written by `save_to_disk`: no <task>-<split> files, but datasets' own layout."""
+    raw = Dataset.from_dict({"sentence": [s for s, _ in SST_ROWS], "sentiment": [label for _, label in SST_ROWS]})
+    DatasetDict({"train": raw, "dev": raw}).save_to_disk(str(tmp_path / "saved"))
+    return lambda: load_task_data(get_task("sst"), tmp_path / "saved")
+
+
+def in_memory_dataset(tmp_path, request):
+    return lambda: load_task_data(get_task("sst"), Dataset.from_dict({"sentence": ["good"], "sentiment": [3]}))
 
 
 def missing_given_file(tmp_path, request):
@@ -225,6 +236,17 @@ def tokenize_empty(tmp_path, request):
     return lambda: tokenize_task(Dataset.from_dict({"sentence": [], "labels": []}), get_task("sst"), tokenizer)
 
 
+def tokenize_splits(wrap):
+    """`tokenize_task` on `wrap(a one-row SST Dataset)`: a DatasetDict, a streaming IterableDataset."""
+
+    def build(tmp_path, request):
+        tokenizer = request.getfixturevalue("tokenizer")
+        data = wrap(Dataset.from_dict({"sentence": ["a good film"], "labels": [3]}))
+        return lambda: tokenize_task(data, get_task("sst"), tokenizer)
+
+    return build
+
+
 def yaml_python_tag(tmp_path, request):
     """A YAML tag that would run a shell command under an unsafe loader; the marker file must not appear."""
     marker = tmp_path / "executed"
@@ -282,6 +304,12 @@ REJECTED = [
      r"Task 'sst', split 'train': no data file; looked for \[.*sst-train\.tsv"),
     ("missing_data_dir", missing_data_dir, FileNotFoundError,
      r"Task 'sst': data directory .*no-such-dir does not exist"),
+    ("save_to_disk_folder", save_to_disk_folder, FileNotFoundError,
+     r"Task 'sst', split 'train': no data file; looked for \[.*\]; .*saved holds a dataset written by save_to_disk: "
+     r"read it with datasets\.load_from_disk\("),
+    ("in_memory_dataset_to_the_loader", in_memory_dataset, TypeError,
+     r"Task 'sst': load_task_data reads a directory of data files or a hub dataset id, got a Dataset; a dataset in "
+     r"memory needs no loading: pass it, one split at a time, to tokenize_task"),
     ("missing_given_file", missing_given_file, FileNotFoundError,
      r"Task 'sst': data file .*sst-train\.tsv does not exist"),
     ("empty_tsv", raw_file(FILE, ""), DataValidationError, r"sst-train\.tsv: the file is empty \(0 bytes\)"),
@@ -438,6 +466,11 @@ REJECTED = [
     ("jsonl_null_id", jsonl("sst", ['{"id": null, "sentence": "a", "sentiment": 3}']), DataValidationError,
      r"sst-train\.jsonl: row 1, column 'id': empty or missing id \(None\)"),
     ("tokenize_empty_dataset", tokenize_empty, DataValidationError, r"Task 'sst': the dataset is empty"),
+    ("tokenize_dataset_dict", tokenize_splits(lambda ds: DatasetDict({"train": ds, "validation": ds})), TypeError,
+     r"Task 'sst': tokenize_task takes one split \(a Dataset\), got a DatasetDict with splits \['train', "
+     r"'validation'\]: call it once per split, tokenize_task\(data\['train'\], spec, tokenizer\)"),
+    ("tokenize_iterable_dataset", tokenize_splits(lambda ds: ds.to_iterable_dataset()), TypeError,
+     r"Task 'sst': IterableDataset has no length \(a streaming dataset\?\); each task's rows are drawn by index"),
     ("token_id_outside_the_vocabulary", trainer_with(lambda sst: {"sst": Dataset.from_dict(
         {"input_ids": [[2, 7, 3], [2, 99999, 3]], "label": [0, 1]})}), DataValidationError,
      r"train_dataset\['sst'\]: row 1, column 'input_ids': token id 99999 is outside the encoder's vocabulary "

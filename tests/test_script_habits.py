@@ -5,6 +5,7 @@ after construction, torch datasets with a `label` key, streaming eval sets, a ba
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -77,6 +78,46 @@ def test_classlabel_names_in_another_order_are_remapped(tokenizer, bert_config, 
     gold = [SST2.label_names.index(r[1]) for r in ROWS]
     assert trainer.predict(data).label_ids.tolist() == gold
     assert trainer.eval_dataset["sst2"]["labels"] == gold
+
+
+@pytest.mark.parametrize("form", ["torch", "numpy", "transform"])
+def test_classlabel_names_in_another_order_are_remapped_in_the_users_format(form, tokenizer, bert_config, tmp_path):
+    """The remap ran datasets' map on torch or numpy batches (a TypeError / ValueError when the trainer was built)."""
+    model = make_model(bert_config, [SST2])
+    data = sst2_dataset(tokenizer, names=("positive", "negative"))
+    data = data.with_transform(lambda batch: batch) if form == "transform" else data.with_format(form)
+    trainer = MultitaskTrainer(model=model, args=args(tmp_path), eval_dataset=data, processing_class=tokenizer)
+    gold = [SST2.label_names.index(r[1]) for r in ROWS]
+    assert trainer.eval_dataset["sst2"].with_format(None)["labels"] == gold
+    assert trainer.eval_dataset["sst2"].format["type"] == data.format["type"]
+    assert trainer.predict(data).label_ids.tolist() == gold
+
+
+def test_classlabel_names_are_matched_without_regard_to_case(tokenizer, bert_config, tmp_path, caplog):
+    """As Dataset.align_labels_with_mapping matches them: ['Positive', 'Negative'] was taken for names none of which
+    are the task's, and its ids were read as they are (inverted)."""
+    model = make_model(bert_config, [SST2])
+    gold = [SST2.label_names.index(r[1]) for r in ROWS]
+    other_order = sst2_dataset(tokenizer, names=("positive", "negative")).cast_column(
+        "label", ClassLabel(names=["Positive", "Negative"]))  # 0 = positive: the task's 1
+    with caplog.at_level(logging.WARNING, logger="hf_multitask"):
+        trainer = MultitaskTrainer(model=model, args=args(tmp_path), eval_dataset=other_order,
+                                   processing_class=tokenizer)
+    assert trainer.eval_dataset["sst2"]["labels"] == gold
+    assert trainer.eval_dataset["sst2"].features["labels"].names == SST2.label_names
+    assert any("names matched without regard to case" in r.getMessage() for r in caplog.records)
+    same_order = sst2_dataset(tokenizer).cast_column("label", ClassLabel(names=["NEGATIVE", "POSITIVE"]))
+    trainer = MultitaskTrainer(model=model, args=args(tmp_path), eval_dataset=same_order, processing_class=tokenizer)
+    assert trainer.eval_dataset["sst2"]["labels"] == gold
+
+
+def test_classlabel_names_that_are_one_when_lower_cased_are_refused(tokenizer, bert_config, tmp_path):
+    model = make_model(bert_config, [SST2])
+    data = sst2_dataset(tokenizer).cast_column("label", ClassLabel(names=["Positive", "positive"]))
+    with pytest.raises(DataValidationError, match=r"eval_dataset\['sst2'\]: the dataset's ClassLabel names "
+                                                  r"\['Positive', 'positive'\] hold 'Positive' and 'positive', one "
+                                                  r"name when lower-cased"):
+        MultitaskTrainer(model=model, args=args(tmp_path), eval_dataset=data, processing_class=tokenizer)
 
 
 def test_classlabel_names_that_differ_are_refused_or_warned(tokenizer, bert_config, tmp_path):
