@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import BertConfig, BertTokenizerFast, TrainerCallback
 
-import hf_multitask.trainer
+import hf_multitask.trainer_checkpoints
 from hf_multitask import (
     MultitaskConfig,
     MultitaskModel,
@@ -61,14 +61,14 @@ class KillAfterSave(TrainerCallback):
 
 def kill_while_saving(step: int, trainer: MultitaskTrainer) -> None:
     """SIGKILL the process when the checkpoint of `step` has the Trainer's files but not yet our state."""
-    save = hf_multitask.trainer.save_training_state
+    save = hf_multitask.trainer_checkpoints.save_training_state
 
     def save_or_die(folder, states):
         if trainer.state.global_step == step:
             os.kill(os.getpid(), signal.SIGKILL)
         save(folder, states)
 
-    hf_multitask.trainer.save_training_state = save_or_die
+    hf_multitask.trainer_checkpoints.save_training_state = save_or_die
 
 
 def build_trainer(mode: str, data_dir: str, tokenizer, out_dir: str) -> MultitaskTrainer:
