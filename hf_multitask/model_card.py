@@ -250,13 +250,22 @@ def _front_matter(config, specs, values, args, name, base, license, language, ta
     data = ModelCardData(
         library_name="hf-multitask", tags=_tags(config, specs, args, tags), base_model=base,
         license=license or "other", language=language, datasets=list(datasets) if datasets else None,
-        pipeline_tag="text-classification", model_name=name, eval_results=results or None,
+        pipeline_tag=_pipeline_tag(specs), model_name=name, eval_results=results or None,
     )
     return data.to_yaml() + "\n"
 
 
+def _pipeline_tag(specs) -> str:
+    """The Hub's pipeline tag: `token-classification` when every task tags tokens, else `text-classification`
+    (the Hub has no multiple-choice pipeline tag; a multiple-choice task scores each choice as a text)."""
+    kinds = {spec.task_kind.hub_task_type for spec in specs.values()}
+    return "token-classification" if kinds == {"token-classification"} else "text-classification"
+
+
 def _tags(config, specs, args, extra) -> list[str]:
-    tags = ["hf-multitask", "multitask", config.encoder.model_type, "text-classification"]
+    tags = ["hf-multitask", "multitask", config.encoder.model_type]
+    if any(spec.task_kind.hub_task_type == "text-classification" for spec in specs.values()):
+        tags.append("text-classification")
     if config.pal is not None:
         tags.append("pals")
     surgery = getattr(args, "gradient_surgery", "none")

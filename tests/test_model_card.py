@@ -129,6 +129,23 @@ def test_model_index_names_each_tasks_hub_task_type(bert_config):
     assert [r["task"]["type"] for r in results] == ["text-classification", "token-classification", "multiple-choice"]
 
 
+def test_pipeline_tag_follows_the_task_kinds(bert_config):
+    """The card said `pipeline_tag: text-classification` and tagged `text-classification` for a model whose only
+    task tags tokens."""
+    from hf_multitask import MultitaskConfig, MultitaskModel, TaskSpec, get_task
+
+    tags = TaskSpec(name="tags", kind="token_classification", text_columns=("w",), label_column="t",
+                    label_names=["O", "B"])
+    tagger = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=[tags]))
+    meta = front_matter(render_model_card(tagger))
+    assert meta["pipeline_tag"] == "token-classification"
+    assert "token-classification" in meta["tags"] and "text-classification" not in meta["tags"]
+    mixed = MultitaskModel(MultitaskConfig(encoder=bert_config, tasks=[get_task("sst"), tags]))
+    meta = front_matter(render_model_card(mixed))
+    assert meta["pipeline_tag"] == "text-classification"
+    assert {"text-classification", "token-classification"} <= set(meta["tags"])
+
+
 def test_unset_licence_is_other_with_a_note(tiny_model):
     card = render_model_card(tiny_model)
     assert front_matter(card)["license"] == "other"
