@@ -121,7 +121,8 @@ class MultitaskBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.epoch = int(epoch)
 
     def set_total_batches(self, total_batches: int) -> None:
-        """Batches (steps times gradient accumulation) in the whole run; the annealed schedule's horizon."""
+        """Batches in the whole run ([`batches_in_steps`] for a run of `max_steps`); the annealed schedule's
+        horizon."""
         self.total_batches = int(total_batches)
 
     def state_dict(self) -> dict:
@@ -288,6 +289,15 @@ class MultitaskBatchSampler(torch.utils.data.Sampler[list[int]]):
         self._old_streams = False
 
 
+def batches_in_steps(max_steps: int, batches_per_epoch: int, accumulation: int) -> int:
+    """Batches a run of `max_steps` optimizer steps draws, as transformers' Trainer counts them: an epoch is
+    ceil(batches / accumulation) steps (its last step accumulates fewer batches), so `max_steps * accumulation`
+    overcounts whenever an epoch's batches are not a multiple of the accumulation."""
+    steps_per_epoch = max(math.ceil(batches_per_epoch / accumulation), 1)
+    epochs, steps = divmod(max_steps, steps_per_epoch)
+    return epochs * batches_per_epoch + min(steps * accumulation, batches_per_epoch)
+
+
 def differences(saved: Mapping, ours: Mapping, label: str) -> list[str]:
     """`"<key> <saved value> (<label>: <our value>)"` for each key of `ours` that `saved` holds with another value
     (a key `saved` lacks is not compared: states written before it was recorded)."""
@@ -299,8 +309,9 @@ class SamplerPlanState:
     """The training sampler's plan ([`MultitaskBatchSampler.plan`], with the gradient accumulation) as a part of
     [`MultitaskTrainer`]'s checkpointed state. A resumed run whose plan differs is refused: the Trainer skips
     `global_step` steps' worth of batches of the *new* sequence, so another global batch, accumulation, seed, task
-    set or sampling would retrain some examples and never see others, silently. A changed budget
-    (`total_batches`, from `max_steps`) only moves the annealed schedule: a warning.
+    set or sampling would retrain some examples and never see others, silently. So would a changed budget
+    (`total_batches`, from `max_steps` or the epochs) under annealed sampling, whose every step's task follows the
+    budget; the other strategies do not read it, and resume with any budget.
 
     A checkpoint whose plan has no `task_streams` was written when every task's examples restarted at each epoch:
     `on_old_streams` is called (the sampler's [`MultitaskBatchSampler.resume_old_streams`]: a warning if the run
@@ -329,14 +340,15 @@ class SamplerPlanState:
         if self.saved is None or plan is None:
             return
         saved, self.saved = self.saved, None
-        differ = differences(saved, {k: v for k, v in plan.items() if k != "total_batches"}, "this run")
+        compared = {k: v for k, v in plan.items() if k != "total_batches" or plan["strategy"] == "annealed"}
+        differ = differences(saved, compared, "this run")
         if differ:
-            raise ValueError(f"The checkpoint being resumed was trained with {'; '.join(differ)}. The Trainer skips "
-                             "the batches it counts as trained, which are the checkpoint's only with the same batch "
-                             "plan: resume with the checkpoint's settings (the same global batch: per-device batch x "
-                             "processes x accumulation), or start a new run from its weights")
-        if saved.get("total_batches") != plan["total_batches"] and plan["strategy"] == "annealed":
-            logger.warning(f"Resuming with a budget of {plan['total_batches']} batches where the checkpoint had "
-                           f"{saved.get('total_batches')}: the annealed sampling schedule follows the new budget")
+            budget = (" (annealed sampling draws every step's task by its share of the budget, so a new max_steps "
+                      "or number of epochs changes the steps already trained too)"
+                      if any(d.startswith("total_batches") for d in differ) else "")
+            raise ValueError(f"The checkpoint being resumed was trained with {'; '.join(differ)}{budget}. The "
+                             "Trainer skips the batches it counts as trained, which are the checkpoint's only with "
+                             "the same batch plan: resume with the checkpoint's settings (the same global batch: "
+                             "per-device batch x processes x accumulation), or start a new run from its weights")
         if "task_streams" not in saved and plan.get("task_streams") == "continuous" and self.on_old_streams:
             self.on_old_streams()

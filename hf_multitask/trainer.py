@@ -23,7 +23,7 @@ from .loss_weighting import build_loss_weighting
 from .mixed_precision import active_scaler, combine_unscaled, drop_gradients
 from .optim import build_optimizer, head_lr_param_groups, no_decay_names
 from .regularizers import Regularizer, build_regularizers, regularizer_term
-from .sampling import MultitaskBatchSampler, SamplerPlanState
+from .sampling import MultitaskBatchSampler, SamplerPlanState, batches_in_steps
 from .sharding import check_sharded_trainer, sharded_surgery
 from .summed_step import mean_across_ranks, summed_training_step
 from .trainer_card import TrainerModelCard
@@ -173,7 +173,7 @@ class MultitaskTrainer(TrainerCheckpoints, TrainerModelCard, Trainer):
             grouped=getattr(args, "task_sampling_grouped", False),
         )
         if args.max_steps > 0:
-            sampler.set_total_batches(args.max_steps * args.gradient_accumulation_steps)
+            sampler.set_total_batches(batches_in_steps(args.max_steps, len(sampler), args.gradient_accumulation_steps))
         else:
             sampler.set_total_batches(math.ceil(args.num_train_epochs * len(sampler)))
         return sampler

@@ -259,17 +259,28 @@ def test_resuming_with_another_batch_plan_is_refused(change, named, checkpoints,
     out, _ = checkpoints
     assert verify_checkpoint(str(out / "checkpoint-2"))["scalars"]["sampler_plan"]["global_batch_size"] == 4
     trainer, _ = make_nan_trainer(bert_config, tokenized, tokenizer, out, nan_steps=(), save_strategy="no", **change)
-    with pytest.raises(ValueError, match=rf"The checkpoint being resumed was trained with {named}\..*same global "
+    with pytest.raises(ValueError, match=rf"The checkpoint being resumed was trained with .*{named}.*same global "
                                          "batch"):
         trainer.train(resume_from_checkpoint=str(out / "checkpoint-2"))
 
 
-def test_resuming_with_a_larger_budget_warns_that_the_annealed_schedule_follows_it(checkpoints, bert_config,
-                                                                                    tokenized, tokenizer, caplog):
+def test_resuming_annealed_sampling_with_another_budget_is_refused(checkpoints, bert_config, tokenized, tokenizer):
+    """A larger budget only warned: the annealed schedule then drew another task sequence for the steps already
+    trained, and the resumed run retrained some rows and skipped others."""
     out, _ = checkpoints
     trainer, snap = make_nan_trainer(bert_config, tokenized, tokenizer, out, nan_steps=(), save_strategy="no",
                                      max_steps=6)
-    with caplog.at_level("WARNING"):
+    assert trainer.args.task_sampling == "annealed"
+    with pytest.raises(ValueError, match=r"total_batches 4 \(this run: 6\) \(annealed sampling draws every step's "):
         trainer.train(resume_from_checkpoint=str(out / "checkpoint-4"))
+    assert snap.params == {}
+
+
+def test_round_robin_resumes_with_a_larger_budget(bert_config, tokenized, tokenizer, tmp_path):
+    first, _ = make_nan_trainer(bert_config, tokenized, tokenizer, tmp_path, nan_steps=(), save_strategy="steps",
+                                save_steps=2, task_sampling="round_robin")
+    first.train()
+    trainer, snap = make_nan_trainer(bert_config, tokenized, tokenizer, tmp_path, nan_steps=(), save_strategy="no",
+                                     max_steps=6, task_sampling="round_robin")
+    trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-4"))
     assert sorted(snap.params) == [5, 6]
-    assert "Resuming with a budget of 6 batches where the checkpoint had 4" in caplog.text

@@ -58,6 +58,26 @@ def test_sampler_epoch_follows_the_trainer(tiny_model, tokenized, tokenizer, tmp
     assert trainer.state.global_step == 2 * len(trainer.train_sampler)
 
 
+def test_annealed_horizon_counts_the_batches_of_max_steps_with_accumulation(tiny_model, tokenized, tokenizer,
+                                                                          tmp_path):
+    """The horizon was max_steps x accumulation: with an epoch's batches not a multiple of the accumulation, more
+    batches than the run draws, so the last steps stopped short of the final alpha (0.2)."""
+    from hf_multitask.sampling import batches_in_steps
+
+    assert batches_in_steps(8, batches_per_epoch=7, accumulation=2) == 14  # 4 steps per epoch, the last of 1 batch
+    assert batches_in_steps(5, batches_per_epoch=7, accumulation=2) == 9
+    assert batches_in_steps(10, batches_per_epoch=7, accumulation=1) == 10
+    settings = dict(gradient_accumulation_steps=3, per_device_train_batch_size=3)
+    batches = len(make_trainer(tiny_model, tokenized, tokenizer, tmp_path / "out", **settings).get_train_dataloader())
+    assert batches % 3 != 0  # an epoch ends with a step of fewer batches
+    trainer = make_trainer(tiny_model, tokenized, tokenizer, tmp_path / "out", **settings,
+                           max_steps=2 * -(-batches // 3))
+    trainer.train()
+    sampler = trainer.train_sampler
+    assert sampler.total_batches == 2 * batches == 2 * len(sampler)
+    assert sampler.progress(len(sampler) - 1, epoch=1) == 1.0  # the last batch reaches the end of the schedule
+
+
 def test_loss_weight_scales_the_task_loss(bert_config, tokenized, tokenizer, tmp_path):
     from hf_multitask import MultitaskConfig, MultitaskModel, cs224n_tasks
 
