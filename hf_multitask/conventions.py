@@ -295,7 +295,13 @@ def probe_features(train_dataset: MultitaskDataset | None) -> list[dict] | None:
 
 def check_training_args(args) -> None:
     """Refuse what has no multitask meaning: HF `train_sampling_strategy` other than `random`/`group_by_length`,
-    `batch_eval_metrics` (metrics are computed per task over the whole set)."""
+    `batch_eval_metrics` (metrics are computed per task over the whole set), and several GPUs in one process."""
+    if getattr(args, "n_gpu", 1) > 1:  # the Trainer would wrap the model in torch.nn.DataParallel
+        raise ValueError(f"{args.n_gpu} GPUs visible to one process: transformers' Trainer then uses "
+                         "torch.nn.DataParallel, whose gathered per-GPU losses MultitaskTrainer's per-task steps do "
+                         f"not handle. Launch one process per GPU (`accelerate launch --num_processes {args.n_gpu} "
+                         f"script.py` or `torchrun --nproc_per_node {args.n_gpu} script.py`), or make one GPU "
+                         "visible (CUDA_VISIBLE_DEVICES=0)")
     strategy = getattr(args, "train_sampling_strategy", "random")
     if strategy not in SAMPLING_STRATEGIES:
         raise ValueError(f"train_sampling_strategy={strategy!r} has no multitask equivalent: MultitaskTrainer draws "

@@ -23,7 +23,7 @@ from .loss_weighting import LossWeighting
 
 def summed_training_step(trainer, model, inputs: dict[str, dict]) -> torch.Tensor:
     """One batch of every task: T forwards, one backward of the weighted sum; returns the objective (detached)."""
-    model.train()
+    trainer.train_mode(model)
     inputs = trainer._prepare_inputs(inputs)
     accumulation = getattr(trainer, "current_gradient_accumulation_steps", 1)  # set by the training loop
     weighting: LossWeighting | None = trainer.loss_weighting

@@ -191,6 +191,19 @@ class MultitaskTrainer(TrainerCheckpoints, TrainerModelCard, Trainer):
             return loss
         return self._grouped_training_step(model, inputs)
 
+    def train_mode(self, model) -> None:
+        """Model and optimizer in training mode, as `Trainer.training_step` puts them (schedule-free optimizers have
+        a train and an eval mode, and evaluation leaves them in eval); the grouped steps call it first."""
+        model.train()
+        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+            self.optimizer.train()
+
+    def floating_point_ops(self, inputs) -> int:
+        """`total_flos`: a grouped batch (`{task: batch}`) counts each task's batch (the parent counts 0)."""
+        if "task_name" in inputs:
+            return super().floating_point_ops(inputs)
+        return sum(super(MultitaskTrainer, self).floating_point_ops(batch) for batch in inputs.values())
+
     def _track_num_input_tokens(self, inputs) -> None:
         """`include_num_input_tokens_seen`: a grouped batch (`{task: batch}`) counts each task's batch."""
         if "task_name" in inputs:
@@ -205,7 +218,7 @@ class MultitaskTrainer(TrainerCheckpoints, TrainerModelCard, Trainer):
         per-task backward passes stay local and `_average_grouped_gradients` averages them once. FSDP2 decides at the
         backward, which stays outside `no_sync` on purpose: its reduce-scatter is what fills the sharded gradients
         the sharded surgery reads (inside, the shards would get no `.grad` at all)."""
-        model.train()
+        self.train_mode(model)
         inputs = self._prepare_inputs(inputs)
         if not self._surgery_placed:  # once the model is prepared: under FSDP2 it moves to this rank's shards
             self.surgery = self._stateful["gradient_surgery"] = sharded_surgery(

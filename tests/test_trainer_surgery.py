@@ -210,3 +210,55 @@ def test_gradient_surgery_kwargs_reach_the_aggregators_constructor(bert_config, 
                                        gradient_surgery_kwargs={"sclae": 0.5})
     finally:
         AGGREGATORS.pop("scaled_mean", None)
+
+
+class ModalAdamW(torch.optim.AdamW):
+    """AdamW with a schedule-free optimizer's `train()` / `eval()` modes, recording each switch."""
+
+    def __init__(self, params, **kwargs):
+        super().__init__(params, **kwargs)
+        self.modes = []
+
+    def train(self):
+        self.modes.append("train")
+
+    def eval(self):
+        self.modes.append("eval")
+
+
+@pytest.mark.parametrize("step", ["pcgrad", "summed"])
+def test_grouped_steps_put_the_optimizer_in_training_mode(step, bert_config, tokenized, tokenizer, tmp_path):
+    """Trainer.training_step calls `optimizer.train()` at every step and evaluation `optimizer.eval()`; the grouped
+    steps did not, so a schedule-free optimizer stayed in eval mode after the first evaluation."""
+    model = make_model(bert_config, cs224n_tasks())
+    optimizer = ModalAdamW(model.parameters(), lr=1e-3)
+    settings = {"gradient_surgery": "pcgrad"} if step == "pcgrad" else {"task_sampling_grouped": True}
+    trainer = make_trainer(model, tokenized, tokenizer, tmp_path, max_steps=4, eval_strategy="steps", eval_steps=2,
+                           **settings)
+    trainer.optimizer = optimizer  # as Trainer(optimizers=(optimizer, None)) sets it
+    trainer.train()
+    assert optimizer.modes[-1] == "eval"  # the final evaluation
+    evaluated = optimizer.modes.index("eval")
+    assert "train" in optimizer.modes[:evaluated] and "train" in optimizer.modes[evaluated:]
+
+
+def test_grouped_steps_count_floating_point_operations(bert_config, tokenized, tokenizer, tmp_path):
+    """`total_flos` stayed 0 with grouped batches: the parent counts only a batch with `input_ids` at its top."""
+    flos = {}
+    for grouped in (False, True):
+        trainer = make_trainer(make_model(bert_config, cs224n_tasks()), tokenized, tokenizer, tmp_path / str(grouped),
+                               task_sampling_grouped=grouped, max_steps=3)
+        trainer.train()
+        flos[grouped] = trainer.state.total_flos
+    assert flos[False] > 0 and flos[True] > 2 * flos[False]  # every step holds a batch of each of the 3 tasks
+
+
+def test_several_gpus_in_one_process_are_refused(tiny_model, tokenized, tokenizer, tmp_path):
+    """transformers' Trainer wraps the model in DataParallel when one process sees several GPUs; its gathered
+    per-GPU losses broke the per-task logging and the grouped steps."""
+    args = MultitaskTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    args._n_gpu = 2  # what _setup_devices finds on a machine with 2 visible GPUs and no distributed launch
+    from hf_multitask import MultitaskTrainer
+
+    with pytest.raises(ValueError, match=r"2 GPUs visible to one process.*accelerate launch --num_processes 2"):
+        MultitaskTrainer(model=tiny_model, args=args, train_dataset=tokenized["train"], processing_class=tokenizer)
