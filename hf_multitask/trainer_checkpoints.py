@@ -87,12 +87,16 @@ class TrainerCheckpoints:
         except Exception as e:  # safetensors, torch or JSON errors that do not say which checkpoint
             raise CheckpointError(f"{resume_from_checkpoint}: cannot load the model weights: "
                                   f"{type(e).__name__}: {e}") from e
-        states = load_training_state(resume_from_checkpoint)
+        self._load_training_state(resume_from_checkpoint)
+
+    def _load_training_state(self, checkpoint: str) -> None:
+        """Our state of `checkpoint` into `self._stateful` (the sampler's plan is checked as it loads)."""
+        states = load_training_state(checkpoint)
         for name, obj in self._stateful.items():
             if name in states:
                 obj.load_state_dict(states[name])
             elif not getattr(obj, "optional", False):
-                logger.warning(f"{resume_from_checkpoint} has no saved state for {name!r}: it starts afresh")
+                logger.warning(f"{checkpoint} has no saved state for {name!r}: it starts afresh")
 
     def _load_optimizer_and_scheduler(self, checkpoint) -> None:
         try:
@@ -100,3 +104,7 @@ class TrainerCheckpoints:
         except Exception as e:
             raise CheckpointError(f"{checkpoint}: cannot load the optimizer or scheduler state (optimizer.pt, "
                                   f"scheduler.pt): {type(e).__name__}: {e}") from e
+        if checkpoint is not None and getattr(self, "is_deepspeed_enabled", False):
+            # under DeepSpeed the Trainer loads the weights with deepspeed_load_checkpoint, never calling
+            # _load_from_checkpoint: our state would start afresh and the sampler's plan go unchecked
+            self._load_training_state(checkpoint)

@@ -284,3 +284,25 @@ def test_round_robin_resumes_with_a_larger_budget(bert_config, tokenized, tokeni
                                      max_steps=6, task_sampling="round_robin")
     trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-4"))
     assert sorted(snap.params) == [5, 6]
+
+
+def test_deepspeed_resume_loads_our_state_and_checks_the_plan(checkpoints, bert_config, tokenized, tokenizer,
+                                                            monkeypatch):
+    """Under DeepSpeed, Trainer.train loads the weights with deepspeed_load_checkpoint and never calls
+    `_load_from_checkpoint`, where our state loaded: the non-finite counters started afresh and a resume with
+    another batch plan went unchecked. What the Trainer calls there is `_load_optimizer_and_scheduler`."""
+    import transformers
+
+    out, _ = checkpoints
+    monkeypatch.setattr(transformers.Trainer, "_load_optimizer_and_scheduler", lambda self, checkpoint: None)
+    trainer, _ = make_nan_trainer(bert_config, tokenized, tokenizer, out, nan_steps=(), save_strategy="no")
+    trainer.is_deepspeed_enabled = True
+    trainer._nonfinite.skipped = 5
+    trainer._load_optimizer_and_scheduler(str(out / "checkpoint-4"))
+    assert trainer._nonfinite.skipped == 0  # the checkpoint's count
+    other, _ = make_nan_trainer(bert_config, tokenized, tokenizer, out, nan_steps=(), save_strategy="no",
+                                data_seed=7)
+    other.is_deepspeed_enabled = True
+    other.get_train_dataloader()  # the sampler, built before the Trainer loads the checkpoint
+    with pytest.raises(ValueError, match=r"seed 0 \(this run: 7\)"):
+        other._load_optimizer_and_scheduler(str(out / "checkpoint-4"))
