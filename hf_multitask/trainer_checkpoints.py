@@ -47,11 +47,15 @@ class TrainerCheckpoints:
 
     def _finished_run(self, checkpoint: str, step: int) -> TrainOutput:
         """Resuming a checkpoint at `max_steps`: its weights and state are loaded, nothing is trained (the returned
-        `training_loss` is NaN: no step ran)."""
+        `training_loss` is NaN: no step ran); with `load_best_model_at_end`, the best checkpoint's weights, as the
+        run that trained them ended with."""
+        best = self.args.load_best_model_at_end
         logger.warning(f"{checkpoint} is at step {step}, max_steps is {self.args.max_steps}: the run is complete, "
-                       "nothing to train; the model holds the checkpoint's weights")
+                       f"nothing to train; the model holds the {'best' if best else 'last'} checkpoint's weights")
         self._load_from_checkpoint(checkpoint)
         self.state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
+        if best and self.state.best_model_checkpoint and os.path.isdir(self.state.best_model_checkpoint):
+            self._load_best_model()
         return TrainOutput(self.state.global_step, float("nan"), {})
 
     def _save_checkpoint(self, model, trial) -> None:

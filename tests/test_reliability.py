@@ -145,6 +145,31 @@ def test_resuming_a_complete_run_trains_nothing_and_loads_its_last_checkpoint(ch
     assert math.isnan(result.training_loss)  # no step ran
 
 
+def test_resuming_a_complete_run_with_load_best_model_at_end_loads_the_best(checkpoints, bert_config, tokenized,
+                                                                           tokenizer):
+    """It loaded the last checkpoint's weights, not the best one's that the run ended with."""
+    from safetensors.torch import load_file
+
+    out, _ = checkpoints
+    state_file = out / "checkpoint-4" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state.update(best_model_checkpoint=str(out / "checkpoint-2"), best_global_step=2, best_metric=0.5)
+    state_file.write_text(json.dumps(state))  # as if the evaluation at step 2 had been the best
+    manifest = out / "checkpoint-4" / "multitask_state.json"
+    record = json.loads(manifest.read_text())
+    record["files"].pop("trainer_state.json", None)  # the manifest's size and hash of the file edited above
+    manifest.write_text(json.dumps(record))
+    trainer, snap = make_nan_trainer(bert_config, tokenized, tokenizer, out, nan_steps=(), save_strategy="steps",
+                                     save_steps=2, eval_strategy="steps", eval_steps=2, load_best_model_at_end=True,
+                                     eval=tokenized["dev"])
+    trainer.train(resume_from_checkpoint=str(out / "checkpoint-4"))
+    best = load_file(str(out / "checkpoint-2" / "model.safetensors"))
+    params = dict(trainer.model.named_parameters())
+    assert snap.params == {} and all(torch.equal(params[name], best[name]) for name in best if name in params)
+    assert any(not torch.equal(params[name], load_file(str(out / "checkpoint-4" / "model.safetensors"))[name])
+               for name in best if name in params)
+
+
 @pytest.mark.parametrize("name", ["model.safetensors", "optimizer.pt", "trainer_state.json"])
 def test_a_truncated_checkpoint_file_is_named(name, checkpoints, bert_config, tokenized, tokenizer):
     out, _ = checkpoints
