@@ -108,6 +108,23 @@ def test_single_task_run_saves_checkpoints_and_a_timeline(tmp_path, encoder_dir,
     assert all(a["seconds"] <= b["seconds"] for a, b in zip(curve, curve[1:]))
 
 
+def test_single_task_predictions_carry_their_own_rows_ids(tmp_path, encoder_dir, data_dir):
+    """Under group_by_length the Trainer also orders the evaluation set by length (seeded shuffle), and the ids were
+    zipped in the file's order: each id got another row's gold label and prediction (the metrics were right)."""
+    from hf_multitask import get_task, load_task_data
+
+    out = tmp_path / "run"
+    single.main(["--model_name_or_path", str(encoder_dir), "--data_dir", str(data_dir), "--output_dir", str(out),
+                 "--max_steps_per_task", "1", "--predictions", str(tmp_path / "dev.jsonl")])
+    records = [json.loads(line) for line in (tmp_path / "dev.jsonl").read_text().splitlines()]
+    for task in ("sst", "quora", "sts"):
+        dev = load_task_data(get_task(task), str(data_dir), splits=("dev",))["dev"]
+        gold = dict(zip(dev["id"], dev["labels"]))
+        ours = [r for r in records if r["task"] == task]
+        assert [r["id"] for r in ours] == list(dev["id"])  # file order
+        assert all(r["labels"] == pytest.approx(gold[r["id"]]) for r in ours)
+
+
 # ---- the queue's reference group ----
 
 
