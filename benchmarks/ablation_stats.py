@@ -72,11 +72,20 @@ def scores(run: Run, examples: dict[str, np.ndarray] | None = None) -> dict[str,
 
 
 def check_same_examples(a: Run, b: Run) -> None:
+    """Both runs predict the same tasks' dev examples in the same order, each id with the same gold label (ids alone
+    passed single_task_hf.py's predictions whose ids named other rows: the pairing of dev examples was wrong)."""
+    if set(a.predictions) != set(b.predictions):
+        raise SystemExit(f"seed {a.seed} and seed {b.seed}: predictions for tasks {sorted(a.predictions)} and "
+                         f"{sorted(b.predictions)}")
     for task, data in a.predictions.items():
-        other = b.predictions.get(task)
-        if other is None or not np.array_equal(data["id"], other["id"]):
+        other = b.predictions[task]
+        if not np.array_equal(data["id"], other["id"]):
             raise SystemExit(f"seed {a.seed} and seed {b.seed}: the {task} predictions are not on the same dev "
                              "examples in the same order")
+        differ = int((~np.isclose(data["gold"].astype(float), other["gold"].astype(float), rtol=0, atol=1e-5)).sum())
+        if differ:
+            raise SystemExit(f"seed {a.seed} and seed {b.seed}: {differ} of the {task} predictions' ids carry "
+                             "another gold label in one run than in the other: their ids do not name their rows")
 
 
 def paired_intervals(row_runs: list[Run], base_runs: list[Run], keys: list[str], seed: int = 0,
@@ -103,9 +112,7 @@ def paired_intervals(row_runs: list[Run], base_runs: list[Run], keys: list[str],
     dev = bootstrap(tuple(np.arange(size) for size in sizes), statistic, n_resamples=n_resamples, paired=False,
                     vectorized=False, method="percentile", rng=np.random.default_rng(seed))
     seed_var, dev_var = per_pair.var(0, ddof=1) / n, np.atleast_1d(dev.standard_error) ** 2
-    se = np.sqrt(seed_var + dev_var)
-    dof = np.where(seed_var > 0, n - 1, np.inf)  # no seed variance (identical pairs): the dev part's normal quantile
-    half = student_t.ppf(0.975, dof) * se
+    half = student_t.ppf(0.975, n - 1) * np.sqrt(seed_var + dev_var)  # n - 1 even when the pairs' differences tie
     return {key: (float(point[i]), float(point[i] - half[i]), float(point[i] + half[i])) for i, key in enumerate(keys)}
 
 

@@ -110,7 +110,10 @@ def test_tables_and_plot(study, tmp_path):
 
 def test_the_interval_adds_the_seed_and_the_dev_set_variance(study):
     """Never narrower than a t-interval on the per-pair differences alone (a percentile bootstrap over 3 seed pairs
-    is their range); with no seed variance, the dev-set bootstrap's normal interval."""
+    is their range); with no seed variance, the dev-set bootstrap's standard error times the same t(0.975, n - 1):
+    per-pair differences that tie by chance (accuracies move in steps of one dev example) are an estimate of the
+    seed variance with n - 1 degrees of freedom like any other (the normal 1.96 made such intervals 2.2 times too
+    narrow with 3 pairs)."""
     from scipy.stats import t
 
     root, rows = study
@@ -125,7 +128,7 @@ def test_the_interval_adds_the_seed_and_the_dev_set_variance(study):
     point, low, high = ablation_stats.paired_intervals(*same, ["sst"], n_resamples=300)["sst"]
     a, b = better[0].predictions["sst"], base[0].predictions["sst"]
     right = (a["predicted"] == a["gold"]).astype(float) - (b["predicted"] == b["gold"]).astype(float)
-    assert (high - low) / 2 == pytest.approx(1.96 * right.std() / np.sqrt(len(right)), rel=0.15)
+    assert (high - low) / 2 == pytest.approx(t.ppf(0.975, 2) * right.std() / np.sqrt(len(right)), rel=0.15)
 
 
 def test_a_row_with_more_seeds_than_its_comparator_pairs_those_it_can(study):
@@ -141,4 +144,24 @@ def test_pairs_on_different_examples_are_refused(study):
     base, better = (ablation_stats.done_runs(rows[name], root) for name in ("base", "better"))
     better[0].predictions["sst"]["id"] = better[0].predictions["sst"]["id"][::-1]
     with pytest.raises(SystemExit, match="not on the same dev examples"):
+        ablation_stats.paired_intervals(better, base, ["overall"], n_resamples=10)
+
+
+def test_pairs_whose_ids_carry_other_gold_labels_are_refused(study):
+    """The ids alone passed single_task_hf.py's predictions, whose ids named other rows (gold and prediction came
+    in the Trainer's length-grouped evaluation order, the ids in file order)."""
+    root, rows = study
+    base, better = (ablation_stats.done_runs(rows[name], root) for name in ("base", "better"))
+    data = better[0].predictions["sst"]
+    data["gold"], data["predicted"] = data["gold"][::-1].copy(), data["predicted"][::-1].copy()
+    assert not np.array_equal(data["gold"], base[0].predictions["sst"]["gold"])
+    with pytest.raises(SystemExit, match=r"of the sst predictions' ids carry another gold label"):
+        ablation_stats.paired_intervals(better, base, ["overall"], n_resamples=10)
+
+
+def test_pairs_on_different_tasks_are_refused(study):
+    root, rows = study
+    base, better = (ablation_stats.done_runs(rows[name], root) for name in ("base", "better"))
+    del better[0].predictions["sts"]
+    with pytest.raises(SystemExit, match=r"predictions for tasks"):
         ablation_stats.paired_intervals(better, base, ["overall"], n_resamples=10)

@@ -302,3 +302,21 @@ def test_archived_curves_are_drawn_into_one_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     path.unlink()
     assert ttq.main(["--plot_only", "--smoke", "--smoke_dir", str(tmp_path)]) == 0 and path.is_file()
+
+
+def test_the_repair_puts_predictions_written_in_evaluation_order_back_on_their_rows():
+    spec = importlib.util.spec_from_file_location("repair", REPO / "benchmarks/repair_single_task_ids.py")
+    repair = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(repair)
+    ids, gold, lengths = [f"r{i}" for i in range(300)], [float(i % 7) / 2 for i in range(300)], [
+        (i * 37) % 50 + 3 for i in range(300)]
+    order = repair.evaluation_order(lengths, seed=5)
+    assert sorted(order) == list(range(300)) and order != list(range(300))
+    # what single_task_hf.py wrote before aecff88: the evaluation order's labels and scores, the file order's ids
+    written = [{"task": "sts", "id": i, "labels": gold[row], "score": gold[row] + 0.1} for i, row in zip(ids, order)]
+    fixed = repair.repaired(written, 5, {"sts": (ids, gold, lengths)})
+    assert [r["id"] for r in fixed] == ids and [r["labels"] for r in fixed] == gold
+    assert all(r["score"] == pytest.approx(r["labels"] + 0.1) for r in fixed)  # each prediction with its own row
+    assert repair.repaired(fixed, 5, {"sts": (ids, gold, lengths)}) is None  # in order: nothing to do
+    with pytest.raises(ValueError, match="not the order the run predicted in"):
+        repair.repaired(written, 6, {"sts": (ids, gold, lengths)})  # another seed's order
