@@ -33,6 +33,7 @@ class TrainerCheckpoints:
         checkpoint given by path is checked first: an incomplete or truncated one raises a [`CheckpointError`]
         that names the file."""
         self._best_loaded_step = None  # set by `_load_best_model` (trainer_card.py) for the model card
+        self.train_sampler = None  # a resumed plan is checked against this run's sampler, not an earlier train()'s
         if resume_from_checkpoint is True:
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:

@@ -331,3 +331,15 @@ def test_deepspeed_resume_loads_our_state_and_checks_the_plan(checkpoints, bert_
     other.get_train_dataloader()  # the sampler, built before the Trainer loads the checkpoint
     with pytest.raises(ValueError, match=r"seed 0 \(this run: 7\)"):
         other._load_optimizer_and_scheduler(str(out / "checkpoint-4"))
+
+
+def test_a_second_train_call_checks_the_resumed_plan_against_its_own_sampler(checkpoints, bert_config, tokenized,
+                                                                            tokenizer):
+    """The plan loaded with the checkpoint was checked against the sampler left by the first `train()` (the same
+    plan) and then dropped, so the second call's sampler, built with other settings, went unchecked."""
+    out, _ = checkpoints
+    trainer, _ = make_nan_trainer(bert_config, tokenized, tokenizer, out / "again", nan_steps=(), max_steps=2)
+    trainer.train()
+    trainer.args.data_seed, trainer.args.max_steps = 7, 6
+    with pytest.raises(ValueError, match=r"seed 0 \(this run: 7\)"):
+        trainer.train(resume_from_checkpoint=str(out / "checkpoint-4"))
