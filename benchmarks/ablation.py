@@ -465,13 +465,17 @@ def missing_models(row: Row, root: Path) -> list[Row]:
             and not (root / needed.output_dir / "config.json").is_file()]
 
 
+def read_prediction_records(path: Path) -> list[dict]:
+    """The records of a gzipped JSON-lines predictions file, in file order."""
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
+
 def read_predictions(path: Path) -> dict[str, dict[str, np.ndarray]]:
     """`{task: {"id", "gold", "predicted"}}` from a predictions file: the predicted class id (`label_id`) of a
     classification task, the score of a regression one, in file order."""
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
-        records = [json.loads(line) for line in handle]
     tasks: dict[str, dict[str, list]] = {}
-    for record in records:
+    for record in read_prediction_records(path):
         task = tasks.setdefault(record["task"], {"id": [], "gold": [], "predicted": []})
         task["id"].append(record["id"])
         task["gold"].append(record["labels"])

@@ -44,11 +44,6 @@ single = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(single)
 
 
-def read_records(path: Path) -> list[dict]:
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle]
-
-
 def dev_rows(task: str, data_dir: str, tokenizer) -> tuple[list, list, list[int]]:
     """A task's dev ids, gold labels and token lengths, as single_task_hf.py tokenises them."""
     dev, ids = single.load_split(task, data_dir, "dev", None, tokenizer)
@@ -99,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 folder = run.archive(ablation.REPO)
                 path = folder / ablation.PREDICTIONS
-                fixed = repaired(read_records(path), run.seed, rows)
+                fixed = repaired(ablation.read_prediction_records(path), run.seed, rows)
                 if fixed is None:
                     print(f"{run.label}: in order, nothing to repair")
                     continue
