@@ -24,7 +24,7 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from .build import DataArguments, ModelArguments, build_model, build_task_specs, build_tokenizer
 from .checkpointing import finished_at, warn_about_earlier_checkpoints
-from .config_file import TRAIN_DATACLASSES, check_config_types, load_config_file
+from .config_file import TRAIN_DATACLASSES, apply_do_switches, check_config_types, given_do_switches, load_config_file
 from .data import DataValidationError, load_task_data, load_task_split, load_tokenized, tokenize_task
 from .export import export_task, max_logit_difference
 from .inference import NORMALIZERS, load_tokenizer, predict_logits, task_logits, worst_examples
@@ -42,7 +42,7 @@ def parse_train_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, Mu
     if "-h" in argv or "--help" in argv:
         print(train_help())
         raise SystemExit(0)
-    parser = HfArgumentParser(TRAIN_DATACLASSES)
+    parser, config = HfArgumentParser(TRAIN_DATACLASSES), {}
     if argv and argv[0].lower().endswith((".yaml", ".yml", ".json")):
         config = check_config_types(parser, load_config_file(argv[0]), argv[0])
         parser.set_defaults(**config)
@@ -55,6 +55,7 @@ def parse_train_args(argv: list[str]) -> tuple[ModelArguments, DataArguments, Mu
         hint = (f"; the config file goes first: hf-multitask train {config_later[0]} [--key value ...]"
                 if config_later else "")
         raise SystemExit(f"hf-multitask train: unknown argument(s) {rest}{hint}")
+    apply_do_switches(given_do_switches(config, argv), data_args, training_args)
     return model_args, data_args, training_args
 
 

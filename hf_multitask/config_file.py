@@ -1,14 +1,17 @@
 """`hf-multitask train`'s config files: a YAML or JSON mapping of argument names to values, checked against the
-argument dataclasses before argparse sees it (argparse converts and checks only string defaults)."""
+argument dataclasses before argparse sees it (argparse converts and checks only string defaults), and HF scripts'
+`do_train` / `do_eval` / `do_predict` switches, which TrainingArguments keeps but nothing in the Trainer reads."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from pathlib import Path
 
 import yaml
 from transformers import HfArgumentParser
+from transformers.hf_argparser import string_to_bool
 
 from .build import DataArguments, ModelArguments
 from .training_args import MultitaskTrainingArguments
@@ -68,3 +71,38 @@ def check_config_types(parser: HfArgumentParser, config: dict, path: str) -> dic
                 raise ValueError(f"{path}: {key} must be {wanted}, got {value!r}")
             checked[key] = action.type(value)
     return checked
+
+
+DO_SWITCHES = ("do_train", "do_eval", "do_predict")
+
+
+def given_do_switches(config: dict, argv: list[str]) -> dict[str, bool]:
+    """The `do_*` switches the user set, in the config or as flags (a flag wins), and only those: TrainingArguments
+    cannot tell `--do_eval false` from its default, and turns `do_eval` on by itself when `eval_strategy` is set."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for name in DO_SWITCHES:
+        parser.add_argument(f"--{name}", nargs="?", const="true", default=None)
+    flags = vars(parser.parse_known_args(argv)[0])
+    given = {name: config[name] for name in DO_SWITCHES if name in config}
+    given.update({name: value for name, value in flags.items() if value is not None})
+    return {name: string_to_bool(value) for name, value in given.items()}
+
+
+def apply_do_switches(given: dict[str, bool], data_args: DataArguments, training_args) -> None:
+    """`hf-multitask train` trains, then evaluates on `eval_split`: `do_eval: false` skips that evaluation (as
+    `eval_split: none`); switches asking for what `train` does not do are errors that say which command does it."""
+    if given.get("do_train") is False:
+        raise ValueError("hf-multitask train: do_train is false, and train always trains; to evaluate a saved model: "
+                         "hf-multitask evaluate MODEL_DIR --data DIR")
+    if given.get("do_predict"):
+        raise ValueError("hf-multitask train: do_predict is not a train option; predictions for a split: "
+                         "hf-multitask evaluate MODEL_DIR --data DIR --split test --predictions FILE, or "
+                         "train --predictions_file FILE for the eval split's")
+    if given.get("do_eval") is False:
+        if training_args.eval_strategy != "no":
+            raise ValueError(f"hf-multitask train: do_eval is false but eval_strategy is "
+                             f"{training_args.eval_strategy.value!r}, which evaluates during training; drop one")
+        if data_args.predictions_file:
+            raise ValueError("hf-multitask train: do_eval is false, and predictions_file writes the evaluation's "
+                             "predictions")
+        data_args.eval_split = "none"

@@ -93,6 +93,26 @@ def test_flags_override_the_config_file(config_file):
     assert training_args.task_sampling == "proportional" and training_args.max_steps == 4
 
 
+def test_hf_do_switches_are_honoured_or_refused(config_file, tmp_path, data_dir):
+    for dev in data_dir.glob("*-dev.tsv"):
+        dev.unlink()
+    main(["train", str(config_file), "--max_steps", "1", "--do_eval", "false"])  # as eval_split none: no dev files
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    assert not (tmp_path / "run" / "eval_results.json").exists()
+    config = yaml.safe_load(config_file.read_text()) | {"do_eval": False}
+    config_file.write_text(yaml.safe_dump(config))
+    assert parse_train_args([str(config_file)])[1].eval_split == "none"
+    assert parse_train_args([str(config_file), "--do_eval"])[1].eval_split == "dev"  # the flag wins over the file
+    assert parse_train_args([str(config_file), "--do_eval=true", "--do_train", "true"])[1].eval_split == "dev"
+    refused = {("--do_train", "false"): "train always trains; to evaluate a saved model: hf-multitask evaluate",
+               ("--do_predict",): "do_predict is not a train option",
+               ("--eval_strategy", "steps"): "do_eval is false but eval_strategy is 'steps'",
+               ("--predictions_file", "p.jsonl"): "do_eval is false, and predictions_file writes"}
+    for flags, message in refused.items():
+        with pytest.raises(ValueError, match=message):
+            parse_train_args([str(config_file), *flags])
+
+
 def test_continuing_from_a_model_with_other_tasks_is_an_error(config_file, tmp_path):
     main(["train", str(config_file)])
     with pytest.raises(ValueError, match=r"has heads for tasks \['sst', 'quora', 'sts'\].*asks for tasks \['sst'\]"):
