@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,10 +171,11 @@ def difference_cell(result: RowResult, key: str) -> str:
 
 def main_table(results: list[RowResult]) -> str:
     """Per row: seeds done, mean ± sd per task and overall, the overall difference to the comparator with its 95%
-    interval, the verdict, median wall time (runs under other load are far slower: the load column) and mean load."""
+    interval, the verdict, median wall time (runs under other load are far slower: the load column), mean load and
+    the CPUs the runs ran on (a median over two machines is only a rough guide)."""
     header = ("| row | what changes | against | seeds | SST acc | Quora acc | STS r | overall | Δ overall [95% CI] "
-              "| verdict | wall time (median) | load (mean) |")
-    lines = [header, "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+              "| verdict | wall time (median) | load (mean) | CPU (runs) |")
+    lines = [header, "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|"]
     for r in results:
         verdict_text = verdict(*r.difference["overall"][1:]) if "overall" in r.difference else "—"
         wall = [run.record["wall_seconds"] for run in r.runs]
@@ -183,8 +185,15 @@ def main_table(results: list[RowResult]) -> str:
             r.row.name, r.row.changes, r.row.comparator or "—", f"{len(r.runs)}/{len(r.row.seeds)}",
             *(cell(r, task) for task, _ in TASKS), cell(r, "overall", 4), difference_cell(r, "overall"),
             verdict_text, ablation.format_seconds(np.median(wall)) if wall else "—",
-            f"{np.mean(load):.1f}" if load else "—"]) + " |")
+            f"{np.mean(load):.1f}" if load else "—", machines_cell(r.runs)]) + " |")
     return "\n".join(lines)
+
+
+def machines_cell(runs: list[Run]) -> str:
+    """The CPU model of each run's machine (`run.json`'s `machine.cpu`, trademarks dropped), with its runs."""
+    names = [(run.record.get("machine") or {}).get("cpu") or "unknown" for run in runs]
+    counts = Counter(name.replace("(R)", "").replace(" Processor", "") for name in names)
+    return ", ".join(f"{name} ×{count}" for name, count in sorted(counts.items())) if counts else "—"
 
 
 def task_difference_table(results: list[RowResult]) -> str:

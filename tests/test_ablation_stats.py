@@ -100,6 +100,10 @@ def test_tables_and_plot(study, tmp_path):
     assert table[2].startswith("| base | reference | — | 3/3 |") and "| helps |" in table[3]
     assert "| hurts |" in table[5] and "101 s" not in table[2]  # mean wall time of 101, 102, 103 s: 1 min 42 s
     assert "1 min 42 s" in table[2]
+    assert table[2].endswith("| unknown ×3 |")  # the fakes record no machine
+    runs = [ablation_stats.Run(seed, {}, {"machine": {"cpu": cpu}}, {}) for seed, cpu in
+            enumerate(["AMD EPYC", "Intel(R) Xeon(R) Processor", "Intel(R) Xeon(R) Processor"])]
+    assert ablation_stats.machines_cell(runs) == "AMD EPYC ×1, Intel Xeon ×2"
     per_task = ablation_stats.task_difference_table(results).splitlines()
     assert [line.split(" | ")[0] for line in per_task[2:]] == ["| better", "| same", "| worse_sts"]
     versions = ablation_stats.versions_table(results).splitlines()
